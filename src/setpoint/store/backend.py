@@ -1,0 +1,171 @@
+"""The storage contract: a revisioned key/value log with watch-from-revision and compaction.
+
+Every backend (SQLite, PostgreSQL, etcd) implements this one small interface, and the whole
+control plane above it is written once. The semantics follow etcd's MVCC store:
+
+- one global revision counter; every successful write (create, update, delete) takes the next
+  revision, strictly increasing, without gaps;
+- a key's ``mod_revision`` is the revision of its last write, ``create_revision`` that of the write
+  that created it (a key deleted and created again starts a new life);
+- reads may name a past revision; a revision at or below the compacted revision is gone and
+  raises :class:`Compacted`;
+- a watch from revision R delivers every event with revision > R, in revision order, each once.
+
+Values are opaque bytes: the store never parses objects, so it cannot disagree with the API layer
+about what an object is.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+from typing import Literal
+
+import msgspec
+
+EventType = Literal["PUT", "DELETE"]
+
+
+class KeyValue(msgspec.Struct, frozen=True, gc=False):
+    key: str
+    value: bytes
+    create_revision: int
+    mod_revision: int
+
+
+class Event(msgspec.Struct, frozen=True, gc=False):
+    """One write. For a DELETE, ``kv.value`` is the last value the key had and ``kv.mod_revision``
+    is the revision of the delete itself."""
+
+    type: EventType
+    kv: KeyValue
+
+    @property
+    def revision(self) -> int:
+        return self.kv.mod_revision
+
+    @property
+    def created(self) -> bool:
+        return self.type == "PUT" and self.kv.create_revision == self.kv.mod_revision
+
+
+class ListResult(msgspec.Struct, frozen=True, gc=False):
+    items: list[KeyValue]
+    revision: int  # the revision the list was read at
+    more: bool  # True when ``limit`` cut the result short
+
+
+class StoreError(Exception):
+    """Base of every error a backend raises on purpose."""
+
+
+class KeyExists(StoreError):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"key {key!r} already exists")
+        self.key = key
+
+
+class KeyNotFound(StoreError):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"key {key!r} not found")
+        self.key = key
+
+
+class RevisionMismatch(StoreError):
+    """The optimistic-concurrency guard: the key was written since the caller read it."""
+
+    def __init__(self, key: str, expected: int, actual: int) -> None:
+        super().__init__(f"key {key!r} is at revision {actual}, not {expected}")
+        self.key = key
+        self.expected = expected
+        self.actual = actual
+
+
+class Compacted(StoreError):
+    """The requested revision is older than the history the store still keeps."""
+
+    def __init__(self, requested: int, compacted: int) -> None:
+        super().__init__(
+            f"revision {requested} has been compacted; the oldest available is {compacted + 1}"
+        )
+        self.requested = requested
+        self.compacted = compacted
+
+
+class FutureRevision(StoreError):
+    def __init__(self, requested: int, current: int) -> None:
+        super().__init__(f"revision {requested} is newer than the current revision {current}")
+        self.requested = requested
+        self.current = current
+
+
+class WatchOverflow(StoreError):
+    """A watcher fell too far behind and was cut off; it resumes from its last revision."""
+
+
+class Unavailable(StoreError):
+    """The store cannot serve right now (closed, restarting, disk error); the call may be retried."""
+
+
+class Backend(abc.ABC):
+    """A revisioned key/value store. Keys are '/'-separated paths; ``prefix`` arguments end in '/'."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open the store; after it returns, every other method may be called."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop accepting writes, finish those in flight, end every watch, release resources."""
+
+    @abc.abstractmethod
+    async def current_revision(self) -> int: ...
+
+    @abc.abstractmethod
+    async def compacted_revision(self) -> int:
+        """Revisions at or below this one are gone (0 when nothing was compacted yet)."""
+
+    @abc.abstractmethod
+    async def get(self, key: str, revision: int = 0) -> KeyValue | None:
+        """The key as of ``revision`` (0: now), or None if it did not exist then."""
+
+    @abc.abstractmethod
+    async def list(
+        self, prefix: str, *, revision: int = 0, limit: int = 0, start_after: str = ""
+    ) -> ListResult:
+        """Keys under ``prefix`` as of ``revision`` (0: now), sorted by key, those after
+        ``start_after`` only, at most ``limit`` of them (0: all)."""
+
+    @abc.abstractmethod
+    async def create(self, key: str, value: bytes) -> KeyValue:
+        """Raises KeyExists if the key is live."""
+
+    @abc.abstractmethod
+    async def update(self, key: str, value: bytes, expected_revision: int = 0) -> KeyValue:
+        """Replace a live key. ``expected_revision`` (0: any) must equal its mod_revision,
+        else RevisionMismatch. Raises KeyNotFound if the key is not live."""
+
+    @abc.abstractmethod
+    async def delete(self, key: str, expected_revision: int = 0) -> KeyValue:
+        """Delete a live key and return its last value, with mod_revision set to the delete's
+        revision. Same guards as update."""
+
+    @abc.abstractmethod
+    def watch(self, prefix: str, after_revision: int) -> AsyncIterator[list[Event]]:
+        """Every event under ``prefix`` with revision > ``after_revision``, in order, in batches.
+
+        Raises Compacted (on first iteration) when ``after_revision`` < compacted revision,
+        FutureRevision when it is ahead of the store, WatchOverflow when the consumer falls
+        behind the backend's bounded buffer. Close it with ``aclose()``.
+        """
+
+    @abc.abstractmethod
+    async def compact(self, revision: int) -> None:
+        """Forget history at or below ``revision`` (the newest value of each live key stays)."""
+
+    async def __aenter__(self) -> Backend:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

@@ -1,8 +1,22 @@
 """The ``setpoint`` command."""
 
-import typer
+from __future__ import annotations
 
-app = typer.Typer(no_args_is_help=True, add_completion=False)
+import asyncio
+import ipaddress
+import logging
+import shutil
+import socket
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(no_args_is_help=True, add_completion=False,
+                  help="setpoint: desired-state orchestration with a Kubernetes-style control plane.")
+console = Console()
 
 
 @app.command()
@@ -11,6 +25,129 @@ def version() -> None:
     from setpoint import __version__
 
     print(__version__)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _bind(host: str, port: int | None) -> socket.socket:
+    """Bind the listening socket first, so the printed URL is the one that is really served."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    candidates = [port] if port is not None else [6443, 0]
+    last_error: OSError | None = None
+    for p in candidates:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, p))
+        except OSError as e:
+            sock.close()
+            last_error = e
+            continue
+        sock.listen(2048)
+        sock.set_inheritable(True)
+        return sock
+    raise typer.BadParameter(f"cannot listen on {host}:{port}: {last_error}", param_hint="--listen")
+
+
+@app.command()
+def serve(
+    data_dir: Annotated[Path, typer.Option(help="Where the store, tokens, policy and kubeconfig live.")]
+    = Path(".setpoint"),
+    listen: Annotated[str, typer.Option(
+        help="HOST:PORT to listen on; default 127.0.0.1:6443, or a free port if 6443 is taken.")] = "",
+    store: Annotated[str, typer.Option(help="Store URL (default: SQLite in the data directory).")] = "",
+    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    insecure: Annotated[bool, typer.Option(
+        help="Allow plain HTTP on a non-loopback address.")] = False,
+    token_file: Annotated[Path | None, typer.Option(
+        help="Bearer tokens, Kubernetes static token CSV (default: DATA_DIR/tokens.csv).")] = None,
+    authorization_policy_file: Annotated[Path | None, typer.Option(
+        help="ABAC policy, one JSON policy a line (default: DATA_DIR/policy.jsonl).")] = None,
+    history_revisions: Annotated[int, typer.Option(
+        help="Keep at least this many revisions of history (0: no limit by count).")] = 100_000,
+    history_seconds: Annotated[float, typer.Option(
+        help="Keep history for this many seconds (0: no limit by time).")] = 3600.0,
+    compact_interval: Annotated[float, typer.Option(help="Seconds between compactions.")] = 60.0,
+    watch_cache_window: Annotated[int, typer.Option(
+        help="Events kept in memory for watch resumes.")] = 20_000,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted.")] = 1_572_864,
+    idempotency_ttl: Annotated[float, typer.Option(
+        help="Seconds an Idempotency-Key is remembered.")] = 86_400.0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "warning",
+) -> None:
+    """Run the control plane: the API server over a revisioned store."""
+    import uvicorn
+
+    from setpoint.server.app import Server, ServerOptions
+    from setpoint.server.bootstrap import ensure_policy, ensure_tokens, write_kubeconfig
+    from setpoint.server.handlers import Settings
+    from setpoint.store import open_backend
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    host, _, port_s = listen.rpartition(":") if listen else ("127.0.0.1", "", "")
+    host = host.strip("[]") or "127.0.0.1"
+    port = int(port_s) if port_s else None
+    tls = tls_cert is not None and tls_key is not None
+    if (tls_cert is None) != (tls_key is None):
+        raise typer.BadParameter("--tls-cert and --tls-key go together", param_hint="--tls-cert")
+    if not _is_loopback(host) and not tls and not insecure:
+        console.print(f"[red]refusing to serve plain HTTP on {host}[/red]: bearer tokens would cross the "
+                      "network in clear text. Give --tls-cert/--tls-key, or --insecure if you mean it.")
+        raise typer.Exit(2)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if token_file is None:
+        token_file, admin_token = ensure_tokens(data_dir)
+    else:
+        admin_token = ""
+    if authorization_policy_file is None:
+        authorization_policy_file = ensure_policy(data_dir)
+    try:
+        backend = open_backend(store, data_dir)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--store") from None
+    sock = _bind(host, port)
+    bound_port = sock.getsockname()[1]
+    url_host = f"[{host}]" if ":" in host else host
+    url = f"{'https' if tls else 'http'}://{url_host}:{bound_port}"
+    options = ServerOptions(
+        token_file=token_file, policy_file=authorization_policy_file,
+        history_revisions=history_revisions, history_seconds=history_seconds,
+        compact_interval=compact_interval, watch_cache_window=watch_cache_window,
+        idempotency_ttl=idempotency_ttl, settings=Settings(max_body_bytes=max_body_bytes),
+        server_address=f"{url_host}:{bound_port}",
+    )
+    kubeconfig = write_kubeconfig(data_dir, url, admin_token, tls_cert if tls else None)
+    # The socket already listens, so the URL is good as soon as the store and cache are up.
+    options.on_ready = lambda: _announce(url, kubeconfig, admin_token)
+    server = Server(backend, options)
+    config = uvicorn.Config(
+        server.app, loop="uvloop", http="httptools", lifespan="on", access_log=False,
+        log_level=log_level, timeout_graceful_shutdown=3,
+        ssl_certfile=str(tls_cert) if tls else None, ssl_keyfile=str(tls_key) if tls else None,
+    )
+    userver = uvicorn.Server(config)
+    asyncio.run(userver.serve(sockets=[sock]))
+
+
+def _announce(url: str, kubeconfig: Path, token: str) -> None:
+    console.print(f"setpoint serving at [bold]{url}[/bold]", highlight=False)
+    console.print(f"kubeconfig: {kubeconfig}", highlight=False)
+    auth = f'-H "Authorization: Bearer {token}" ' if token else ""
+    console.print("try:", highlight=False)
+    if shutil.which("kubectl"):
+        console.print(f"  kubectl --kubeconfig {kubeconfig} get namespaces", highlight=False)
+    else:
+        console.print(f"  curl -s {auth}{url}/api/v1/namespaces", highlight=False)
+    console.print(f"  curl -sN {auth}'{url}/api/v1/namespaces?watch=1'", highlight=False)
+    sys.stdout.flush()
 
 
 def main() -> None:

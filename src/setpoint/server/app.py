@@ -1,0 +1,215 @@
+"""The API server: authentication, authorization, routing, and the lifecycle of what it owns.
+
+``Server`` owns the backend, the watch cache, the compactor and the namespace finalizer; it starts
+them in the ASGI lifespan and stops them in reverse order, so nothing outlives it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from setpoint.server import idempotency
+from setpoint.server.auth import (
+    ABACAuthorizer,
+    AlwaysAllow,
+    Attributes,
+    TokenAuthenticator,
+    User,
+    forbidden_message,
+)
+from setpoint.server.discovery import discovery, version_info
+from setpoint.server.errors import APIError, Forbidden, InternalError, NotFound, ServiceUnavailable
+from setpoint.server.handlers import ResourceHandlers, Settings, json_response
+from setpoint.server.metrics import Metrics
+from setpoint.server.namespaces import NamespaceFinalizer
+from setpoint.server.objects import for_storage, new_uid, now
+from setpoint.server.paths import parse_request
+from setpoint.server.resources import Registry, builtin_types
+from setpoint.server.watchcache import WatchCache
+from setpoint.store import Backend, KeyExists, StoreError, Unavailable
+from setpoint.store.compactor import Compactor
+
+log = logging.getLogger(__name__)
+
+ANONYMOUS_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version"})
+
+
+@dataclass
+class ServerOptions:
+    token_file: Path | None = None  # None: no authentication (only for embedding in tests)
+    policy_file: Path | None = None  # None: every authenticated user may do everything
+    history_revisions: int = 100_000
+    history_seconds: float = 3600.0
+    compact_interval: float = 60.0
+    watch_cache_window: int = 20_000
+    watcher_queue: int = 1_000
+    idempotency_ttl: float = 24 * 3600.0
+    settings: Settings = field(default_factory=Settings)
+    server_address: str = "127.0.0.1:6443"
+    on_ready: Callable[[], None] | None = None
+
+
+class Server:
+    def __init__(self, backend: Backend, options: ServerOptions) -> None:
+        self.backend = backend
+        self.options = options
+        self.metrics = Metrics()
+        self.registry = Registry(builtin_types())
+        self.cache = WatchCache(backend, window=options.watch_cache_window,
+                                watcher_queue=options.watcher_queue)
+        self.handlers = ResourceHandlers(
+            backend, self.cache, self.registry,
+            idempotency.IdempotencyCache(ttl=options.idempotency_ttl), options.settings,
+            on_watch=self.metrics.watchers.inc,
+        )
+        self.authn = TokenAuthenticator.from_file(options.token_file) if options.token_file else None
+        self.authz: ABACAuthorizer | AlwaysAllow = (
+            ABACAuthorizer.from_file(options.policy_file) if options.policy_file else AlwaysAllow()
+        )
+        self.compactor = Compactor(backend, keep_revisions=options.history_revisions,
+                                   keep_seconds=options.history_seconds,
+                                   interval=options.compact_interval)
+        self.namespaces = NamespaceFinalizer(self.handlers)
+        self.metrics.track_revision(lambda: float(self.cache.revision))
+        self.app = Starlette(
+            routes=[
+                Route("/healthz", self.healthz, methods=["GET", "HEAD"]),
+                Route("/livez", self.healthz, methods=["GET", "HEAD"]),
+                Route("/readyz", self.readyz, methods=["GET", "HEAD"]),
+                Route("/metrics", self.metrics_endpoint, methods=["GET"]),
+                Route("/{path:path}", self.endpoint,
+                      methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
+            ],
+            lifespan=self.lifespan,
+        )
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        await self.start()
+        try:
+            yield
+        finally:
+            await self.stop()
+
+    async def start(self) -> None:
+        await self.backend.start()
+        await self.cache.start()
+        await self._ensure_namespace("default")
+        self.compactor.start()
+        self.namespaces.start()
+        if self.options.on_ready is not None:
+            self.options.on_ready()
+
+    async def stop(self) -> None:
+        await self.namespaces.stop()
+        await self.compactor.stop()
+        await self.cache.stop()
+        await self.backend.close()
+
+    async def _ensure_namespace(self, name: str) -> None:
+        rtype = self.registry.by_group_resource("", "namespaces")
+        assert rtype is not None
+        obj: dict[str, Any] = {
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "uid": new_uid(), "creationTimestamp": now(),
+                         "generation": 1, "labels": {"kubernetes.io/metadata.name": name}},
+            "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"},
+        }
+        with contextlib.suppress(KeyExists):
+            await self.backend.create(rtype.key("", name), for_storage(obj))
+
+    # ---- endpoints ----------------------------------------------------------------------------
+
+    async def healthz(self, request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+    async def readyz(self, request: Request) -> Response:
+        if not self.cache.ready.is_set():
+            return PlainTextResponse("watch cache not ready", 503)
+        try:
+            await self.backend.current_revision()
+        except StoreError as e:
+            return PlainTextResponse(f"store unavailable: {e}", 503)
+        return PlainTextResponse("ok")
+
+    async def metrics_endpoint(self, request: Request) -> Response:
+        self._authenticate(request, "/metrics")
+        return Response(self.metrics.render(), media_type=self.metrics.content_type)
+
+    def _authenticate(self, request: Request, path: str) -> User | None:
+        if self.authn is None:
+            return None
+        user = self.authn.authenticate(request.headers.get("authorization"))
+        attrs = Attributes(user=user, verb=request.method.lower(), namespace="", resource="",
+                           api_group="", subresource="", name="", path=path, resource_request=False)
+        if not self.authz.authorize(attrs):
+            raise Forbidden(forbidden_message(attrs))
+        return user
+
+    async def endpoint(self, request: Request) -> Response:
+        started = time.perf_counter()
+        path = request.url.path
+        info = parse_request(request.method, path, dict(request.query_params))
+        code = 500
+        try:
+            if path == "/version":
+                response = json_response(version_info())
+            else:
+                response = await self._serve(request, info)
+            code = response.status_code
+            return response
+        except APIError as e:
+            code = e.code
+            return self._error(e)
+        except Unavailable as e:
+            code = 503
+            return self._error(ServiceUnavailable(f"the store is unavailable: {e}", retry_after=1))
+        except StoreError as e:
+            log.exception("store error on %s %s", request.method, path)
+            return self._error(InternalError(f"store error: {e}"))
+        except Exception as e:
+            log.exception("unexpected error on %s %s", request.method, path)
+            return self._error(InternalError(
+                f"an error on the server ({type(e).__name__}) has prevented the request from succeeding"))
+        finally:
+            self.metrics.request_latency.labels(
+                info.verb.upper(), info.group, info.resource or "", str(code)
+            ).observe(time.perf_counter() - started)
+
+    def _error(self, e: APIError) -> Response:
+        response = json_response(e.status(), e.code)
+        if e.retry_after is not None:
+            response.headers["Retry-After"] = str(e.retry_after)
+        return response
+
+    async def _serve(self, request: Request, info: Any) -> Response:
+        if self.authn is not None:
+            user = self.authn.authenticate(request.headers.get("authorization"))
+            request.scope["setpoint.user"] = user.name
+            attrs = Attributes(
+                user=user, verb=info.verb, namespace=info.namespace, resource=info.resource,
+                api_group=info.group, subresource=info.subresource, name=info.name,
+                path=info.path, resource_request=info.resource_request,
+            )
+            if not self.authz.authorize(attrs):
+                raise Forbidden(forbidden_message(attrs), details_name=info.name or None,
+                                details_kind=info.resource or None,
+                                details_group=info.group or None)
+        if info.resource_request:
+            return await self.handlers.handle(request, info)
+        if info.api_prefix and request.method in ("GET", "HEAD"):
+            return json_response(discovery(info, self.registry, self.options.server_address))
+        raise NotFound("the server could not find the requested resource")

@@ -1,0 +1,81 @@
+"""Request bodies: size limit, content types, JSON and YAML, with Kubernetes' error replies."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import yaml
+from starlette.requests import Request
+
+from setpoint.server.errors import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
+
+JSON = "application/json"
+YAML = "application/yaml"
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
+
+_YAML_TYPES = {YAML, "application/x-yaml", "text/yaml"}
+_json_decoder = msgspec.json.Decoder()
+_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def media_type(request: Request) -> str:
+    raw = request.headers.get("content-type", "")
+    return raw.split(";", 1)[0].strip().lower()
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read at most ``limit`` bytes; refuse larger bodies before buffering them."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise RequestEntityTooLarge(f"the request body is {declared} bytes, over the limit of {limit}")
+        except ValueError:
+            raise BadRequest("invalid Content-Length header") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestEntityTooLarge(f"the request body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode(body: bytes, ctype: str, accepted: tuple[str, ...] = (JSON, YAML)) -> Any:
+    """Decode a JSON or YAML document; ``ctype`` already checked against what the verb accepts."""
+    if ctype not in accepted and not (ctype in _YAML_TYPES and YAML in accepted) and ctype != "":
+        raise UnsupportedMediaType(
+            f'the body of the request was in an unknown format - accepted media types include: '
+            f'{", ".join(accepted)}'
+        )
+    if not body.strip():
+        raise BadRequest("the request body is empty")
+    if ctype in _YAML_TYPES or ctype == APPLY_PATCH:
+        try:
+            docs = list(yaml.load_all(body, Loader=_SafeLoader))
+        except yaml.YAMLError as e:
+            raise BadRequest(f"error decoding YAML: {e}") from None
+        docs = [d for d in docs if d is not None]
+        if len(docs) != 1:
+            raise BadRequest(f"the request body must hold exactly one YAML document, not {len(docs)}")
+        return _normalise_yaml(docs[0])
+    try:
+        return _json_decoder.decode(body)
+    except msgspec.DecodeError as e:
+        raise BadRequest(f"error decoding JSON: {e}") from None
+
+
+def _normalise_yaml(value: Any) -> Any:
+    """YAML has types JSON lacks (dates, non-string keys); make them what a JSON client would send."""
+    if isinstance(value, dict):
+        return {str(k): _normalise_yaml(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_normalise_yaml(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)

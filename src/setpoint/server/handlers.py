@@ -1,0 +1,843 @@
+"""The verbs on resources: create, get, list, watch, update, patch, delete, deletecollection.
+
+Every write goes through the store with an expected revision, so concurrent writers never lose
+each other's changes: a client that sent a resourceVersion gets 409 when it is stale, and the
+server's own read-modify-write loops (patch, finalizers) retry on a fresh read instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from setpoint.server import bodies, idempotency
+from setpoint.server.errors import (
+    AlreadyExists,
+    APIError,
+    BadRequest,
+    Conflict,
+    Expired,
+    Forbidden,
+    Invalid,
+    NotFound,
+    Timeout,
+    UnsupportedMediaType,
+)
+from setpoint.server.objects import (
+    SYSTEM_FIELDS,
+    decode_stored,
+    encode,
+    ensure_object_shape,
+    for_storage,
+    generate_name,
+    new_uid,
+    now,
+    raise_invalid,
+    spec_changed,
+    validate_metadata,
+)
+from setpoint.server.paths import RequestInfo
+from setpoint.server.patch import json_patch, merge_patch
+from setpoint.server.resources import CRD_GROUP, Registry, ResourceType, resource_type_from_crd
+from setpoint.server.schema import compile_schema
+from setpoint.server.selectors import FieldSelector, LabelSelector
+from setpoint.server.watchcache import WatchCache, WatcherClosed
+from setpoint.store import (
+    Backend,
+    Compacted,
+    FutureRevision,
+    KeyExists,
+    KeyNotFound,
+    RevisionMismatch,
+    StoreError,
+)
+
+log = logging.getLogger(__name__)
+
+JSON_MEDIA = "application/json"
+MAX_CONFLICT_RETRIES = 8
+NAMESPACE_KEY_PREFIX = "/registry/core/namespaces/"
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(body if isinstance(body, bytes) else encode(body), status, media_type=JSON_MEDIA)
+
+
+class Settings(msgspec.Struct):
+    max_body_bytes: int = 3 * 1024 * 1024 // 2
+    watch_max_seconds: float = 1800.0
+    bookmark_interval: float = 5.0
+    cache_wait_seconds: float = 3.0
+
+
+class ResourceHandlers:
+    def __init__(
+        self,
+        backend: Backend,
+        cache: WatchCache,
+        registry: Registry,
+        idempotency_cache: idempotency.IdempotencyCache,
+        settings: Settings,
+        on_watch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.backend = backend
+        self.cache = cache
+        self.registry = registry
+        self.idem = idempotency_cache
+        self.settings = settings
+        self.on_watch = on_watch or (lambda delta: None)
+        cache.add_hook(f"/registry/{CRD_GROUP}/customresourcedefinitions/", self._crd_event)
+
+    # ---- CRDs ---------------------------------------------------------------------------------
+
+    def _crd_event(self, etype: str, obj: dict[str, Any], prev: dict[str, Any] | None) -> None:
+        name = obj["metadata"]["name"]
+        if etype == "DELETED":
+            self.registry.remove_crd(name)
+            return
+        try:
+            self.registry.put_crd(name, resource_type_from_crd(obj, compile_schema))
+        except APIError as e:
+            log.error("stored CustomResourceDefinition %s is not servable: %s", name, e.message)
+
+    # ---- dispatch -----------------------------------------------------------------------------
+
+    def resolve(self, info: RequestInfo) -> ResourceType:
+        rtype = self.registry.lookup(info.group, info.version, info.resource)
+        if rtype is None:
+            raise NotFound("the server could not find the requested resource")
+        if rtype.namespaced and info.resource != "namespaces":
+            if not info.namespace and info.verb not in ("list", "watch", "deletecollection"):
+                raise NotFound("the server could not find the requested resource")
+        elif info.namespace and rtype.plural != "namespaces":
+            raise NotFound("the server could not find the requested resource")
+        if info.subresource and not (info.subresource == "status" and rtype.status_subresource):
+            raise NotFound("the server could not find the requested resource")
+        return rtype
+
+    async def handle(self, request: Request, info: RequestInfo) -> Response:
+        rtype = self.resolve(info)
+        if rtype.plural == "namespaces":
+            info.namespace = ""
+        verb = info.verb
+        if verb == "get":
+            return await self.get(request, info, rtype)
+        if verb == "list":
+            return await self.list(request, info, rtype)
+        if verb == "watch":
+            return await self.watch(request, info, rtype)
+        if verb == "create":
+            if info.name and not info.subresource:
+                raise NotFound("the server could not find the requested resource")
+            return await self.create(request, info, rtype)
+        if verb == "update":
+            return await self.update(request, info, rtype)
+        if verb == "patch":
+            return await self.patch(request, info, rtype)
+        if verb == "delete":
+            return await self.delete(request, info, rtype)
+        if verb == "deletecollection":
+            return await self.delete_collection(request, info, rtype)
+        raise APIError(f"verb {verb} is not supported")
+
+    # ---- helpers ------------------------------------------------------------------------------
+
+    def not_found(self, rtype: ResourceType, name: str) -> NotFound:
+        return NotFound(f'{rtype.group_resource} "{name}" not found', details_name=name,
+                        details_kind=rtype.plural, details_group=rtype.group or None)
+
+    def conflict(self, rtype: ResourceType, name: str) -> Conflict:
+        return Conflict(
+            f'Operation cannot be fulfilled on {rtype.group_resource} "{name}": the object has been '
+            "modified; please apply your changes to the latest version and try again",
+            details_name=name, details_kind=rtype.plural, details_group=rtype.group or None,
+        )
+
+    def _dry_run(self, request: Request) -> bool:
+        values = request.query_params.getlist("dryRun")
+        for v in values:
+            if v != "All":
+                raise BadRequest(f'Invalid dryRun value "{v}": the only supported value is "All"')
+        return bool(values)
+
+    def _check_type_meta(self, obj: dict[str, Any], rtype: ResourceType, version: str) -> None:
+        want = rtype.api_version(version)
+        api_version = obj.get("apiVersion")
+        kind = obj.get("kind")
+        if api_version is None and kind is None:
+            obj["apiVersion"], obj["kind"] = want, rtype.kind
+            return
+        if api_version != want or kind != rtype.kind:
+            raise BadRequest(
+                f"the API version in the data ({api_version}) does not match the expected API "
+                f"version ({want})" if api_version != want else
+                f"the kind in the data ({kind}) does not match the expected kind ({rtype.kind})"
+            )
+
+    def _check_namespace(self, obj: dict[str, Any], rtype: ResourceType, namespace: str) -> None:
+        meta = obj["metadata"]
+        if not rtype.namespaced:
+            meta.pop("namespace", None)
+            return
+        body_ns = meta.get("namespace")
+        if body_ns and body_ns != namespace:
+            raise BadRequest(
+                "the namespace of the provided object does not match the namespace sent on the request"
+            )
+        meta["namespace"] = namespace
+
+    async def _namespace_obj(self, namespace: str) -> dict[str, Any] | None:
+        cached = self.cache.get(NAMESPACE_KEY_PREFIX + namespace)
+        if cached is not None:
+            return cached.obj
+        kv = await self.backend.get(NAMESPACE_KEY_PREFIX + namespace)
+        return decode_stored(kv) if kv is not None else None
+
+    async def _require_namespace(self, namespace: str) -> None:
+        ns = await self._namespace_obj(namespace)
+        if ns is None:
+            raise NotFound(f'namespaces "{namespace}" not found', details_name=namespace,
+                           details_kind="namespaces")
+        if ns["metadata"].get("deletionTimestamp"):
+            raise Forbidden(
+                f"unable to create new content in namespace {namespace} because it is being terminated",
+                details_name=namespace, details_kind="namespaces",
+            )
+
+    def _validate(self, rtype: ResourceType, version: str, obj: dict[str, Any]) -> dict[str, Any]:
+        validator = rtype.validators.get(version) or rtype.validators.get(rtype.storage_version)
+        if validator is not None:
+            obj = validator(obj)
+        causes = validate_metadata(obj, name_is_label=rtype.name_is_label)
+        if rtype.plural == "customresourcedefinitions":
+            resource_type_from_crd(obj, compile_schema)  # raises Invalid naming the field
+        raise_invalid(rtype.kind, rtype.group, obj["metadata"].get("name", ""), causes)
+        return obj
+
+    def _with_version(self, obj: dict[str, Any], rtype: ResourceType, version: str) -> dict[str, Any]:
+        if version != rtype.storage_version:
+            obj["apiVersion"] = rtype.api_version(version)
+        return obj
+
+    @staticmethod
+    def _parse_rv(value: str | None, what: str = "resourceVersion") -> int | None:
+        if value is None or value == "":
+            return None
+        try:
+            rv = int(value)
+        except ValueError:
+            raise BadRequest(f'invalid {what} "{value}": must be a decimal revision') from None
+        if rv < 0:
+            raise BadRequest(f'invalid {what} "{value}": must not be negative')
+        return rv
+
+    # ---- get ----------------------------------------------------------------------------------
+
+    async def get(self, request: Request, info: RequestInfo, rtype: ResourceType) -> Response:
+        key = rtype.key(info.namespace, info.name)
+        rv = request.query_params.get("resourceVersion")
+        if rv == "0":
+            cached = self.cache.get(key)
+            if cached is None:
+                raise self.not_found(rtype, info.name)
+            if info.version == rtype.storage_version:
+                return json_response(cached.raw)
+            return json_response(self._with_version(copy.deepcopy(cached.obj), rtype, info.version))
+        revision = self._parse_rv(rv) or 0
+        try:
+            kv = await self.backend.get(key, revision)
+        except Compacted as e:
+            raise Expired(f"too old resource version: {revision} ({e.compacted + 1})") from None
+        except FutureRevision as e:
+            raise Timeout(f"Too large resource version: {revision}, current: {e.current}") from None
+        if kv is None:
+            raise self.not_found(rtype, info.name)
+        return json_response(self._with_version(decode_stored(kv), rtype, info.version))
+
+    # ---- list ---------------------------------------------------------------------------------
+
+    def _selectors(self, request: Request) -> tuple[LabelSelector | None, FieldSelector | None]:
+        ls = request.query_params.get("labelSelector")
+        fs = request.query_params.get("fieldSelector")
+        label = LabelSelector.parse(ls) if ls else None
+        field = FieldSelector.parse(fs) if fs else None
+        return (label if label is not None and not label.empty else None), field
+
+    def _predicate(
+        self, label: LabelSelector | None, field: FieldSelector | None
+    ) -> Callable[[dict[str, Any]], bool] | None:
+        if label is None and field is None:
+            return None
+
+        def pred(obj: dict[str, Any]) -> bool:
+            if label is not None and not label.matches(obj["metadata"].get("labels") or {}):
+                return False
+            return field is None or field.matches(obj)
+
+        return pred
+
+    def _scope(self, info: RequestInfo, rtype: ResourceType, field: FieldSelector | None) -> str:
+        namespace = info.namespace
+        if field is not None and rtype.namespaced and not namespace:
+            pinned = field.exact("metadata.namespace")
+            if pinned:
+                namespace = pinned
+        return rtype.list_prefix(namespace)
+
+    @staticmethod
+    def _encode_continue(revision: int, key: str) -> str:
+        raw = encode({"v": 1, "rv": revision, "start": key})
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @staticmethod
+    def _decode_continue(token: str) -> tuple[int, str]:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+            data = msgspec.json.decode(raw)
+            return int(data["rv"]), str(data["start"])
+        except Exception:
+            raise BadRequest(f'invalid continue token "{token[:64]}"') from None
+
+    def _list_body(
+        self,
+        rtype: ResourceType,
+        version: str,
+        revision: int,
+        items: list[bytes],
+        continue_token: str = "",
+        remaining: int | None = None,
+    ) -> bytes:
+        meta: dict[str, Any] = {"resourceVersion": str(revision)}
+        if continue_token:
+            meta["continue"] = continue_token
+            if remaining is not None:
+                meta["remainingItemCount"] = remaining
+        head = encode({"kind": f"{rtype.kind}List", "apiVersion": rtype.api_version(version),
+                       "metadata": meta})
+        return head[:-1] + b',"items":[' + b",".join(items) + b"]}"
+
+    async def list(self, request: Request, info: RequestInfo, rtype: ResourceType) -> Response:
+        q = request.query_params
+        label, field = self._selectors(request)
+        pred = self._predicate(label, field)
+        key_prefix = self._scope(info, rtype, field)
+        limit_s = q.get("limit")
+        try:
+            limit = int(limit_s) if limit_s else 0
+        except ValueError:
+            raise BadRequest(f'invalid limit "{limit_s}"') from None
+        limit = max(limit, 0)
+        token = q.get("continue")
+        rv_s = q.get("resourceVersion")
+        match = q.get("resourceVersionMatch")
+        if match not in (None, "", "Exact", "NotOlderThan"):
+            raise BadRequest(f'invalid resourceVersionMatch "{match}": use Exact or NotOlderThan')
+        if match and rv_s in (None, ""):
+            raise BadRequest("resourceVersionMatch is forbidden unless resourceVersion is provided")
+        if token and rv_s not in (None, ""):
+            raise BadRequest("specifying resource version is not allowed when using continue")
+        rv = self._parse_rv(rv_s)
+
+        if token:
+            revision, start_after = self._decode_continue(token)
+            return await self._list_from_store(rtype, info.version, key_prefix, pred, limit,
+                                               revision, start_after, continuing=True)
+        if rv is not None and match != "Exact" and not limit:
+            # "any version not older than rv" (rv=0: anything) is what the cache is for.
+            if rv > self.cache.revision and not await self.cache.wait_for(
+                rv, self.settings.cache_wait_seconds
+            ):
+                raise Timeout(f"Too large resource version: {rv}, current: {self.cache.revision}")
+            return self._list_from_cache(rtype, info.version, key_prefix, pred)
+        revision = rv if match == "Exact" and rv else 0
+        return await self._list_from_store(rtype, info.version, key_prefix, pred, limit, revision, "")
+
+    def _list_from_cache(
+        self, rtype: ResourceType, version: str, key_prefix: str,
+        pred: Callable[[dict[str, Any]], bool] | None,
+    ) -> Response:
+        revision = self.cache.revision
+        items = self.cache.list(rtype.key_prefix, key_prefix)
+        if pred is not None:
+            items = [co for co in items if pred(co.obj)]
+        if version == rtype.storage_version:
+            raws = [co.raw for co in items]
+        else:
+            raws = [encode(self._with_version(dict(co.obj), rtype, version)) for co in items]
+        return json_response(self._list_body(rtype, version, revision, raws))
+
+    async def _list_from_store(
+        self, rtype: ResourceType, version: str, key_prefix: str,
+        pred: Callable[[dict[str, Any]], bool] | None, limit: int, revision: int, start_after: str,
+        continuing: bool = False,
+    ) -> Response:
+        raws: list[bytes] = []
+        more = False
+        last_key = start_after
+        page_size = limit if limit else 0
+        try:
+            while True:
+                page = await self.backend.list(key_prefix, revision=revision, limit=page_size,
+                                               start_after=last_key)
+                revision = page.revision
+                for i, kv in enumerate(page.items):
+                    obj = self._with_version(decode_stored(kv), rtype, version)
+                    last_key = kv.key
+                    if pred is None or pred(obj):
+                        raws.append(encode(obj))
+                        if limit and len(raws) >= limit:
+                            more = page.more or i < len(page.items) - 1
+                            break
+                else:
+                    if page.more and (not limit or len(raws) < limit):
+                        continue
+                    more = False
+                break
+        except Compacted:
+            if continuing:
+                raise Expired(
+                    "The provided continue parameter is too old to display a consistent list result. "
+                    "You can start a new list without the continue parameter."
+                ) from None
+            raise Expired(f"too old resource version: {revision}") from None
+        except FutureRevision as e:
+            raise Timeout(f"Too large resource version: {revision}, current: {e.current}") from None
+        token = self._encode_continue(revision, last_key) if more else ""
+        return json_response(self._list_body(rtype, version, revision, raws, token))
+
+    # ---- watch --------------------------------------------------------------------------------
+
+    async def watch(self, request: Request, info: RequestInfo, rtype: ResourceType) -> Response:
+        q = request.query_params
+        label, field = self._selectors(request)
+        pred = self._predicate(label, field)
+        key_prefix = self._scope(info, rtype, field)
+        if info.name:  # GET .../widgets/foo?watch=1 is a watch on one object
+            key_prefix = rtype.key(info.namespace, info.name)
+            name = info.name
+            base = pred
+            pred = (lambda o: o["metadata"]["name"] == name and (base is None or base(o)))
+        rv = self._parse_rv(q.get("resourceVersion"))
+        after = rv if rv else None  # "" and "0": start with the current state
+        if after is not None:
+            compacted = await self.backend.compacted_revision()
+            if after < compacted:
+                raise Expired(f"too old resource version: {after} ({compacted + 1})")
+        timeout = self.settings.watch_max_seconds
+        ts = q.get("timeoutSeconds")
+        if ts:
+            try:
+                timeout = min(float(ts), timeout)
+            except ValueError:
+                raise BadRequest(f'invalid timeoutSeconds "{ts}"') from None
+        bookmarks = q.get("allowWatchBookmarks", "").lower() in ("1", "true")
+        tick = self.settings.bookmark_interval if bookmarks else min(timeout, 30.0)
+        bookmark_head = (
+            b'{"type":"BOOKMARK","object":{"kind":"' + rtype.kind.encode() + b'","apiVersion":"'
+            + rtype.api_version(info.version).encode() + b'","metadata":{"resourceVersion":"'
+        )
+        convert = info.version != rtype.storage_version
+        api_version = rtype.api_version(info.version)
+        return StreamingResponse(
+            self._watch_stream(rtype.key_prefix, key_prefix, pred, after, timeout, tick, bookmarks,
+                               bookmark_head, convert, api_version),
+            media_type=JSON_MEDIA,
+        )
+
+    async def _watch_stream(
+        self, prefix: str, key_prefix: str, pred: Callable[[dict[str, Any]], bool] | None,
+        after: int | None, timeout: float, tick: float, bookmarks: bool, bookmark_head: bytes,
+        convert: bool, api_version: str,
+    ) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        last_sent = after or 0
+        self.on_watch(1)
+        try:
+            async for line, rev in self.cache.watch(prefix, key_prefix, pred, after, tick=tick):
+                if line:
+                    if convert:
+                        ev = msgspec.json.decode(line)
+                        ev["object"]["apiVersion"] = api_version
+                        line = encode(ev) + b"\n"
+                    yield line
+                    last_sent = rev
+                elif bookmarks and rev > last_sent:
+                    yield bookmark_head + str(rev).encode() + b'"}}}\n'
+                    last_sent = rev
+                if loop.time() >= deadline:
+                    return
+        except WatcherClosed:
+            return  # the client resumes from the last resourceVersion it saw
+        except Compacted as e:
+            err = Expired(f"too old resource version: {last_sent} ({e.compacted + 1})")
+            yield b'{"type":"ERROR","object":' + encode(err.status()) + b"}\n"
+        except StoreError as e:
+            log.warning("watch ended by the store: %s", e)
+        finally:
+            self.on_watch(-1)
+
+    # ---- create -------------------------------------------------------------------------------
+
+    async def _body_object(self, request: Request) -> tuple[bytes, dict[str, Any]]:
+        body = await bodies.read_body(request, self.settings.max_body_bytes)
+        obj = ensure_object_shape(bodies.decode(body, bodies.media_type(request)))
+        return body, obj
+
+    async def create(self, request: Request, info: RequestInfo, rtype: ResourceType) -> Response:
+        body, obj = await self._body_object(request)
+        dry_run = self._dry_run(request)
+        key_header = request.headers.get("idempotency-key")
+        if not key_header:
+            status, out = await self._create(obj, info, rtype, dry_run, None)
+            return json_response(out, status)
+        user = request.scope.get("setpoint.user", "")
+        record_key = idempotency.digest(str(user), request.url.path, key_header)
+        replay = self.idem.begin(record_key, idempotency.digest(body))
+        if replay is not None:
+            return json_response(replay[1], replay[0])
+        try:
+            status, out = await self._create(obj, info, rtype, dry_run,
+                                             (record_key, idempotency.digest(body)))
+        except APIError as e:
+            self.idem.finish(record_key, e.code, encode(e.status()))
+            raise
+        except BaseException:
+            self.idem.abandon(record_key)
+            raise
+        self.idem.finish(record_key, status, out)
+        return json_response(out, status)
+
+    async def _create(
+        self, obj: dict[str, Any], info: RequestInfo, rtype: ResourceType, dry_run: bool,
+        idem: tuple[str, str] | None,
+    ) -> tuple[int, bytes]:
+        self._check_type_meta(obj, rtype, info.version)
+        self._check_namespace(obj, rtype, info.namespace)
+        meta = obj["metadata"]
+        for f in SYSTEM_FIELDS:
+            meta.pop(f, None)
+        if idem is not None:
+            meta.setdefault("annotations", {})
+            if isinstance(meta["annotations"], dict):
+                meta["annotations"][idempotency.ANNOTATION] = f"{idem[0][:32]}.{idem[1][:32]}"
+        if not meta.get("name"):
+            prefix = meta.get("generateName")
+            if isinstance(prefix, str) and prefix:
+                # With an Idempotency-Key the generated name is derived from it, so a retry that
+                # lost its record meets the first object instead of creating a second one.
+                meta["name"] = (prefix + idem[0][:5]) if idem else generate_name(prefix)
+        meta["uid"] = new_uid()
+        meta["creationTimestamp"] = now()
+        meta["generation"] = 1
+        if rtype.status_subresource and rtype.plural not in ("namespaces",):
+            obj.pop("status", None)
+        self._builtin_create_defaults(rtype, obj)
+        obj = self._validate(rtype, info.version, obj)
+        name = obj["metadata"]["name"]
+        if rtype.namespaced:
+            await self._require_namespace(info.namespace)
+        obj["apiVersion"] = rtype.api_version()
+        if dry_run:
+            return 201, encode(self._with_version(obj, rtype, info.version))
+        key = rtype.key(info.namespace, name)
+        try:
+            kv = await self.backend.create(key, for_storage(obj))
+        except KeyExists:
+            if idem is not None:
+                existing = await self.backend.get(key)
+                if existing is not None:
+                    prior = decode_stored(existing)
+                    stamp = (prior["metadata"].get("annotations") or {}).get(idempotency.ANNOTATION, "")
+                    if stamp == f"{idem[0][:32]}.{idem[1][:32]}":
+                        return 201, encode(self._with_version(prior, rtype, info.version))
+                    if stamp.startswith(idem[0][:32] + "."):
+                        raise Invalid(
+                            "Idempotency-Key was already used with a different request body",
+                            causes=[("FieldValueInvalid", "reused with a different body",
+                                     "Idempotency-Key")],
+                        ) from None
+            raise AlreadyExists(f'{rtype.group_resource} "{name}" already exists', details_name=name,
+                                details_kind=rtype.plural, details_group=rtype.group or None) from None
+        obj["metadata"]["resourceVersion"] = str(kv.mod_revision)
+        if rtype.plural == "customresourcedefinitions":
+            self._crd_event("ADDED", obj, None)
+        return 201, encode(self._with_version(obj, rtype, info.version))
+
+    def _builtin_create_defaults(self, rtype: ResourceType, obj: dict[str, Any]) -> None:
+        if rtype.plural == "namespaces" and not rtype.group:
+            spec = obj.setdefault("spec", {})
+            if isinstance(spec, dict):
+                spec.setdefault("finalizers", ["kubernetes"])
+            obj["status"] = {"phase": "Active"}
+        elif rtype.plural == "customresourcedefinitions":
+            spec = obj.get("spec") or {}
+            names = dict(spec.get("names") or {}) if isinstance(spec, dict) else {}
+            if names.get("kind"):
+                names.setdefault("singular", str(names["kind"]).lower())
+                names.setdefault("listKind", f"{names['kind']}List")
+            ts = now()
+            obj["status"] = {
+                "acceptedNames": names,
+                "storedVersions": [v.get("name") for v in (spec.get("versions") or [])
+                                   if isinstance(v, dict) and v.get("storage")],
+                "conditions": [
+                    {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",
+                     "message": "no conflicts found", "lastTransitionTime": ts},
+                    {"type": "Established", "status": "True", "reason": "InitialNamesAccepted",
+                     "message": "the initial names have been accepted", "lastTransitionTime": ts},
+                ],
+            }
+
+    # ---- update and patch ---------------------------------------------------------------------
+
+    async def update(self, request: Request, info: RequestInfo, rtype: ResourceType) -> Response:
+        _, new = await self._body_object(request)
+        dry_run = self._dry_run(request)
+        self._check_type_meta(new, rtype, info.version)
+        body_name = new["metadata"].get("name")
+        if body_name != info.name:
+            raise BadRequest(
+                f"the name of the object ({body_name}) does not match the name on the URL ({info.name})"
+            )
+        self._check_namespace(new, rtype, info.namespace)
+        expected = self._parse_rv(new["metadata"].get("resourceVersion"), "metadata.resourceVersion")
+        if expected is None and not rtype.allow_unconditional_update:
+            raise_invalid(rtype.kind, rtype.group, info.name, [
+                ("FieldValueInvalid", "Invalid value: 0x0: must be specified for an update",
+                 "metadata.resourceVersion")])
+        status, out = await self._update(
+            info, rtype, lambda old: copy.deepcopy(new), expected, dry_run,
+            create_body=new if rtype.allow_create_on_update else None,
+        )
+        return json_response(out, status)
+
+    async def patch(self, request: Request, info: RequestInfo, rtype: ResourceType) -> Response:
+        ctype = bodies.media_type(request)
+        accepted: tuple[str, ...] = (bodies.MERGE_PATCH, bodies.JSON_PATCH)
+        if rtype.builtin:
+            # Built-in kinds advertise strategic merge patch to kubectl; for their plain maps it
+            # is the same as a JSON merge patch (see docs/api.md).
+            accepted = (*accepted, bodies.STRATEGIC_MERGE_PATCH)
+        if ctype not in accepted:
+            raise UnsupportedMediaType(
+                "the body of the request was in an unknown format - accepted media types include: "
+                + ", ".join(accepted)
+            )
+        body = await bodies.read_body(request, self.settings.max_body_bytes)
+        patch_doc = bodies.decode(body, bodies.JSON, (bodies.JSON,))
+        dry_run = self._dry_run(request)
+        apply: Callable[[Any, Any], Any] = json_patch if ctype == bodies.JSON_PATCH else merge_patch
+
+        def mutate(old: dict[str, Any]) -> dict[str, Any]:
+            patched = apply(old, patch_doc)
+            return ensure_object_shape(patched)
+
+        status, out = await self._update(info, rtype, mutate, None, dry_run)
+        return json_response(out, status)
+
+    async def _update(
+        self,
+        info: RequestInfo,
+        rtype: ResourceType,
+        mutate: Callable[[dict[str, Any]], dict[str, Any]],
+        expected: int | None,
+        dry_run: bool,
+        create_body: dict[str, Any] | None = None,
+    ) -> tuple[int, bytes]:
+        key = rtype.key(info.namespace, info.name)
+        for _ in range(MAX_CONFLICT_RETRIES):
+            kv = await self.backend.get(key)
+            if kv is None:
+                if create_body is not None:
+                    create_info = RequestInfo(path=info.path, verb="create", resource_request=True,
+                                              group=info.group, version=info.version,
+                                              namespace=info.namespace, resource=info.resource)
+                    return await self._create(copy.deepcopy(create_body), create_info, rtype,
+                                              dry_run, None)
+                raise self.not_found(rtype, info.name)
+            if expected is not None and expected != kv.mod_revision:
+                raise self.conflict(rtype, info.name)
+            old = decode_stored(kv)
+            new = mutate(copy.deepcopy(old))
+            new_rv = new["metadata"].get("resourceVersion")
+            if new_rv not in (None, "") and str(new_rv) != str(kv.mod_revision):
+                raise self.conflict(rtype, info.name)
+            self._check_type_meta(new, rtype, info.version)
+            if new["metadata"].get("name") != info.name:
+                raise BadRequest("metadata.name is immutable")
+            self._check_namespace(new, rtype, info.namespace)
+            new = self._prepare_update(rtype, info, old, new)
+            new["apiVersion"] = rtype.api_version()
+            new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+            if new == old:
+                return 200, encode(self._with_version(old, rtype, info.version))
+            if dry_run:
+                return 200, encode(self._with_version(new, rtype, info.version))
+            meta = new["metadata"]
+            try:
+                if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+                    gone = await self.backend.delete(key, kv.mod_revision)
+                    self._after_delete(rtype, new)
+                    meta["resourceVersion"] = str(gone.mod_revision)
+                    return 200, encode(self._with_version(new, rtype, info.version))
+                kv2 = await self.backend.update(key, for_storage(new), kv.mod_revision)
+            except RevisionMismatch:
+                if expected is not None:
+                    raise self.conflict(rtype, info.name) from None
+                continue
+            except KeyNotFound:
+                continue
+            meta["resourceVersion"] = str(kv2.mod_revision)
+            if rtype.plural == "customresourcedefinitions":
+                self._crd_event("MODIFIED", new, old)
+            return 200, encode(self._with_version(new, rtype, info.version))
+        raise self.conflict(rtype, info.name)
+
+    def _prepare_update(
+        self, rtype: ResourceType, info: RequestInfo, old: dict[str, Any], new: dict[str, Any]
+    ) -> dict[str, Any]:
+        old_meta = old["metadata"]
+        if info.subresource == "status":
+            result = copy.deepcopy(old)
+            if "status" in new:
+                result["status"] = new["status"]
+            else:
+                result.pop("status", None)
+        else:
+            result = new
+            if rtype.status_subresource:
+                if "status" in old:
+                    result["status"] = copy.deepcopy(old["status"])
+                else:
+                    result.pop("status", None)
+        meta = result["metadata"]
+        for f in ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds",
+                  "generation"):
+            if f in old_meta:
+                meta[f] = old_meta[f]
+            else:
+                meta.pop(f, None)
+        if old_meta.get("deletionTimestamp"):
+            added = set(meta.get("finalizers") or ()) - set(old_meta.get("finalizers") or ())
+            if added:
+                raise_invalid(rtype.kind, rtype.group, info.name, [(
+                    "FieldValueForbidden",
+                    "Forbidden: no new finalizers can be added if the object is being deleted, "
+                    f"found new finalizers {sorted(added)!r}", "metadata.finalizers")])
+        if rtype.plural == "namespaces" and not rtype.group:
+            result.setdefault("status", {}).setdefault("phase", "Active")
+        result = self._validate(rtype, info.version, result)
+        if spec_changed(old, result):
+            result["metadata"]["generation"] = int(old_meta.get("generation", 1)) + 1
+        return result
+
+    # ---- delete -------------------------------------------------------------------------------
+
+    async def _delete_options(self, request: Request) -> dict[str, Any]:
+        body = await bodies.read_body(request, self.settings.max_body_bytes)
+        opts: dict[str, Any] = {}
+        if body.strip():
+            decoded = bodies.decode(body, bodies.media_type(request) or bodies.JSON)
+            if not isinstance(decoded, dict):
+                raise BadRequest("DeleteOptions must be an object")
+            opts = decoded
+        q = request.query_params
+        if "propagationPolicy" in q:
+            opts["propagationPolicy"] = q["propagationPolicy"]
+        if "gracePeriodSeconds" in q:
+            opts["gracePeriodSeconds"] = q["gracePeriodSeconds"]
+        policy = opts.get("propagationPolicy")
+        if policy not in (None, "Orphan", "Background", "Foreground"):
+            raise_invalid("DeleteOptions", "", "", [(
+                "FieldValueNotSupported",
+                f'Unsupported value: "{policy}": supported values: "Foreground", "Background", "Orphan"',
+                "propagationPolicy")])
+        return opts
+
+    async def delete(self, request: Request, info: RequestInfo, rtype: ResourceType) -> Response:
+        opts = await self._delete_options(request)
+        dry_run = self._dry_run(request) or opts.get("dryRun") == ["All"]
+        status, out = await self._delete_one(rtype, info.namespace, info.name, opts, dry_run,
+                                             info.version)
+        return json_response(out, status)
+
+    async def _delete_one(
+        self, rtype: ResourceType, namespace: str, name: str, opts: dict[str, Any], dry_run: bool,
+        version: str,
+    ) -> tuple[int, bytes]:
+        key = rtype.key(namespace, name)
+        pre = opts.get("preconditions") or {}
+        for _ in range(MAX_CONFLICT_RETRIES):
+            kv = await self.backend.get(key)
+            if kv is None:
+                raise self.not_found(rtype, name)
+            obj = decode_stored(kv)
+            meta = obj["metadata"]
+            if pre.get("uid") and pre["uid"] != meta.get("uid"):
+                raise Conflict(
+                    f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: "
+                    f"{meta.get('uid')}", details_name=name, details_kind=rtype.plural)
+            if pre.get("resourceVersion") and str(pre["resourceVersion"]) != meta["resourceVersion"]:
+                raise Conflict(
+                    f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, "
+                    f"ResourceVersion in object meta: {meta['resourceVersion']}",
+                    details_name=name, details_kind=rtype.plural)
+            finalizers = list(meta.get("finalizers") or [])
+            if rtype.plural == "namespaces" and not rtype.group:
+                finalizers += (obj.get("spec") or {}).get("finalizers") or []
+            if dry_run:
+                return 200, encode(self._with_version(obj, rtype, version))
+            try:
+                if finalizers:
+                    if meta.get("deletionTimestamp"):
+                        return 202, encode(self._with_version(obj, rtype, version))
+                    meta["deletionTimestamp"] = now()
+                    meta["deletionGracePeriodSeconds"] = 0
+                    if rtype.plural == "namespaces" and not rtype.group:
+                        obj.setdefault("status", {})["phase"] = "Terminating"
+                    kv2 = await self.backend.update(key, for_storage(obj), kv.mod_revision)
+                    meta["resourceVersion"] = str(kv2.mod_revision)
+                    return 202, encode(self._with_version(obj, rtype, version))
+                gone = await self.backend.delete(key, kv.mod_revision)
+            except (RevisionMismatch, KeyNotFound):
+                continue
+            meta["resourceVersion"] = str(gone.mod_revision)
+            self._after_delete(rtype, obj)
+            return 200, encode(self._with_version(obj, rtype, version))
+        raise self.conflict(rtype, name)
+
+    def _after_delete(self, rtype: ResourceType, obj: dict[str, Any]) -> None:
+        if rtype.plural == "customresourcedefinitions":
+            self._crd_event("DELETED", obj, None)
+
+    async def delete_collection(
+        self, request: Request, info: RequestInfo, rtype: ResourceType
+    ) -> Response:
+        opts = await self._delete_options(request)
+        dry_run = self._dry_run(request)
+        label, field = self._selectors(request)
+        pred = self._predicate(label, field)
+        key_prefix = self._scope(info, rtype, field)
+        page = await self.backend.list(key_prefix)
+        deleted: list[bytes] = []
+        for kv in page.items:
+            obj = decode_stored(kv)
+            if pred is not None and not pred(obj):
+                continue
+            meta = obj["metadata"]
+            try:
+                _, out = await self._delete_one(rtype, meta.get("namespace", ""), meta["name"], opts,
+                                                dry_run, info.version)
+            except NotFound:
+                continue
+            deleted.append(out)
+        return json_response(self._list_body(rtype, info.version, page.revision, deleted))

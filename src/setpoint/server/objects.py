@@ -1,0 +1,197 @@
+"""Object metadata: the rules every kind shares (names, labels, system fields, generation).
+
+The store keeps objects without ``metadata.resourceVersion``: the revision of the write *is* the
+resourceVersion, so it is filled in when an object is read rather than stored twice.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from setpoint.server.errors import BadRequest, Invalid
+from setpoint.store import KeyValue
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder()
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+SUBDOMAIN_MSG = (
+    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
+    "and must start and end with an alphanumeric character (e.g. 'example.com', regex used for "
+    "validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"
+)
+LABEL_MSG = (
+    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must "
+    "start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for "
+    "validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')"
+)
+# Fields a client may never set: the server owns them.
+SYSTEM_FIELDS = ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds",
+                 "generation", "resourceVersion", "selfLink")
+MAX_ANNOTATIONS_BYTES = 256 * 1024
+GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def new_uid() -> str:
+    return str(uuid.uuid4())
+
+
+def generate_name(prefix: str) -> str:
+    return prefix + "".join(secrets.choice(GENERATE_ALPHABET) for _ in range(5))
+
+
+def encode(obj: Any) -> bytes:
+    return _encoder.encode(obj)
+
+
+def decode_stored(kv: KeyValue) -> dict[str, Any]:
+    obj: dict[str, Any] = _decoder.decode(kv.value)
+    obj["metadata"]["resourceVersion"] = str(kv.mod_revision)
+    return obj
+
+
+def for_storage(obj: dict[str, Any]) -> bytes:
+    meta = obj["metadata"]
+    rv = meta.pop("resourceVersion", None)
+    try:
+        return _encoder.encode(obj)
+    finally:
+        if rv is not None:
+            meta["resourceVersion"] = rv
+
+
+def name_errors(name: str, *, label: bool) -> str | None:
+    if label:
+        if len(name) > 63:
+            return "must be no more than 63 characters"
+        return None if DNS1123_LABEL.match(name) else LABEL_MSG
+    if len(name) > 253:
+        return "must be no more than 253 characters"
+    return None if DNS1123_SUBDOMAIN.match(name) else SUBDOMAIN_MSG
+
+
+def qualified_name_error(key: str) -> str | None:
+    prefix, _, name = key.rpartition("/")
+    if "/" in prefix:
+        return "a qualified name must consist of alphanumeric characters, '-', '_' or '.', with an optional DNS subdomain prefix and '/'"
+    if prefix and (len(prefix) > 253 or not DNS1123_SUBDOMAIN.match(prefix)):
+        return "prefix part " + SUBDOMAIN_MSG
+    if not name or len(name) > 63 or not QUALIFIED_NAME.match(name):
+        return (
+            "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and "
+            "end with an alphanumeric character, at most 63 characters"
+        )
+    return None
+
+
+def validate_metadata(obj: dict[str, Any], *, name_is_label: bool) -> list[tuple[str, str, str]]:
+    """Kubernetes' ObjectMeta rules; returns 422 causes (reason, message, field)."""
+    causes: list[tuple[str, str, str]] = []
+    meta = obj["metadata"]
+    name = meta.get("name")
+    if not isinstance(name, str) or not name:
+        causes.append(("FieldValueRequired", "Required value: name or generateName is required",
+                       "metadata.name"))
+    else:
+        err = name_errors(name, label=name_is_label)
+        if err:
+            causes.append(("FieldValueInvalid", f'Invalid value: "{name}": {err}', "metadata.name"))
+    for section in ("labels", "annotations"):
+        value = meta.get(section)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            causes.append(("FieldValueInvalid", "Invalid value: must be a map of strings", f"metadata.{section}"))
+            continue
+        size = 0
+        for k, v in value.items():
+            err = qualified_name_error(k)
+            if err:
+                causes.append(("FieldValueInvalid", f'Invalid value: "{k}": {err}', f"metadata.{section}"))
+            if not isinstance(v, str):
+                causes.append(("FieldValueInvalid", f'Invalid value: {k}: value must be a string',
+                               f"metadata.{section}[{k}]"))
+                continue
+            if section == "labels" and (len(v) > 63 or not LABEL_VALUE.match(v)):
+                causes.append(("FieldValueInvalid",
+                               f'Invalid value: "{v}": a valid label must be an empty string or consist '
+                               "of alphanumeric characters, '-', '_' or '.', and must start and end with "
+                               "an alphanumeric character, at most 63 characters",
+                               f"metadata.labels"))
+            size += len(k) + len(v)
+        if section == "annotations" and size > MAX_ANNOTATIONS_BYTES:
+            causes.append(("FieldValueTooLong", "Too long: must have at most 262144 bytes",
+                           "metadata.annotations"))
+    finalizers = meta.get("finalizers")
+    if finalizers is not None:
+        if not isinstance(finalizers, list) or not all(isinstance(f, str) for f in finalizers):
+            causes.append(("FieldValueInvalid", "Invalid value: must be a list of strings", "metadata.finalizers"))
+        else:
+            for i, f in enumerate(finalizers):
+                err = qualified_name_error(f)
+                if err:
+                    causes.append(("FieldValueInvalid", f'Invalid value: "{f}": {err}',
+                                   f"metadata.finalizers[{i}]"))
+    owners = meta.get("ownerReferences")
+    if owners is not None:
+        if not isinstance(owners, list):
+            causes.append(("FieldValueInvalid", "Invalid value: must be a list", "metadata.ownerReferences"))
+        else:
+            for i, ref in enumerate(owners):
+                if not isinstance(ref, dict):
+                    causes.append(("FieldValueInvalid", "Invalid value: must be an object",
+                                   f"metadata.ownerReferences[{i}]"))
+                    continue
+                for req in ("apiVersion", "kind", "name", "uid"):
+                    if not isinstance(ref.get(req), str) or not ref.get(req):
+                        causes.append(("FieldValueRequired", "Required value",
+                                       f"metadata.ownerReferences[{i}].{req}"))
+    return causes
+
+
+def ensure_object_shape(obj: Any) -> dict[str, Any]:
+    """A body must be a JSON object with an object ``metadata``; anything else is a 400."""
+    if not isinstance(obj, dict):
+        raise BadRequest("the request body must be a JSON or YAML object")
+    meta = obj.get("metadata")
+    if meta is None:
+        obj["metadata"] = meta = {}
+    if not isinstance(meta, dict):
+        raise BadRequest("metadata must be an object")
+    return obj
+
+
+def raise_invalid(kind: str, group: str, name: str, causes: list[tuple[str, str, str]]) -> None:
+    if not causes:
+        return
+    gk = f"{kind}.{group}" if group else kind
+    summary = ", ".join(f"{f}: {m}" for _, m, f in causes)
+    if len(causes) > 1:
+        summary = "[" + summary + "]"
+    raise Invalid(
+        f'{gk} "{name}" is invalid: {summary}',
+        causes=causes,
+        details_name=name,
+        details_kind=kind,
+        details_group=group or None,
+    )
+
+
+def spec_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Generation counts changes to everything but metadata and status."""
+    keys = (set(old) | set(new)) - {"metadata", "status", "apiVersion", "kind"}
+    return any(old.get(k) != new.get(k) for k in keys)

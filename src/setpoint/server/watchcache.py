@@ -1,0 +1,366 @@
+"""The watch cache: one backend watch feeds every client watch, list-from-cache and bookmark.
+
+Why: a backend watch per client would multiply store load by the number of agents; instead the
+server keeps the current objects and a bounded window of recent events in memory, encodes each
+event once, and fans it out to watchers through bounded queues. A watcher that cannot keep up
+is cut off rather than allowed to grow memory; it resumes from the last revision it saw.
+
+A client that asks for a revision older than the in-memory window but still inside the store's
+history is served from the store first and then joins the window, so the window size trades
+memory for store reads, never correctness.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from setpoint.server.objects import decode_stored, encode
+from setpoint.store import Backend, Compacted, Event, KeyValue, StoreError
+
+log = logging.getLogger(__name__)
+
+Predicate = Callable[[dict[str, Any]], bool]
+EventHook = Callable[[str, dict[str, Any], dict[str, Any] | None], None]
+
+
+def resource_prefix(key: str) -> str:
+    """'/registry/g/plural/ns/name' -> '/registry/g/plural/'."""
+    parts = key.split("/", 4)
+    return f"/{parts[1]}/{parts[2]}/{parts[3]}/"
+
+
+class CachedObject:
+    __slots__ = ("key", "obj", "raw", "revision")
+
+    def __init__(self, key: str, obj: dict[str, Any], revision: int) -> None:
+        self.key = key
+        self.obj = obj
+        self.revision = revision
+        self.raw = encode(obj)
+
+
+class CacheEvent:
+    __slots__ = ("key", "obj", "prefix", "prev", "revision", "type")
+
+    def __init__(
+        self, revision: int, type: str, key: str, obj: CachedObject, prev: CachedObject | None
+    ) -> None:
+        self.revision = revision
+        self.type = type
+        self.key = key
+        self.prefix = resource_prefix(key)
+        self.obj = obj
+        self.prev = prev
+
+
+def watch_line(type: str, raw: bytes) -> bytes:
+    return b'{"type":"' + type.encode() + b'","object":' + raw + b"}\n"
+
+
+class TooOld(Exception):
+    """The requested revision is older than the in-memory window."""
+
+
+class WatcherClosed(Exception):
+    """The watcher was cut off (too slow, or the cache restarted); the client resumes."""
+
+
+class CacheWatcher:
+    """One client watch: a bounded queue of encoded lines, filled synchronously by the cache."""
+
+    def __init__(
+        self,
+        cache: WatchCache,
+        prefix: str,
+        key_prefix: str,
+        predicate: Predicate | None,
+        capacity: int,
+    ) -> None:
+        self.cache = cache
+        self.prefix = prefix
+        self.key_prefix = key_prefix
+        self.predicate = predicate
+        self.queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue(capacity)
+        self.closed_reason: str | None = None
+
+    def offer(self, ev: CacheEvent) -> None:
+        if self.closed_reason is not None or not ev.key.startswith(self.key_prefix):
+            return
+        etype = ev.type
+        pred = self.predicate
+        if pred is not None:
+            new_ok = pred(ev.obj.obj)
+            old_ok = ev.prev is not None and pred(ev.prev.obj)
+            if etype == "DELETED":
+                if not new_ok:
+                    return
+            elif new_ok and old_ok:
+                etype = "MODIFIED"
+            elif new_ok:
+                etype = "ADDED"
+            elif old_ok:
+                etype = "DELETED"
+            else:
+                return
+        try:
+            self.queue.put_nowait((watch_line(etype, ev.obj.raw), ev.revision))
+        except asyncio.QueueFull:
+            self.close("the watcher fell behind and was cut off; resume from the last resourceVersion")
+
+    def close(self, reason: str) -> None:
+        if self.closed_reason is None:
+            self.closed_reason = reason
+            self.cache._unregister(self)
+            # Wake the consumer even when the queue is full: drop the oldest pending line; the
+            # consumer stops at the sentinel anyway, and resumes from the last revision it sent.
+            if self.queue.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    self.queue.get_nowait()
+            self.queue.put_nowait(None)
+
+
+class WatchCache:
+    def __init__(self, backend: Backend, *, window: int = 20_000, watcher_queue: int = 1_000) -> None:
+        self.backend = backend
+        self.window = window
+        self.watcher_queue = watcher_queue
+        self.revision = 0
+        self.floor = 0  # every event with revision > floor is in the ring
+        self._ring: deque[CacheEvent] = deque()
+        self._ring_revs: deque[int] = deque()
+        self._objects: dict[str, dict[str, CachedObject]] = {}
+        self._watchers: dict[str, set[CacheWatcher]] = {}
+        self._hooks: dict[str, list[EventHook]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.ready = asyncio.Event()
+        self.events_total = 0
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._load()
+        self._task = asyncio.create_task(self._run(), name="watch-cache")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for watchers in list(self._watchers.values()):
+            for w in list(watchers):
+                w.close("the server is shutting down")
+
+    def add_hook(self, prefix: str, hook: EventHook) -> None:
+        """Call ``hook(type, obj, prev)`` for every event under ``prefix`` (e.g. CRDs)."""
+        self._hooks.setdefault(prefix, []).append(hook)
+
+    async def _load(self) -> None:
+        objects: dict[str, dict[str, CachedObject]] = {}
+        start_after = ""
+        revision = 0
+        while True:
+            page = await self.backend.list("/registry/", revision=revision, limit=5_000,
+                                           start_after=start_after)
+            revision = page.revision
+            for kv in page.items:
+                co = CachedObject(kv.key, decode_stored(kv), kv.mod_revision)
+                objects.setdefault(resource_prefix(kv.key), {})[kv.key] = co
+            if not page.more or not page.items:
+                break
+            start_after = page.items[-1].key
+        self._objects = objects
+        self.revision = revision
+        self.floor = revision
+        self._ring.clear()
+        self._ring_revs.clear()
+        for prefix, hooks in self._hooks.items():
+            for co in objects.get(prefix, {}).values():
+                for hook in hooks:
+                    hook("ADDED", co.obj, None)
+        self.ready.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                async with contextlib.aclosing(self.backend.watch("/registry/", self.revision)) as w:
+                    async for batch in w:
+                        self._apply(batch)
+            except Compacted:
+                log.warning("watch cache fell behind the store's history; reloading")
+                for watchers in list(self._watchers.values()):
+                    for cw in list(watchers):
+                        cw.close("the server's cache was reloaded; relist")
+                await self._load()
+            except StoreError as e:
+                log.warning("backend watch ended (%s); resuming from %d", e, self.revision)
+                await asyncio.sleep(0.1)  # back off before re-subscribing to a failing store
+
+    def _apply(self, batch: list[Event]) -> None:
+        for ev in batch:
+            kv = ev.kv
+            prefix = resource_prefix(kv.key)
+            bucket = self._objects.setdefault(prefix, {})
+            prev = bucket.get(kv.key)
+            co = CachedObject(kv.key, decode_stored(kv), kv.mod_revision)
+            if ev.type == "DELETE":
+                bucket.pop(kv.key, None)
+                etype = "DELETED"
+            else:
+                bucket[kv.key] = co
+                etype = "ADDED" if ev.created or prev is None else "MODIFIED"
+            cev = CacheEvent(kv.mod_revision, etype, kv.key, co, prev)
+            self._ring.append(cev)
+            self._ring_revs.append(cev.revision)
+            if len(self._ring) > self.window:
+                old = self._ring.popleft()
+                self._ring_revs.popleft()
+                self.floor = old.revision
+            self.revision = kv.mod_revision
+            self.events_total += 1
+            for w in list(self._watchers.get(prefix, ())):
+                w.offer(cev)
+            for hook in self._hooks.get(prefix, ()):
+                try:
+                    hook(etype, co.obj, prev.obj if prev else None)
+                except Exception:
+                    log.exception("watch cache hook failed for %s", kv.key)
+        self._notify()
+
+    def _notify(self) -> None:
+        if not self._waiters:
+            return
+        keep = []
+        for rev, fut in self._waiters:
+            if rev <= self.revision:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                keep.append((rev, fut))
+        self._waiters = keep
+
+    async def wait_for(self, revision: int, timeout: float) -> bool:
+        """Wait until the cache has seen ``revision``; False on timeout."""
+        if self.revision >= revision:
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (revision, fut)
+        self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(entry)
+
+    # ---- reads -----------------------------------------------------------------------------
+
+    def list(self, prefix: str, key_prefix: str) -> list[CachedObject]:
+        bucket = self._objects.get(prefix, {})
+        if key_prefix == prefix:
+            items = list(bucket.values())
+        else:
+            items = [co for k, co in bucket.items() if k.startswith(key_prefix)]
+        items.sort(key=lambda co: co.key)
+        return items
+
+    def get(self, key: str) -> CachedObject | None:
+        return self._objects.get(resource_prefix(key), {}).get(key)
+
+    def count(self, prefix: str) -> int:
+        return len(self._objects.get(prefix, {}))
+
+    def watcher_count(self) -> int:
+        return sum(len(s) for s in self._watchers.values())
+
+    # ---- watches ---------------------------------------------------------------------------
+
+    def _register(self, prefix: str, key_prefix: str, predicate: Predicate | None,
+                  after: int) -> CacheWatcher:
+        if after < self.floor:
+            raise TooOld(after)
+        w = CacheWatcher(self, prefix, key_prefix, predicate, self.watcher_queue)
+        start = bisect.bisect_right(self._ring_revs, after)
+        for i in range(start, len(self._ring)):
+            ev = self._ring[i]
+            if ev.prefix == prefix:
+                w.offer(ev)
+        if w.closed_reason is None:
+            self._watchers.setdefault(prefix, set()).add(w)
+        return w
+
+    def _unregister(self, w: CacheWatcher) -> None:
+        s = self._watchers.get(w.prefix)
+        if s is not None:
+            s.discard(w)
+
+    async def watch(
+        self,
+        prefix: str,
+        key_prefix: str,
+        predicate: Predicate | None,
+        after: int | None,
+        tick: float | None = None,
+    ) -> AsyncIterator[tuple[bytes, int]]:
+        """Encoded watch lines and their revisions.
+
+        Every ``tick`` seconds without an event it yields ``(b"", revision)``: the revision up to
+        which this watcher has been sent everything (for bookmarks and deadlines).
+
+        ``after=None`` starts with synthetic ADDED events for the current state (Kubernetes'
+        "watch from now, with initial state"); otherwise every event after that revision.
+        Raises Compacted when ``after`` is older than the store keeps; WatcherClosed when cut off.
+        """
+        if after is None:
+            after = self.revision
+            for co in self.list(prefix, key_prefix):
+                if predicate is None or predicate(co.obj):
+                    yield watch_line("ADDED", co.raw), co.revision
+        while True:
+            try:
+                w = self._register(prefix, key_prefix, predicate, after)
+                break
+            except TooOld:
+                # Catch up from the store until the in-memory window covers us.
+                async with contextlib.aclosing(self.backend.watch(key_prefix, after)) as bw:
+                    async for batch in bw:
+                        for ev in batch:
+                            line = self._catch_up_line(ev, predicate)
+                            after = ev.revision
+                            if line is not None:
+                                yield line, after
+                        if after >= self.floor:
+                            break
+        try:
+            while True:
+                if tick is None:
+                    item = await w.queue.get()
+                else:
+                    try:
+                        item = await asyncio.wait_for(w.queue.get(), tick)
+                    except TimeoutError:
+                        yield b"", self.revision
+                        continue
+                if item is None:
+                    raise WatcherClosed(w.closed_reason or "closed")
+                yield item
+        finally:
+            w.close("done")
+
+    @staticmethod
+    def _catch_up_line(ev: Event, predicate: Predicate | None) -> bytes | None:
+        kv: KeyValue = ev.kv
+        obj = decode_stored(kv)
+        if predicate is not None and not predicate(obj):
+            return None  # without the previous value a selector exit cannot be told apart
+        etype = "DELETED" if ev.type == "DELETE" else ("ADDED" if ev.created else "MODIFIED")
+        return watch_line(etype, encode(obj))

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.servers import ServerProcess
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One real server for the API tests; each test works in a namespace of its own."""
+    srv = ServerProcess(tmp_path_factory.mktemp("server")).start()
+    yield srv
+    srv.stop()
+
+
+WIDGET_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "widgets.example.com"},
+    "spec": {
+        "group": "example.com",
+        "scope": "Namespaced",
+        "names": {"plural": "widgets", "singular": "widget", "kind": "Widget", "shortNames": ["wd"]},
+        "versions": [{
+            "name": "v1", "served": True, "storage": True,
+            "subresources": {"status": {}},
+            "schema": {"openAPIV3Schema": {
+                "type": "object",
+                "properties": {
+                    "spec": {
+                        "type": "object",
+                        "required": ["size"],
+                        "properties": {
+                            "size": {"type": "integer", "minimum": 0},
+                            "color": {"type": "string", "default": "blue"},
+                            "tags": {"type": "array", "items": {"type": "string"}},
+                        },
+                    },
+                    "status": {
+                        "type": "object",
+                        "properties": {"ready": {"type": "boolean"}, "observed": {"type": "integer"}},
+                    },
+                },
+            }},
+        }],
+    },
+}
+
+
+def ensure_crd(client: httpx.Client, crd: dict = WIDGET_CRD) -> None:  # type: ignore[type-arg]
+    r = client.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=crd)
+    assert r.status_code in (201, 409), r.text
+
+
+@pytest.fixture
+def namespace(server: ServerProcess) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    with server.sync_client() as c:
+        r = c.post("/api/v1/namespaces", json={"apiVersion": "v1", "kind": "Namespace",
+                                               "metadata": {"name": name}})
+        assert r.status_code == 201, r.text
+        ensure_crd(c)
+    yield name
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "data"
+    d.mkdir()
+    return d
+
+
+def widget(name: str, size: int = 1, labels: dict[str, str] | None = None, **spec: object) -> dict:  # type: ignore[type-arg]
+    return {
+        "apiVersion": "example.com/v1",
+        "kind": "Widget",
+        "metadata": {"name": name, **({"labels": labels} if labels else {})},
+        "spec": {"size": size, **spec},
+    }

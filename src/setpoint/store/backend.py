@@ -18,6 +18,7 @@ about what an object is.
 from __future__ import annotations
 
 import abc
+import builtins
 from collections.abc import AsyncIterator
 from typing import Literal
 
@@ -151,12 +152,14 @@ class Backend(abc.ABC):
         revision. Same guards as update."""
 
     @abc.abstractmethod
-    def watch(self, prefix: str, after_revision: int) -> AsyncIterator[list[Event]]:
+    def watch(self, prefix: str, after_revision: int) -> AsyncIterator[builtins.list[Event]]:
         """Every event under ``prefix`` with revision > ``after_revision``, in order, in batches.
 
         Raises Compacted (on first iteration) when ``after_revision`` < compacted revision,
         FutureRevision when it is ahead of the store, WatchOverflow when the consumer falls
         behind the backend's bounded buffer. Close it with ``aclose()``.
+
+        (``builtins.list`` in the annotation: inside this class, ``list`` is the method above.)
         """
 
     @abc.abstractmethod

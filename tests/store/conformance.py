@@ -451,13 +451,29 @@ class BackendConformance:
         await b.create("/z/b", b"2")
         assert [e.kv.key for e in await pending] == ["/z/b"]
         waiting = asyncio.ensure_future(anext(stream))
-        await b.close()
+        await asyncio.gather(b.close(), b.close())  # closing twice at once is fine
         # A backend may end its watches either way; it must not leave them hanging.
         with pytest.raises((StopAsyncIteration, Unavailable)):
             async with asyncio.timeout(DEADLINE):
                 await waiting
         with pytest.raises(Unavailable):
             await b.create("/z/c", b"3")
+
+    async def test_close_keeps_acknowledged_writes(self, harness: Harness) -> None:
+        b = await harness.open("inflight")
+        writes = [asyncio.ensure_future(b.create(f"/i/{i:03d}", b"x")) for i in range(100)]
+        await b.close()
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        acked = [r for r in results if isinstance(r, KeyValue)]
+        assert all(isinstance(r, (KeyValue, Unavailable)) for r in results), results
+        with pytest.raises(Unavailable):
+            await b.get("/i/000")
+        b = await harness.open("inflight")
+        try:
+            assert (await b.list("/i/")).items == sorted(acked, key=lambda kv: kv.key)
+            assert await b.current_revision() == len(acked)
+        finally:
+            await b.close()
 
     async def test_revision_survives_reopen(self, harness: Harness) -> None:
         b = await harness.open("reopen")

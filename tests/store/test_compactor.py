@@ -48,7 +48,7 @@ def test_keep_seconds_only() -> None:
     assert c.target(5, 20) == 0
     assert c.target(11, 30) == 10  # the revision current at t=0 (t <= 11 - 10)
     assert c.target(16, 40) == 20  # the revision current at t=5
-    assert c.target(100, 40) == 40
+    assert c.target(100, 40) == 39
     assert len(c._samples) <= 2  # samples that can no longer matter are dropped
 
 
@@ -59,6 +59,14 @@ def test_the_newer_cut_off_wins() -> None:
     c = policy(1000, 10)
     c.target(0, 10)
     assert c.target(10, 100) == 10  # a quiet store: the time limit cuts deeper
+
+
+def test_never_the_current_revision() -> None:
+    c = policy(0, 10)
+    c.target(0, 40)
+    assert c.target(20, 40) == 39  # a quiet store: the newest revision stays readable
+    assert policy(1, 0).target(0, 40) == 39
+    assert policy(0, 10).target(0, 0) == 0
 
 
 def test_both_limits_off_never_compacts() -> None:

@@ -91,6 +91,19 @@ async def test_group_commit_batches_concurrent_writes(tmp_path: Path) -> None:
         await backend.close()
 
 
+async def test_pending_writes_are_bounded(tmp_path: Path) -> None:
+    backend = SQLiteBackend(tmp_path / "bounded.db", max_pending_writes=4, max_pending_reads=2)
+    await backend.start()
+    try:
+        acks = await asyncio.gather(*(backend.create(f"/b/{i}", b"x") for i in range(100)))
+        assert sorted(kv.mod_revision for kv in acks) == list(range(1, 101))
+        assert backend.stats.max_batch <= 4
+        got = await asyncio.gather(*(backend.get(f"/b/{i}") for i in range(100)))
+        assert got == acks
+    finally:
+        await backend.close()
+
+
 async def test_one_writer_gets_one_fsync_latency(store: SQLiteBackend) -> None:
     """No timer gathers batches: a lone write commits alone, at once."""
     for i in range(5):
@@ -131,11 +144,30 @@ async def test_wal_file_bounded_after_compaction(tmp_path: Path) -> None:
         await backend.close()
 
 
+async def test_wal_file_bounded_without_compaction(tmp_path: Path) -> None:
+    """Every so many commits the writer truncates a WAL that grew past ``wal_limit``."""
+    backend = SQLiteBackend(tmp_path / "wal.db", wal_limit=64 << 10)
+    await backend.start()
+    try:
+        value = os.urandom(4096)
+        for i in range(512):  # the size check runs every 256 commits
+            await backend.create(f"/w/{i}", value)
+        assert backend.stats.commits == 512
+        wal = Path(f"{backend.path}-wal")
+
+        async def truncated() -> bool:  # the check runs right after the 512th commit is acknowledged
+            return file_size(wal) < 64 << 10
+
+        await wait_until(truncated, "the WAL to be truncated")
+    finally:
+        await backend.close()
+
+
 async def test_compaction_runs_in_chunks_between_writes(tmp_path: Path) -> None:
     backend = SQLiteBackend(tmp_path / "chunks.db", compaction_chunk=20)
     await backend.start()
     try:
-        for i in range(20):
+        for i in range(10):
             await asyncio.gather(*(backend.create(f"/h/{i}/{j}", b"x") for j in range(500)))
             await asyncio.gather(*(backend.delete(f"/h/{i}/{j}") for j in range(500)))
         target = await backend.current_revision()

@@ -161,7 +161,8 @@ class Writer:
             self._conn = connect_writer(self._path, self._pragmas)
             self._load_meta(self._conn)
             sync_directory(self._path.parent)
-        except (sqlite3.Error, OSError, ValueError) as exc:
+        except (sqlite3.Error, OSError, ValueError, KeyError) as exc:
+            self._drop_connection()
             self._post(self._listener.writer_ready, unavailable("opening", self._path, exc))
             return
         self._post(self._listener.writer_ready, None)
@@ -258,8 +259,7 @@ class Writer:
                 conn.execute("COMMIT")
         except Exception as exc:
             if not self._committed_anyway(rev):
-                error = unavailable("writing", self._path, exc)
-                outcomes = [error] * len(ops)
+                outcomes = [unavailable("writing", self._path, exc) for _ in ops]
                 events = []
                 rev = base
         self.revision = rev

@@ -6,6 +6,9 @@ newer of the two cut-off points, so neither limit lets history grow without boun
 writes is capped by ``keep_revisions``, a quiet store still forgets what is older than
 ``keep_seconds``. Either limit can be turned off with 0 (both off: never compact).
 
+The newest revision is never compacted: a list "now" reports it, and the following pages of a
+paginated list are read at it, so it must stay readable even when nothing is written for a while.
+
 The time limit needs to know which revision was current ``keep_seconds`` ago; the store does not
 record times, so the compactor samples (monotonic time, revision) at every tick and keeps only
 the samples it may still need.
@@ -85,7 +88,11 @@ class Compactor:
             oldest_time, oldest_rev = self._samples[0]
             if oldest_time <= cutoff:
                 candidates.append(oldest_rev)
-        return max(0, *candidates) if candidates else 0
+        if not candidates:
+            return 0
+        # Never the current revision itself: reads at a compacted revision fail, and a quiet
+        # store's newest revision is the one a paginated list reads all its pages at.
+        return max(0, min(max(candidates), current - 1))
 
     async def compact_once(self) -> int:
         """Sample the revision and compact if a limit says so; returns the revision compacted

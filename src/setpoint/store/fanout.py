@@ -13,6 +13,7 @@ anything already delivered. Subscribing before reading history is what closes th
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
@@ -66,7 +67,7 @@ class Subscription:
             self._wake.clear()
             await self._wake.wait()
         if self._error is not None:
-            raise self._error
+            raise copy.copy(self._error)  # one error object may end many subscriptions
         if len(self._batches) == 1:
             events = self._batches.popleft()
         else:

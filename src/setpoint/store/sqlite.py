@@ -106,7 +106,7 @@ class SQLiteBackend(Backend):
         self._max_pending_reads = max_pending_reads
         self._watch_page = watch_page
         self._hub = WatchHub(watch_buffer)
-        self._state = "new"  # new → open → closing → closed
+        self._state = "new"  # new → open (→ failed) → closing → closed
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer: Writer | None = None
         self._readers: ReaderPool | None = None
@@ -115,6 +115,7 @@ class SQLiteBackend(Backend):
         self._writer_ready: asyncio.Future[None] | None = None
         self._writer_stopped: asyncio.Future[None] | None = None
         self._readers_stopped: asyncio.Future[None] | None = None
+        self._closed: asyncio.Future[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -152,17 +153,21 @@ class SQLiteBackend(Backend):
         self._state = "open"
 
     async def close(self) -> None:
-        if self._state != "open":
-            if self._state == "new":
-                self._state = "closed"
-            return
-        self._state = "closing"
-        assert self._writer is not None and self._readers is not None
+        if self._state == "new":
+            self._state = "closed"
+        if self._state in ("open", "failed"):
+            self._state = "closing"
+            assert self._writer is not None and self._readers is not None
+            self._writer.stop()  # ops queued before this are still committed
+            self._readers.stop()
+            self._closed = asyncio.ensure_future(self._finish_close())
+        if self._closed is not None:
+            await asyncio.shield(self._closed)
+
+    async def _finish_close(self) -> None:
         assert self._writer_stopped is not None and self._readers_stopped is not None
-        self._writer.stop()
-        self._readers.stop()
-        await asyncio.shield(self._writer_stopped)
-        await asyncio.shield(self._readers_stopped)
+        await self._writer_stopped
+        await self._readers_stopped
         self._hub.close(Unavailable(f"sqlite store {self.path} is closed"))
         self._state = "closed"
 
@@ -174,9 +179,8 @@ class SQLiteBackend(Backend):
 
     def _ensure_open(self) -> None:
         if self._state != "open":
-            raise Unavailable(
-                f"sqlite store {self.path} is {'not started' if self._state == 'new' else 'closed'}"
-            )
+            why = {"new": "not started", "failed": "down: its writer stopped"}.get(self._state, "closed")
+            raise Unavailable(f"sqlite store {self.path} is {why}")
 
     # -- callbacks from the writer thread (on the loop) ---------------------------------------------
 
@@ -224,7 +228,7 @@ class SQLiteBackend(Backend):
 
     def writer_stopped(self) -> None:
         if self._state == "open":  # the thread died without being asked to: refuse new work
-            self._state = "closed"
+            self._state = "failed"
             self._hub.close(Unavailable(f"sqlite store {self.path}: the writer stopped unexpectedly"))
         assert self._writer is not None
         error = Unavailable(f"sqlite store {self.path} is closed")
@@ -320,6 +324,7 @@ class SQLiteBackend(Backend):
         return await self._read(lambda conn: reads.history(conn, prefix, after, until, limit))
 
     def watch(self, prefix: str, after_revision: int) -> AsyncGenerator[builtins.list[Event], None]:
+        """See :meth:`Backend.watch`. When the backend closes, the watch raises Unavailable."""
         return watch_stream(
             self._hub, prefix, after_revision, self._history, self._watch_page, check=self._check_watch
         )

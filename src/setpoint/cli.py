@@ -16,7 +16,7 @@ from rich.console import Console
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="setpoint: desired-state orchestration with a Kubernetes-style control plane.")
-console = Console()
+console = Console(soft_wrap=True)
 
 
 @app.command()

@@ -36,6 +36,7 @@ from setpoint.server.namespaces import NamespaceFinalizer
 from setpoint.server.objects import for_storage, new_uid, now
 from setpoint.server.paths import parse_request
 from setpoint.server.resources import Registry, builtin_types
+from setpoint.server.schema import compile_schema
 from setpoint.server.watchcache import WatchCache
 from setpoint.store import Backend, KeyExists, StoreError, Unavailable
 from setpoint.store.compactor import Compactor
@@ -65,7 +66,7 @@ class Server:
         self.backend = backend
         self.options = options
         self.metrics = Metrics()
-        self.registry = Registry(builtin_types())
+        self.registry = Registry(builtin_types(compile_schema))
         self.cache = WatchCache(backend, window=options.watch_cache_window,
                                 watcher_queue=options.watcher_queue)
         self.handlers = ResourceHandlers(

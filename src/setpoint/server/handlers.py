@@ -44,8 +44,8 @@ from setpoint.server.objects import (
     spec_changed,
     validate_metadata,
 )
-from setpoint.server.paths import RequestInfo
 from setpoint.server.patch import json_patch, merge_patch
+from setpoint.server.paths import RequestInfo
 from setpoint.server.resources import CRD_GROUP, Registry, ResourceType, resource_type_from_crd
 from setpoint.server.schema import compile_schema
 from setpoint.server.selectors import FieldSelector, LabelSelector
@@ -117,7 +117,7 @@ class ResourceHandlers:
         if rtype.namespaced and info.resource != "namespaces":
             if not info.namespace and info.verb not in ("list", "watch", "deletecollection"):
                 raise NotFound("the server could not find the requested resource")
-        elif info.namespace and rtype.plural != "namespaces":
+        elif info.namespace and not (rtype.plural == "namespaces" and info.name == info.namespace):
             raise NotFound("the server could not find the requested resource")
         if info.subresource and not (info.subresource == "status" and rtype.status_subresource):
             raise NotFound("the server could not find the requested resource")
@@ -424,7 +424,10 @@ class ResourceHandlers:
             key_prefix = rtype.key(info.namespace, info.name)
             name = info.name
             base = pred
-            pred = (lambda o: o["metadata"]["name"] == name and (base is None or base(o)))
+
+            def pred(o: dict[str, Any]) -> bool:
+                return bool(o["metadata"]["name"] == name and (base is None or base(o)))
+
         rv = self._parse_rv(q.get("resourceVersion"))
         after = rv if rv else None  # "" and "0": start with the current state
         if after is not None:
@@ -579,15 +582,20 @@ class ResourceHandlers:
                 spec.setdefault("finalizers", ["kubernetes"])
             obj["status"] = {"phase": "Active"}
         elif rtype.plural == "customresourcedefinitions":
-            spec = obj.get("spec") or {}
-            names = dict(spec.get("names") or {}) if isinstance(spec, dict) else {}
-            if names.get("kind"):
+            spec = obj.get("spec")
+            if not isinstance(spec, dict):
+                return  # validation names the field
+            names = spec.get("names")
+            names = dict(names) if isinstance(names, dict) else {}
+            if isinstance(names.get("kind"), str) and names["kind"]:
                 names.setdefault("singular", str(names["kind"]).lower())
                 names.setdefault("listKind", f"{names['kind']}List")
             ts = now()
+            versions = spec.get("versions")
+            versions = versions if isinstance(versions, list) else []
             obj["status"] = {
                 "acceptedNames": names,
-                "storedVersions": [v.get("name") for v in (spec.get("versions") or [])
+                "storedVersions": [v.get("name") for v in versions
                                    if isinstance(v, dict) and v.get("storage")],
                 "conditions": [
                     {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts",

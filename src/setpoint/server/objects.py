@@ -87,7 +87,8 @@ def name_errors(name: str, *, label: bool) -> str | None:
 def qualified_name_error(key: str) -> str | None:
     prefix, _, name = key.rpartition("/")
     if "/" in prefix:
-        return "a qualified name must consist of alphanumeric characters, '-', '_' or '.', with an optional DNS subdomain prefix and '/'"
+        return ("a qualified name must consist of alphanumeric characters, '-', '_' or '.', "
+                "with an optional DNS subdomain prefix and '/'")
     if prefix and (len(prefix) > 253 or not DNS1123_SUBDOMAIN.match(prefix)):
         return "prefix part " + SUBDOMAIN_MSG
     if not name or len(name) > 63 or not QUALIFIED_NAME.match(name):
@@ -131,7 +132,7 @@ def validate_metadata(obj: dict[str, Any], *, name_is_label: bool) -> list[tuple
                                f'Invalid value: "{v}": a valid label must be an empty string or consist '
                                "of alphanumeric characters, '-', '_' or '.', and must start and end with "
                                "an alphanumeric character, at most 63 characters",
-                               f"metadata.labels"))
+                               "metadata.labels"))
             size += len(k) + len(v)
         if section == "annotations" and size > MAX_ANNOTATIONS_BYTES:
             causes.append(("FieldValueTooLong", "Too long: must have at most 262144 bytes",

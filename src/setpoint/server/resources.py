@@ -156,6 +156,12 @@ def resource_type_from_crd(
             "FieldValueNotSupported")
     if isinstance(group, str) and isinstance(plural, str) and name != f"{plural}.{group}":
         bad("metadata.name", f'Invalid value: "{name}": must be spec.names.plural+"."+spec.group')
+    for list_field in ("shortNames", "categories"):
+        value = names.get(list_field)
+        if value is not None and not (isinstance(value, list) and all(isinstance(x, str) for x in value)):
+            bad(f"spec.names.{list_field}", "Invalid value: must be a list of strings")
+    if names.get("singular") is not None and not isinstance(names.get("singular"), str):
+        bad("spec.names.singular", "Invalid value: must be a string")
     if not isinstance(versions, list) or not versions:
         bad("spec.versions", "Required value: must have exactly one version marked as storage version",
             "FieldValueRequired")
@@ -176,7 +182,8 @@ def resource_type_from_crd(
         vname = v["name"]
         if not v.get("served", False):
             continue
-        schema = ((v.get("schema") or {}).get("openAPIV3Schema")) if isinstance(v.get("schema"), dict) else None
+        schema_holder = v.get("schema")
+        schema = schema_holder.get("openAPIV3Schema") if isinstance(schema_holder, dict) else None
         if schema is not None:
             if not isinstance(schema, dict):
                 bad(f"spec.versions[{i}].schema.openAPIV3Schema", "Invalid value: must be an object")
@@ -217,6 +224,7 @@ def resource_type_from_crd(
         categories=tuple(names.get("categories") or ()),
         status_subresource=status_sub,
         allow_create_on_update=False,
+        allow_unconditional_update=False,
         validators=validators,
         printer_columns=columns,
         schemas=schemas,
@@ -224,7 +232,57 @@ def resource_type_from_crd(
     )
 
 
-def builtin_types() -> list[ResourceType]:
+_STR = {"type": "string"}
+_INT = {"type": "integer"}
+_STRINGS = {"type": "array", "items": _STR}
+# Built-in kinds get schemas for the fields setpoint itself reads; everything else is kept as sent.
+BUILTIN_SCHEMAS: dict[str, dict[str, Any]] = {
+    "namespaces": {
+        "type": "object", "x-kubernetes-preserve-unknown-fields": True,
+        "properties": {
+            "spec": {"type": "object", "properties": {"finalizers": _STRINGS}},
+            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                       "properties": {"phase": _STR}},
+        },
+    },
+    "leases": {
+        "type": "object", "x-kubernetes-preserve-unknown-fields": True,
+        "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                                "properties": {
+                                    "holderIdentity": {**_STR, "nullable": True},
+                                    "leaseDurationSeconds": {**_INT, "nullable": True},
+                                    "acquireTime": {**_STR, "nullable": True},
+                                    "renewTime": {**_STR, "nullable": True},
+                                    "leaseTransitions": {**_INT, "nullable": True},
+                                }}},
+    },
+    "events": {
+        "type": "object", "x-kubernetes-preserve-unknown-fields": True,
+        "properties": {
+            "involvedObject": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+            "reason": _STR, "message": _STR, "type": _STR, "count": _INT,
+        },
+    },
+    "customresourcedefinitions": {
+        "type": "object", "x-kubernetes-preserve-unknown-fields": True,
+        "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                       "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    },
+}
+
+
+def builtin_types(compile_schema: Callable[[dict[str, Any]], Validator] | None = None) -> list[ResourceType]:
+    types = _builtin_types()
+    if compile_schema is not None:
+        for t in types:
+            schema = BUILTIN_SCHEMAS.get(t.plural)
+            if schema is not None:
+                t.validators[t.storage_version] = compile_schema(schema)
+                t.schemas[t.storage_version] = schema
+    return types
+
+
+def _builtin_types() -> list[ResourceType]:
     return [
         ResourceType(
             group="", versions=("v1",), kind="Namespace", plural="namespaces", singular="namespace",
@@ -242,6 +300,6 @@ def builtin_types() -> list[ResourceType]:
             group=CRD_GROUP, versions=("v1",), kind="CustomResourceDefinition",
             plural="customresourcedefinitions", singular="customresourcedefinition",
             namespaced=False, short_names=("crd", "crds"), categories=("api-extensions",),
-            status_subresource=True,
+            status_subresource=True, allow_unconditional_update=False,
         ),
     ]

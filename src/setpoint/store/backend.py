@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import abc
 import builtins
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Literal
 
 import msgspec
@@ -152,7 +152,7 @@ class Backend(abc.ABC):
         revision. Same guards as update."""
 
     @abc.abstractmethod
-    def watch(self, prefix: str, after_revision: int) -> AsyncIterator[builtins.list[Event]]:
+    def watch(self, prefix: str, after_revision: int) -> AsyncGenerator[builtins.list[Event], None]:
         """Every event under ``prefix`` with revision > ``after_revision``, in order, in batches.
 
         Raises Compacted (on first iteration) when ``after_revision`` < compacted revision,

@@ -141,3 +141,15 @@ def test_idempotency_survives_a_server_restart(data_dir: Path) -> None:
             assert c.post(wpath("default"), json=body, headers=h).status_code == 422
     finally:
         srv.stop()
+
+
+def test_metrics(server: ServerProcess, namespace: str) -> None:
+    with server.sync_client() as c:
+        c.post(wpath(namespace), json=widget("m"))
+        c.get(wpath(namespace, "m"))
+        text = c.get("/metrics").text
+    assert ('setpoint_request_duration_seconds_count{code="201",group="example.com",'
+            'resource="widgets",verb="CREATE"}') in text
+    assert "setpoint_store_write_batch_size_count" in text
+    assert "setpoint_watchers" in text and "setpoint_watch_cache_events_total" in text
+    assert httpx.get(server.url + "/metrics").status_code == 401

@@ -72,7 +72,6 @@ class Server:
         self.handlers = ResourceHandlers(
             backend, self.cache, self.registry,
             idempotency.IdempotencyCache(ttl=options.idempotency_ttl), options.settings,
-            on_watch=self.metrics.watchers.inc,
         )
         self.authn = TokenAuthenticator.from_file(options.token_file) if options.token_file else None
         self.authz: ABACAuthorizer | AlwaysAllow = (
@@ -83,6 +82,9 @@ class Server:
                                    interval=options.compact_interval)
         self.namespaces = NamespaceFinalizer(self.handlers)
         self.metrics.track_revision(lambda: float(self.cache.revision))
+        self.metrics.track_cache(self.cache)
+        if hasattr(backend, "on_commit"):
+            backend.on_commit = self.metrics.batch_size.observe
         self.app = Starlette(
             routes=[
                 Route("/healthz", self.healthz, methods=["GET", "HEAD"]),
@@ -147,7 +149,10 @@ class Server:
         return PlainTextResponse("ok")
 
     async def metrics_endpoint(self, request: Request) -> Response:
-        self._authenticate(request, "/metrics")
+        try:
+            self._authenticate(request, "/metrics")
+        except APIError as e:
+            return self._error(e)
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
 
     def _authenticate(self, request: Request, path: str) -> User | None:

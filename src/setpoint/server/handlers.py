@@ -86,14 +86,12 @@ class ResourceHandlers:
         registry: Registry,
         idempotency_cache: idempotency.IdempotencyCache,
         settings: Settings,
-        on_watch: Callable[[int], None] | None = None,
     ) -> None:
         self.backend = backend
         self.cache = cache
         self.registry = registry
         self.idem = idempotency_cache
         self.settings = settings
-        self.on_watch = on_watch or (lambda delta: None)
         cache.add_hook(f"/registry/{CRD_GROUP}/customresourcedefinitions/", self._crd_event)
 
     # ---- CRDs ---------------------------------------------------------------------------------
@@ -463,7 +461,6 @@ class ResourceHandlers:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         last_sent = after or 0
-        self.on_watch(1)
         try:
             async for line, rev in self.cache.watch(prefix, key_prefix, pred, after, tick=tick):
                 if line:
@@ -485,8 +482,6 @@ class ResourceHandlers:
             yield b'{"type":"ERROR","object":' + encode(err.status()) + b"}\n"
         except StoreError as e:
             log.warning("watch ended by the store: %s", e)
-        finally:
-            self.on_watch(-1)
 
     # ---- create -------------------------------------------------------------------------------
 

@@ -79,7 +79,7 @@ class IdempotencyCache:
         rec = self._entries.get(key)
         if rec is None or rec.done.done():
             return
-        if status >= 500 or status == 409 and b'"reason":"Conflict"' in body:
+        if status >= 500 or (status == 409 and b'"reason":"Conflict"' in body):
             # Transient outcome: forget it, so that a retry runs the request again.
             self._entries.pop(key, None)
             rec.done.set_result((status, body))

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from setpoint.server.watchcache import WatchCache
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
@@ -24,16 +28,17 @@ class Metrics:
             registry=self.registry,
         )
         self.watchers = Gauge(
-            "setpoint_watchers", "Open client watches.", registry=self.registry
+            "setpoint_watchers", "Open client watches (served from the watch cache).", registry=self.registry
         )
-        self.watch_events = Counter(
-            "setpoint_watch_cache_events_total", "Events applied to the watch cache.",
+        self.watch_events_applied = Gauge(
+            "setpoint_watch_cache_events_total", "Events applied to the watch cache since start.",
             registry=self.registry,
         )
-        self.watchers_cut = Counter(
-            "setpoint_watchers_cut_off_total", "Watches closed because the client fell behind.",
+        self.watchers_cut = Gauge(
+            "setpoint_watchers_cut_off_total", "Watches closed since start because the client fell behind.",
             registry=self.registry,
         )
+
         self.batch_size = Histogram(
             "setpoint_store_write_batch_size", "Writes committed together in one store transaction.",
             buckets=BATCH_BUCKETS, registry=self.registry,
@@ -44,6 +49,12 @@ class Metrics:
 
     def track_revision(self, fn: Callable[[], float]) -> None:
         self.store_revision.set_function(fn)
+
+    def track_cache(self, cache: WatchCache) -> None:
+        """Read counters from the cache at scrape time: nothing is added to the event path."""
+        self.watch_events_applied.set_function(lambda: float(cache.events_total))
+        self.watchers_cut.set_function(lambda: float(cache.watchers_cut))
+        self.watchers.set_function(lambda: float(cache.watcher_count()))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

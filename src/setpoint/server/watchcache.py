@@ -111,6 +111,7 @@ class CacheWatcher:
         try:
             self.queue.put_nowait((watch_line(etype, ev.obj.raw), ev.revision))
         except asyncio.QueueFull:
+            self.cache.watchers_cut += 1
             self.close("the watcher fell behind and was cut off; resume from the last resourceVersion")
 
     def close(self, reason: str) -> None:
@@ -141,6 +142,7 @@ class WatchCache:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.ready = asyncio.Event()
         self.events_total = 0
+        self.watchers_cut = 0
 
     # ---- lifecycle -------------------------------------------------------------------------
 

@@ -251,3 +251,14 @@ def test_leases_and_events_builtin(c: httpx.Client, namespace: str) -> None:
     r = c.patch(f"/api/v1/namespaces/{namespace}/events/e1", content=b'{"count":2}',
                 headers={"Content-Type": "application/strategic-merge-patch+json"})
     assert r.status_code == 200 and r.json()["count"] == 2
+
+
+def test_bundled_kinds_are_installed(c: httpx.Client, namespace: str) -> None:
+    crd = c.get("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/processsets.setpoint.dev")
+    assert crd.status_code == 200
+    r = c.post(f"/apis/setpoint.dev/v1alpha1/namespaces/{namespace}/processsets",
+               json={"apiVersion": "setpoint.dev/v1alpha1", "kind": "ProcessSet",
+                     "metadata": {"name": "web"}, "spec": {"command": "sleep", "args": ["100"]}})
+    assert r.status_code == 201, r.text
+    spec = r.json()["spec"]
+    assert spec["replicas"] == 1 and spec["restartBackoff"] == {"initialSeconds": 1, "maxSeconds": 60}

@@ -7,6 +7,7 @@ them in the ASGI lifespan and stops them in reverse order, so nothing outlives i
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -19,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from setpoint.crds import bundled_crds
 from setpoint.server import idempotency
 from setpoint.server.auth import (
     ABACAuthorizer,
@@ -33,12 +35,12 @@ from setpoint.server.errors import APIError, Forbidden, InternalError, NotFound,
 from setpoint.server.handlers import ResourceHandlers, Settings, json_response
 from setpoint.server.metrics import Metrics
 from setpoint.server.namespaces import NamespaceFinalizer
-from setpoint.server.objects import for_storage, new_uid, now
+from setpoint.server.objects import decode_stored, for_storage, new_uid, now
 from setpoint.server.paths import parse_request
-from setpoint.server.resources import Registry, builtin_types
+from setpoint.server.resources import CRD_GROUP, Registry, builtin_types
 from setpoint.server.schema import compile_schema
 from setpoint.server.watchcache import WatchCache
-from setpoint.store import Backend, KeyExists, StoreError, Unavailable
+from setpoint.store import Backend, KeyExists, RevisionMismatch, StoreError, Unavailable
 from setpoint.store.compactor import Compactor
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,7 @@ class Server:
         await self.backend.start()
         await self.cache.start()
         await self._ensure_namespace("default")
+        await self._install_bundled_crds()
         self.compactor.start()
         self.namespaces.start()
         if self.options.on_ready is not None:
@@ -121,6 +124,31 @@ class Server:
         await self.compactor.stop()
         await self.cache.stop()
         await self.backend.close()
+
+    async def _install_bundled_crds(self) -> None:
+        """setpoint's own kinds (group setpoint.dev) are CRDs shipped with the package; a newer
+        release updates their spec in place."""
+        rtype = self.registry.by_group_resource(CRD_GROUP, "customresourcedefinitions")
+        assert rtype is not None
+        for crd in bundled_crds():
+            name = crd["metadata"]["name"]
+            key = rtype.key("", name)
+            current = await self.backend.get(key)
+            if current is not None:
+                stored = decode_stored(current)
+                if stored.get("spec") == crd["spec"]:
+                    continue
+                stored["spec"] = crd["spec"]
+                with contextlib.suppress(RevisionMismatch):
+                    await self.backend.update(key, for_storage(stored), current.mod_revision)
+                self.handlers._crd_event("MODIFIED", stored, None)
+                continue
+            obj = copy.deepcopy(crd)
+            obj["metadata"].update(uid=new_uid(), creationTimestamp=now(), generation=1)
+            self.handlers._builtin_create_defaults(rtype, obj)
+            with contextlib.suppress(KeyExists):
+                await self.backend.create(key, for_storage(obj))
+            self.handlers._crd_event("ADDED", obj, None)
 
     async def _ensure_namespace(self, name: str) -> None:
         rtype = self.registry.by_group_resource("", "namespaces")

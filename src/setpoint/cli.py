@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import shutil
@@ -132,12 +131,14 @@ def serve(
     options.on_ready = lambda: _announce(url, kubeconfig, admin_token)
     server = Server(backend, options)
     config = uvicorn.Config(
-        server.app, loop="uvloop", http="httptools", lifespan="on", access_log=False,
+        server.app, loop="uvloop", http="httptools", lifespan="on", access_log=False, interface="asgi3",
         log_level=log_level, timeout_graceful_shutdown=3,
         ssl_certfile=str(tls_cert) if tls else None, ssl_keyfile=str(tls_key) if tls else None,
     )
     userver = uvicorn.Server(config)
-    asyncio.run(userver.serve(sockets=[sock]))
+    import uvloop
+
+    uvloop.run(userver.serve(sockets=[sock]))
 
 
 def _announce(url: str, kubeconfig: Path, token: str) -> None:

@@ -19,6 +19,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from setpoint.crds import bundled_crds
 from setpoint.server import idempotency
@@ -45,7 +46,8 @@ from setpoint.store.compactor import Compactor
 
 log = logging.getLogger(__name__)
 
-ANONYMOUS_PATHS = frozenset({"/healthz", "/livez", "/readyz", "/version"})
+API_PREFIXES = ("/api/", "/apis/", "/api", "/apis", "/version")
+_NO_QUERY: dict[str, str] = {}
 
 
 @dataclass
@@ -87,7 +89,7 @@ class Server:
         self.metrics.track_cache(self.cache)
         if hasattr(backend, "on_commit"):
             backend.on_commit = self.metrics.batch_size.observe
-        self.app = Starlette(
+        self.starlette = Starlette(
             routes=[
                 Route("/healthz", self.healthz, methods=["GET", "HEAD"]),
                 Route("/livez", self.healthz, methods=["GET", "HEAD"]),
@@ -98,6 +100,16 @@ class Server:
             ],
             lifespan=self.lifespan,
         )
+
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI entry point. API requests, the hot path, go straight to :meth:`endpoint`;
+        Starlette's router and middleware serve the rest (health, metrics, lifespan)."""
+        if scope["type"] == "http" and scope["path"].startswith(API_PREFIXES):
+            request = Request(scope, receive, send)
+            response = await self.endpoint(request)
+            await response(scope, receive, send)
+            return
+        await self.starlette(scope, receive, send)
 
     # ---- lifecycle ----------------------------------------------------------------------------
 
@@ -195,8 +207,9 @@ class Server:
 
     async def endpoint(self, request: Request) -> Response:
         started = time.perf_counter()
-        path = request.url.path
-        info = parse_request(request.method, path, dict(request.query_params))
+        path = request.scope["path"]
+        query = request.query_params if request.scope["query_string"] else _NO_QUERY
+        info = parse_request(request.method, path, query)
         code = 500
         try:
             if path == "/version":

@@ -374,8 +374,12 @@ class ABACAuthorizer:
 
     deny_reason: Final = "No policy matched."
 
-    def __init__(self, policies: Iterable[Policy]) -> None:
+    def __init__(self, policies: Iterable[Policy], *, cache_size: int = 4096) -> None:
         self.policies = tuple(policies)
+        # Decisions depend only on these attributes, and a server sees few distinct combinations:
+        # remembering them takes the policy scan off the request path.
+        self._decisions: dict[tuple[object, ...], bool] = {}
+        self._cache_size = cache_size
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> ABACAuthorizer:
@@ -396,7 +400,15 @@ class ABACAuthorizer:
         return cls(policies)
 
     def authorize(self, attrs: Attributes) -> bool:
-        return any(p.matches(attrs) for p in self.policies)
+        key = (attrs.user.name, attrs.user.groups, attrs.verb, attrs.namespace, attrs.resource,
+               attrs.api_group, attrs.resource_request, "" if attrs.resource_request else attrs.path)
+        decision = self._decisions.get(key)
+        if decision is None:
+            decision = any(p.matches(attrs) for p in self.policies)
+            if len(self._decisions) >= self._cache_size:
+                self._decisions.clear()
+            self._decisions[key] = decision
+        return decision
 
 
 def _q(text: str) -> str:

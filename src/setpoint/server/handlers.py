@@ -160,6 +160,8 @@ class ResourceHandlers:
         )
 
     def _dry_run(self, request: Request) -> bool:
+        if not request.scope["query_string"]:
+            return False
         values = request.query_params.getlist("dryRun")
         for v in values:
             if v != "All":
@@ -498,7 +500,7 @@ class ResourceHandlers:
             status, out = await self._create(obj, info, rtype, dry_run, None)
             return json_response(out, status)
         user = request.scope.get("setpoint.user", "")
-        record_key = idempotency.digest(str(user), request.url.path, key_header)
+        record_key = idempotency.digest(str(user), request.scope["path"], key_header)
         replay = self.idem.begin(record_key, idempotency.digest(body))
         if replay is not None:
             return json_response(replay[1], replay[0])

@@ -5,6 +5,7 @@ Authorization, metrics and the handlers all need the same reading of a URL, so i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 NAMESPACE_SUBRESOURCES = frozenset({"status", "finalize"})
@@ -29,7 +30,7 @@ def _truthy(value: str | None) -> bool:
     return value is not None and value.lower() in ("1", "true", "yes")
 
 
-def parse_request(method: str, path: str, query: dict[str, str]) -> RequestInfo:
+def parse_request(method: str, path: str, query: Mapping[str, str]) -> RequestInfo:
     segments = [s for s in path.split("/") if s]
     info = RequestInfo(path=path, verb=method.lower())
     if not segments or segments[0] not in ("api", "apis"):

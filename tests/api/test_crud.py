@@ -262,3 +262,17 @@ def test_bundled_kinds_are_installed(c: httpx.Client, namespace: str) -> None:
     assert r.status_code == 201, r.text
     spec = r.json()["spec"]
     assert spec["replicas"] == 1 and spec["restartBackoff"] == {"initialSeconds": 1, "maxSeconds": 60}
+
+
+def test_selectable_fields_of_a_crd(c: httpx.Client, namespace: str) -> None:
+    path = f"/apis/setpoint.dev/v1alpha1/namespaces/{namespace}/processsets"
+    for name, node in (("a", "n1"), ("b", "n2"), ("c", "n1")):
+        body = {"apiVersion": "setpoint.dev/v1alpha1", "kind": "ProcessSet", "metadata": {"name": name},
+                "spec": {"command": "true", "nodeName": node}}
+        assert c.post(path, json=body).status_code == 201
+    r = c.get(path, params={"fieldSelector": "spec.nodeName=n1"})
+    assert [i["metadata"]["name"] for i in r.json()["items"]] == ["a", "c"]
+    r = c.get(path, params={"fieldSelector": "spec.nodeName!=n1"})
+    assert [i["metadata"]["name"] for i in r.json()["items"]] == ["b"]
+    # Fields a CRD did not declare selectable are refused, as in Kubernetes.
+    assert c.get(path, params={"fieldSelector": "spec.command=true"}).status_code == 400

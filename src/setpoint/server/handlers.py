@@ -48,7 +48,7 @@ from setpoint.server.patch import json_patch, merge_patch
 from setpoint.server.paths import RequestInfo
 from setpoint.server.resources import CRD_GROUP, Registry, ResourceType, resource_type_from_crd
 from setpoint.server.schema import compile_schema
-from setpoint.server.selectors import FieldSelector, LabelSelector
+from setpoint.server.selectors import DEFAULT_FIELDS, FieldSelector, LabelSelector
 from setpoint.server.watchcache import WatchCache, WatcherClosed
 from setpoint.store import (
     Backend,
@@ -264,11 +264,13 @@ class ResourceHandlers:
 
     # ---- list ---------------------------------------------------------------------------------
 
-    def _selectors(self, request: Request) -> tuple[LabelSelector | None, FieldSelector | None]:
+    def _selectors(
+        self, request: Request, rtype: ResourceType
+    ) -> tuple[LabelSelector | None, FieldSelector | None]:
         ls = request.query_params.get("labelSelector")
         fs = request.query_params.get("fieldSelector")
         label = LabelSelector.parse(ls) if ls else None
-        field = FieldSelector.parse(fs) if fs else None
+        field = FieldSelector.parse(fs, DEFAULT_FIELDS | rtype.selectable_fields) if fs else None
         return (label if label is not None and not label.empty else None), field
 
     def _predicate(
@@ -326,7 +328,7 @@ class ResourceHandlers:
 
     async def list(self, request: Request, info: RequestInfo, rtype: ResourceType) -> Response:
         q = request.query_params
-        label, field = self._selectors(request)
+        label, field = self._selectors(request, rtype)
         pred = self._predicate(label, field)
         key_prefix = self._scope(info, rtype, field)
         limit_s = q.get("limit")
@@ -417,7 +419,7 @@ class ResourceHandlers:
 
     async def watch(self, request: Request, info: RequestInfo, rtype: ResourceType) -> Response:
         q = request.query_params
-        label, field = self._selectors(request)
+        label, field = self._selectors(request, rtype)
         pred = self._predicate(label, field)
         key_prefix = self._scope(info, rtype, field)
         if info.name:  # GET .../widgets/foo?watch=1 is a watch on one object
@@ -829,7 +831,7 @@ class ResourceHandlers:
     ) -> Response:
         opts = await self._delete_options(request)
         dry_run = self._dry_run(request)
-        label, field = self._selectors(request)
+        label, field = self._selectors(request, rtype)
         pred = self._predicate(label, field)
         key_prefix = self._scope(info, rtype, field)
         page = await self.backend.list(key_prefix)

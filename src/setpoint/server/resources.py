@@ -39,6 +39,7 @@ class ResourceType:
     schemas: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False, hash=False)
     builtin: bool = True
     name_is_label: bool = False  # names must be DNS labels (namespaces), not subdomains
+    selectable_fields: frozenset[str] = frozenset()  # field selectors beyond metadata.name/namespace
 
     @property
     def storage_version(self) -> str:
@@ -175,6 +176,7 @@ def resource_type_from_crd(
     columns: dict[str, list[dict[str, Any]]] = {}
     schemas: dict[str, dict[str, Any]] = {}
     status_sub = False
+    fields: set[str] = set()
     for i, v in enumerate(versions):
         if not isinstance(v, dict) or not isinstance(v.get("name"), str):
             bad(f"spec.versions[{i}].name", "Required value", "FieldValueRequired")
@@ -196,6 +198,18 @@ def resource_type_from_crd(
         subresources = v.get("subresources") or {}
         if isinstance(subresources, dict) and "status" in subresources:
             status_sub = True
+        selectable = v.get("selectableFields")
+        if selectable is not None:
+            if not isinstance(selectable, list):
+                bad(f"spec.versions[{i}].selectableFields", "Invalid value: must be a list")
+            else:
+                for j, sf in enumerate(selectable):
+                    path = sf.get("jsonPath") if isinstance(sf, dict) else None
+                    if not isinstance(path, str) or not path.startswith(".") or len(path) < 2:
+                        bad(f"spec.versions[{i}].selectableFields[{j}].jsonPath",
+                            "Invalid value: must be a simple JSON path starting with '.'")
+                    else:
+                        fields.add(path[1:])
         cols = v.get("additionalPrinterColumns")
         if isinstance(cols, list):
             columns[vname] = cols
@@ -229,6 +243,7 @@ def resource_type_from_crd(
         printer_columns=columns,
         schemas=schemas,
         builtin=False,
+        selectable_fields=frozenset(fields),
     )
 
 

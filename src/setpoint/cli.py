@@ -141,6 +141,32 @@ def serve(
     uvloop.run(userver.serve(sockets=[sock]))
 
 
+@app.command("node-token")
+def node_token(
+    node: Annotated[str, typer.Argument(help="Node name the agent will register as.")],
+    data_dir: Annotated[Path, typer.Option(help="The server's data directory.")] = Path(".setpoint"),
+) -> None:
+    """Create credentials for an agent and write a kubeconfig for it.
+
+    The agent may then write only its own Node and Lease and the status of objects assigned to
+    its node.
+    """
+    import yaml
+
+    from setpoint.server.bootstrap import add_node_token, write_kubeconfig
+
+    admin = data_dir / "kubeconfig.yaml"
+    if not admin.exists():
+        console.print(f"[red]{admin} not found[/red]: run `setpoint serve --data-dir {data_dir}` first.")
+        raise typer.Exit(2)
+    cluster = yaml.safe_load(admin.read_text())["clusters"][0]["cluster"]
+    ca = cluster.get("certificate-authority")
+    token = add_node_token(data_dir / "tokens.csv", node)
+    path = write_kubeconfig(data_dir, cluster["server"], token, Path(ca) if ca else None,
+                            user=f"system:node:{node}", filename=f"kubeconfig-node-{node}.yaml")
+    console.print(str(path), highlight=False)
+
+
 def _announce(url: str, kubeconfig: Path, token: str) -> None:
     console.print(f"setpoint serving at [bold]{url}[/bold]", highlight=False)
     console.print(f"kubeconfig: {kubeconfig}", highlight=False)

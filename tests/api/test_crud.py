@@ -276,3 +276,12 @@ def test_selectable_fields_of_a_crd(c: httpx.Client, namespace: str) -> None:
     assert [i["metadata"]["name"] for i in r.json()["items"]] == ["b"]
     # Fields a CRD did not declare selectable are refused, as in Kubernetes.
     assert c.get(path, params={"fieldSelector": "spec.command=true"}).status_code == 400
+
+
+def test_every_bundled_crd_is_valid() -> None:
+    from setpoint.crds import bundled_crds
+    from setpoint.server.resources import resource_type_from_crd
+    from setpoint.server.schema import compile_schema
+
+    kinds = {resource_type_from_crd(crd, compile_schema).kind for crd in bundled_crds()}
+    assert {"ProcessSet", "Node"} <= kinds

@@ -150,14 +150,24 @@ def test_file_changes_are_picked_up_after_the_recheck_interval(tmp_path: Path) -
     assert authn.authenticate("Bearer old").name == "olduser"
 
     _write(path, "new,newuser,2\n", mtime_ns=2_000_000_000)
-    # Within the interval the file is not even looked at.
+    # Within the interval a known token does not make the file be looked at...
     clock.now += 0.5
     assert authn.authenticate("Bearer old").name == "olduser"
-    with pytest.raises(Unauthorized):
-        authn.authenticate("Bearer new")
-
-    clock.now += 0.6
+    # ...but an unknown one does, so a token added a moment ago works at once.
     assert authn.authenticate("Bearer new").name == "newuser"
+    with pytest.raises(Unauthorized):
+        authn.authenticate("Bearer old")
+
+
+def test_removed_tokens_stop_working_after_the_recheck_interval(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.csv"
+    _write(path, "old,olduser,1\n", mtime_ns=1_000_000_000)
+    clock = FakeClock()
+    authn = TokenAuthenticator(path, clock=clock)
+    _write(path, "new,newuser,2\n", mtime_ns=2_000_000_000)
+    clock.now += 0.5
+    assert authn.authenticate("Bearer old").name == "olduser"
+    clock.now += 0.6
     with pytest.raises(Unauthorized):
         authn.authenticate("Bearer old")
 

@@ -23,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from setpoint.crds import bundled_crds
 from setpoint.server import idempotency
+from setpoint.server.admission import LEASE_NAMESPACE
 from setpoint.server.auth import (
     ABACAuthorizer,
     AlwaysAllow,
@@ -125,6 +126,7 @@ class Server:
         await self.backend.start()
         await self.cache.start()
         await self._ensure_namespace("default")
+        await self._ensure_namespace(LEASE_NAMESPACE)
         await self._install_bundled_crds()
         self.compactor.start()
         self.namespaces.start()
@@ -246,6 +248,7 @@ class Server:
         if self.authn is not None:
             user = self.authn.authenticate(request.headers.get("authorization"))
             request.scope["setpoint.user"] = user.name
+            info.user = user
             attrs = Attributes(
                 user=user, verb=info.verb, namespace=info.namespace, resource=info.resource,
                 api_group=info.group, subresource=info.subresource, name=info.name,

@@ -145,9 +145,9 @@ class TokenAuthenticator:
         self._signature = signature
         self._checked_at = self._clock()
 
-    def _maybe_reload(self) -> None:
+    def _maybe_reload(self, force: bool = False) -> None:
         now = self._clock()
-        if now - self._checked_at < self._interval:
+        if not force and now - self._checked_at < self._interval:
             return
         if not self._lock.acquire(blocking=False):
             return  # another thread is already checking; keep serving the current tokens
@@ -182,9 +182,14 @@ class TokenAuthenticator:
         parts = header.split(" ", 2)
         if len(parts) < 2 or parts[0].lower() != "bearer" or not parts[1]:
             raise Unauthorized("Unauthorized")
-        user = self._users.get(_digest(parts[1]))
+        digest = _digest(parts[1])
+        user = self._users.get(digest)
         if user is None:
-            raise Unauthorized("Unauthorized")
+            # A token added a moment ago works at once: an unknown token costs one stat().
+            self._maybe_reload(force=True)
+            user = self._users.get(digest)
+            if user is None:
+                raise Unauthorized("Unauthorized")
         return user
 
     def __len__(self) -> int:

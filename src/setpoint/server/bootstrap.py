@@ -48,6 +48,8 @@ def ensure_policy(data_dir: Path) -> Path:
              "nonResourcePath": "*"},
             {"group": "system:masters", "namespace": "*", "resource": "*", "apiGroup": "*",
              "nonResourcePath": "*"},
+            # Agents: reads everywhere; their writes are narrowed by node restriction.
+            {"group": "system:nodes", "namespace": "*", "resource": "*", "apiGroup": "*"},
             {"group": "system:authenticated", "readonly": True, "nonResourcePath": "*"},
         ]
         lines = [json.dumps({"apiVersion": "abac.authorization.kubernetes.io/v1beta1",
@@ -56,7 +58,20 @@ def ensure_policy(data_dir: Path) -> Path:
     return path
 
 
-def write_kubeconfig(data_dir: Path, server_url: str, token: str, ca_file: Path | None) -> Path:
+def add_node_token(tokens_file: Path, node: str) -> str:
+    """Give an agent credentials for node ``node``: user ``system:node:<node>`` in group
+    ``system:nodes``. The server re-reads the tokens file, so no restart is needed."""
+    token = secrets.token_urlsafe(32)
+    user = f"system:node:{node}"
+    with open(tokens_file, "a") as f:
+        f.write(f'{token},{user},{user},"system:nodes"\n')
+        f.flush()
+        os.fsync(f.fileno())
+    return token
+
+
+def write_kubeconfig(data_dir: Path, server_url: str, token: str, ca_file: Path | None,
+                     *, user: str = ADMIN_USER, filename: str = "kubeconfig.yaml") -> Path:
     cluster: dict[str, object] = {"server": server_url}
     if ca_file is not None:
         cluster["certificate-authority"] = str(ca_file.resolve())
@@ -64,11 +79,11 @@ def write_kubeconfig(data_dir: Path, server_url: str, token: str, ca_file: Path 
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": "setpoint", "cluster": cluster}],
-        "users": [{"name": ADMIN_USER, "user": {"token": token}}],
+        "users": [{"name": user, "user": {"token": token}}],
         "contexts": [{"name": "setpoint",
-                      "context": {"cluster": "setpoint", "user": ADMIN_USER, "namespace": "default"}}],
+                      "context": {"cluster": "setpoint", "user": user, "namespace": "default"}}],
         "current-context": "setpoint",
     }
-    path = data_dir / "kubeconfig.yaml"
+    path = data_dir / filename
     _write_private(path, yaml.safe_dump(config, sort_keys=False))
     return path

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from setpoint.server import bodies, idempotency
+from setpoint.server.admission import admit_node_write, node_of
 from setpoint.server.errors import (
     AlreadyExists,
     APIError,
@@ -545,6 +546,9 @@ class ResourceHandlers:
         self._builtin_create_defaults(rtype, obj)
         obj = self._validate(rtype, info.version, obj)
         name = obj["metadata"]["name"]
+        node = node_of(info.user)
+        if node is not None:
+            admit_node_write(node, "create", rtype, info.namespace, name, "", None)
         if rtype.namespaced:
             await self._require_namespace(info.namespace)
         obj["apiVersion"] = rtype.api_version()
@@ -667,13 +671,17 @@ class ResourceHandlers:
                 if create_body is not None:
                     create_info = RequestInfo(path=info.path, verb="create", resource_request=True,
                                               group=info.group, version=info.version,
-                                              namespace=info.namespace, resource=info.resource)
+                                              namespace=info.namespace, resource=info.resource,
+                                              user=info.user)
                     return await self._create(copy.deepcopy(create_body), create_info, rtype,
                                               dry_run, None)
                 raise self.not_found(rtype, info.name)
             if expected is not None and expected != kv.mod_revision:
                 raise self.conflict(rtype, info.name)
             old = decode_stored(kv)
+            node = node_of(info.user)
+            if node is not None:
+                admit_node_write(node, info.verb, rtype, info.namespace, info.name, info.subresource, old)
             new = mutate(copy.deepcopy(old))
             new_rv = new["metadata"].get("resourceVersion")
             if new_rv not in (None, "") and str(new_rv) != str(kv.mod_revision):
@@ -774,14 +782,17 @@ class ResourceHandlers:
         opts = await self._delete_options(request)
         dry_run = self._dry_run(request) or opts.get("dryRun") == ["All"]
         status, out = await self._delete_one(rtype, info.namespace, info.name, opts, dry_run,
-                                             info.version)
+                                             info.version, info.user)
         return json_response(out, status)
 
     async def _delete_one(
         self, rtype: ResourceType, namespace: str, name: str, opts: dict[str, Any], dry_run: bool,
-        version: str,
+        version: str, user: Any = None,
     ) -> tuple[int, bytes]:
         key = rtype.key(namespace, name)
+        node = node_of(user)
+        if node is not None:
+            admit_node_write(node, "delete", rtype, namespace, name, "", None)
         pre = opts.get("preconditions") or {}
         for _ in range(MAX_CONFLICT_RETRIES):
             kv = await self.backend.get(key)
@@ -843,7 +854,7 @@ class ResourceHandlers:
             meta = obj["metadata"]
             try:
                 _, out = await self._delete_one(rtype, meta.get("namespace", ""), meta["name"], opts,
-                                                dry_run, info.version)
+                                                dry_run, info.version, info.user)
             except NotFound:
                 continue
             deleted.append(out)

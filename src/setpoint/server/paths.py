@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 NAMESPACE_SUBRESOURCES = frozenset({"status", "finalize"})
 
@@ -24,6 +25,7 @@ class RequestInfo:
     name: str = ""
     subresource: str = ""
     parts: tuple[str, ...] = ()
+    user: Any = None  # the authenticated user, once known
 
 
 def _truthy(value: str | None) -> bool:

@@ -1,0 +1,71 @@
+"""An agent's credentials reach only its own node's business (node restriction)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import yaml
+
+from tests.servers import ServerProcess
+
+PS = "/apis/setpoint.dev/v1alpha1/namespaces/default/processsets"
+NODES = "/apis/setpoint.dev/v1alpha1/nodes"
+LEASES = "/apis/coordination.k8s.io/v1/namespaces/setpoint-node-lease/leases"
+
+
+def node_client(srv: ServerProcess, node: str) -> httpx.Client:
+    out = subprocess.run([sys.executable, "-m", "setpoint", "node-token", node, "--data-dir",
+                          str(srv.data_dir)], capture_output=True, text=True, check=True).stdout
+    config = yaml.safe_load(Path(out.strip()).read_text())
+    assert config["users"][0]["name"] == f"system:node:{node}"
+    token = config["users"][0]["user"]["token"]
+    return httpx.Client(base_url=config["clusters"][0]["cluster"]["server"],
+                        headers={"Authorization": f"Bearer {token}"})
+
+
+def node_obj(name: str) -> dict:  # type: ignore[type-arg]
+    return {"apiVersion": "setpoint.dev/v1alpha1", "kind": "Node", "metadata": {"name": name}}
+
+
+def test_node_restriction(data_dir: Path) -> None:
+    srv = ServerProcess(data_dir).start()
+    try:
+        admin = srv.sync_client()
+        for name, node in (("mine", "a"), ("theirs", "b")):
+            r = admin.post(PS, json={"apiVersion": "setpoint.dev/v1alpha1", "kind": "ProcessSet",
+                                     "metadata": {"name": name}, "spec": {"command": "true", "nodeName": node}})
+            assert r.status_code == 201
+        a = node_client(srv, "a")
+        # Its own Node and Lease: yes. Another node's: no.
+        assert a.post(NODES, json=node_obj("a")).status_code == 201
+        r = a.post(NODES, json=node_obj("b"))
+        assert r.status_code == 403 and '"a"' in r.json()["message"]
+        lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "a"},
+                 "spec": {"holderIdentity": "a", "leaseDurationSeconds": 40}}
+        assert a.put(f"{LEASES}/a", json=lease).status_code == 201
+        assert a.put(f"{LEASES}/b", json={**lease, "metadata": {"name": "b"}}).status_code == 403
+        # Reads are allowed.
+        assert len(a.get(PS).json()["items"]) == 2
+        # Status of its own work: yes; of another node's work, or the spec of anything: no.
+        patch = {"Content-Type": "application/merge-patch+json"}
+        assert a.patch(f"{PS}/mine/status", content=b'{"status":{"readyReplicas":1}}',
+                       headers=patch).status_code == 200
+        assert a.patch(f"{PS}/theirs/status", content=b'{"status":{"readyReplicas":1}}',
+                       headers=patch).status_code == 403
+        assert a.patch(f"{PS}/mine", content=b'{"spec":{"nodeName":"a","replicas":9}}',
+                       headers=patch).status_code == 403
+        assert a.delete(f"{PS}/theirs").status_code == 403
+        assert a.post(PS, json={"apiVersion": "setpoint.dev/v1alpha1", "kind": "ProcessSet",
+                                "metadata": {"name": "x"}, "spec": {"command": "true"}}).status_code == 403
+        ev = {"apiVersion": "v1", "kind": "Event", "metadata": {"name": "e"}, "reason": "Started",
+              "message": "ok", "involvedObject": {"kind": "ProcessSet", "name": "mine"}}
+        assert a.post("/api/v1/namespaces/default/events", json=ev).status_code == 201
+        # Nothing was changed by the refused requests.
+        theirs = admin.get(f"{PS}/theirs").json()
+        assert "status" not in theirs and theirs["spec"]["nodeName"] == "b"
+        assert admin.get(f"{PS}/mine").json()["spec"]["replicas"] == 1
+    finally:
+        srv.stop()

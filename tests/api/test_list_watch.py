@@ -236,3 +236,20 @@ def test_watch_and_list_from_compacted_revision_get_410(data_dir: Path) -> None:
             assert seen[-1]["object"]["metadata"]["name"] == "late"
     finally:
         srv.stop()
+
+
+def test_bookmarks_are_a_heartbeat_on_a_quiet_stream(server: ServerProcess) -> None:
+    # A namespace nobody writes to: the bookmarks still come, carrying a revision no older than
+    # the one the watch started from.
+    with server.sync_client() as c:
+        ns = f"quiet-{int(time.monotonic() * 1000)}"
+        c.post("/api/v1/namespaces", json={"metadata": {"name": ns}})
+        rv = c.get(f"/api/v1/namespaces/{ns}/events").json()["metadata"]["resourceVersion"]
+        watch = WatchReader(c, f"/api/v1/namespaces/{ns}/events?watch=1&resourceVersion={rv}"
+                               "&allowWatchBookmarks=true&timeoutSeconds=7")
+        try:
+            first = watch.next()
+        finally:
+            watch.close()
+    assert first["type"] == "BOOKMARK"
+    assert int(first["object"]["metadata"]["resourceVersion"]) >= int(rv)

@@ -475,7 +475,10 @@ class ResourceHandlers:
                         line = encode(ev) + b"\n"
                     yield line
                     last_sent = rev
-                elif bookmarks and rev > last_sent:
+                elif bookmarks:
+                    # Also when nothing changed: a bookmark every tick is the heartbeat that lets a
+                    # client tell a quiet stream from a dead connection.
+                    rev = max(rev, last_sent)
                     yield bookmark_head + str(rev).encode() + b'"}}}\n'
                     last_sent = rev
                 if loop.time() >= deadline:

@@ -1,0 +1,645 @@
+"""The async API client: CRUD, list, watch and discovery over one keep-alive HTTP/1.1 client.
+
+Objects are plain dicts, exactly the JSON the server sends (decoded with msgspec). A kind is
+addressed by a :class:`Resource` (group, version, plural, namespaced), written by hand or
+looked up from discovery with :meth:`Client.resource_for`.
+
+    async with Client(ClientConfig.from_kubeconfig()) as client:
+        widgets = await client.resource_for("example.com/v1", "Widget")
+        obj = await client.create(widgets, {"metadata": {"name": "w"}, "spec": {"size": 1}},
+                                  namespace="default")
+        async with client.watch(widgets, namespace="default",
+                                resource_version=obj["metadata"]["resourceVersion"]) as events:
+            async for event in events:
+                print(event.type, event.name)
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx
+import msgspec
+
+from setpoint import __version__
+from setpoint.client.config import ClientConfig
+from setpoint.client.errors import (
+    APIStatusError,
+    ConnectionFailed,
+    Gone,
+    IdleTimeout,
+    NotFound,
+    from_status,
+)
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+PATCH_TYPES = {
+    "merge": "application/merge-patch+json",
+    "json": "application/json-patch+json",
+    "strategic": "application/strategic-merge-patch+json",  # built-in kinds only
+}
+PatchType = Literal["merge", "json", "strategic"]
+Selector = str | Mapping[str, str]
+
+# A watch line longer than this is refused rather than buffered without bound. The server's
+# largest accepted body is 1.5 MiB by default; an event is that object plus a few bytes.
+MAX_EVENT_BYTES = 16 * 1024 * 1024
+
+_decode = msgspec.json.Decoder()
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """A kind's collection on the server: ``Resource("example.com", "v1", "widgets")``.
+
+    The core group is ``""`` (``Resource("", "v1", "namespaces", namespaced=False)``).
+    """
+
+    group: str
+    version: str
+    plural: str
+    namespaced: bool = True
+    kind: str = ""
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, namespace: str | None = None, name: str | None = None, subresource: str | None = None) -> str:
+        """The URL path of the collection, or of one object (and its subresource)."""
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{quote(namespace, safe='')}"
+        elif self.namespaced and name:
+            raise ValueError(f"{self.plural} is namespaced: a namespace is required")
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{quote(name, safe='')}"
+            if subresource:
+                base += f"/{subresource}"
+        return base
+
+
+@dataclass(slots=True)
+class ObjectList:
+    """One page of a list: its items, the revision it was read at, and the token for the next."""
+
+    items: list[dict[str, Any]]
+    resource_version: str
+    continue_token: str = ""
+    remaining_item_count: int | None = None
+    kind: str = ""
+    api_version: str = ""
+
+
+class WatchEvent(msgspec.Struct, frozen=True):
+    """One event of a watch stream: ADDED, MODIFIED, DELETED or BOOKMARK, and its object."""
+
+    type: str
+    object: dict[str, Any]
+
+    @property
+    def resource_version(self) -> str:
+        return str(self.object.get("metadata", {}).get("resourceVersion", ""))
+
+    @property
+    def name(self) -> str:
+        return str(self.object.get("metadata", {}).get("name", ""))
+
+    @property
+    def namespace(self) -> str:
+        return str(self.object.get("metadata", {}).get("namespace", ""))
+
+
+_event_decoder = msgspec.json.Decoder(WatchEvent)
+
+
+def format_selector(selector: Selector | None) -> str | None:
+    """A selector string from a string or from a ``{key: value}`` map (all must match)."""
+    if selector is None:
+        return None
+    if isinstance(selector, str):
+        return selector or None
+    return ",".join(f"{k}={v}" for k, v in selector.items()) or None
+
+
+def _name_of(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata")
+    name = meta.get("name") if isinstance(meta, Mapping) else None
+    if not isinstance(name, str) or not name:
+        raise ValueError("the object has no metadata.name")
+    return name
+
+
+def _namespace_of(resource: Resource, obj: Mapping[str, Any], namespace: str | None) -> str | None:
+    if not resource.namespaced:
+        return None
+    if namespace:
+        return namespace
+    meta = obj.get("metadata")
+    ns = meta.get("namespace") if isinstance(meta, Mapping) else None
+    if isinstance(ns, str) and ns:
+        return ns
+    raise ValueError(f"{resource.plural} is namespaced: give namespace= or metadata.namespace")
+
+
+class Client:
+    """An async client for one setpoint control plane. Use it with ``async with``, or call
+    :meth:`aclose` when done; it owns one ``httpx.AsyncClient`` and its keep-alive connections.
+    """
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int = 100,
+    ) -> None:
+        self.config = config
+        headers = {"Accept": JSON, "User-Agent": f"setpoint-client/{__version__}", **config.extra_headers}
+        if config.token:
+            headers["Authorization"] = f"Bearer {config.token}"
+        self._http = httpx.AsyncClient(
+            headers=headers,
+            timeout=httpx.Timeout(config.timeout),
+            verify=config.ssl_context(),
+            http1=True,
+            http2=False,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=20),
+            transport=transport,
+            follow_redirects=False,
+        )
+        self._server_index = 0
+        self._discovery: dict[str, list[dict[str, Any]]] = {}
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    @property
+    def server(self) -> str:
+        """The URL requests go to first (the last one that accepted a connection)."""
+        return self.config.servers[self._server_index]
+
+    # ---- transport ----------------------------------------------------------------------------
+
+    def _server_order(self) -> list[int]:
+        n = len(self.config.servers)
+        return [(self._server_index + i) % n for i in range(n)]
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        body: Any = None,
+        content_type: str = JSON,
+        headers: Mapping[str, str] | None = None,
+        timeout: httpx.Timeout | None = None,
+        stream: bool = False,
+    ) -> httpx.Response:
+        """Send to the first server that accepts a connection; raise the typed error on failure.
+
+        Only a failure to connect moves on to the next server: then the request cannot have
+        reached anyone, so retrying it elsewhere is safe for every verb.
+        """
+        hdrs = dict(headers or {})
+        content: bytes | None = None
+        if body is not None:
+            content = msgspec.json.encode(body)
+            hdrs["Content-Type"] = content_type
+        last: Exception | None = None
+        for index in self._server_order():
+            url = self.config.servers[index] + path
+            request = self._http.build_request(
+                method, url, params=params, content=content, headers=hdrs,
+                timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
+            )
+            try:
+                response = await self._http.send(request, stream=stream)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+                last = e
+                log.debug("cannot connect to %s: %s", self.config.servers[index], e)
+                continue
+            except httpx.ReadTimeout as e:
+                if stream:  # a watch: its read timeout is its idle timeout
+                    raise IdleTimeout(f"{method} {url}: no response within the idle timeout") from e
+                raise ConnectionFailed(f"{method} {url}: no response within the timeout") from e
+            except httpx.TransportError as e:
+                raise ConnectionFailed(f"{method} {url}: {type(e).__name__}: {e}") from e
+            self._server_index = index
+            if response.status_code >= 400:
+                try:
+                    if stream:
+                        await response.aread()
+                finally:
+                    await response.aclose()
+                raise self._error(response)
+            return response
+        servers = ", ".join(self.config.servers)
+        raise ConnectionFailed(f"{method} {path}: cannot connect to {servers}: {last}") from last
+
+    @staticmethod
+    def _error(response: httpx.Response) -> APIStatusError:
+        try:
+            body = _decode.decode(response.content) if response.content else None
+        except msgspec.DecodeError:
+            body = None
+        retry_after: float | None = None
+        header = response.headers.get("Retry-After")
+        if header:
+            with contextlib.suppress(ValueError):
+                retry_after = float(header)
+        text = response.text[:200] if body is None else ""
+        return from_status(response.status_code, body, retry_after=retry_after,
+                           fallback_message=text or response.reason_phrase)
+
+    async def _json(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        response = await self._send(method, path, **kw)
+        try:
+            out = _decode.decode(response.content)
+        except msgspec.DecodeError as e:
+            raise ConnectionFailed(f"{method} {path}: the response is not JSON: {e}") from e
+        if not isinstance(out, dict):
+            raise ConnectionFailed(f"{method} {path}: the response is not a JSON object")
+        return out
+
+    # ---- reads ----------------------------------------------------------------------------------
+
+    async def get(
+        self, resource: Resource, name: str, *, namespace: str | None = None,
+        resource_version: str | None = None,
+    ) -> dict[str, Any]:
+        """One object. ``resource_version="0"`` reads the server's cache; ``"N"`` reads revision N."""
+        params = {"resourceVersion": resource_version} if resource_version is not None else None
+        return await self._json("GET", resource.path(namespace, name), params=params)
+
+    async def list(
+        self,
+        resource: Resource,
+        *,
+        namespace: str | None = None,
+        label_selector: Selector | None = None,
+        field_selector: Selector | None = None,
+        limit: int | None = None,
+        continue_token: str | None = None,
+        resource_version: str | None = None,
+        resource_version_match: Literal["Exact", "NotOlderThan"] | None = None,
+    ) -> ObjectList:
+        """One page of objects (all of them without ``limit``), newest first unless told otherwise.
+
+        ``field_selector`` supports ``metadata.name`` and ``metadata.namespace`` only.
+        """
+        params: dict[str, str] = {}
+        if (ls := format_selector(label_selector)) is not None:
+            params["labelSelector"] = ls
+        if (fs := format_selector(field_selector)) is not None:
+            params["fieldSelector"] = fs
+        if limit:
+            params["limit"] = str(limit)
+        if continue_token:
+            params["continue"] = continue_token
+        if resource_version is not None:
+            params["resourceVersion"] = resource_version
+        if resource_version_match is not None:
+            params["resourceVersionMatch"] = resource_version_match
+        body = await self._json("GET", resource.path(namespace), params=params)
+        meta = body.get("metadata") or {}
+        items = body.get("items") or []
+        remaining = meta.get("remainingItemCount")
+        return ObjectList(
+            items=items, resource_version=str(meta.get("resourceVersion", "")),
+            continue_token=str(meta.get("continue") or ""),
+            remaining_item_count=remaining if isinstance(remaining, int) else None,
+            kind=str(body.get("kind", "")), api_version=str(body.get("apiVersion", "")),
+        )
+
+    async def iter_pages(
+        self,
+        resource: Resource,
+        *,
+        namespace: str | None = None,
+        label_selector: Selector | None = None,
+        field_selector: Selector | None = None,
+        limit: int = 500,
+    ) -> AsyncIterator[ObjectList]:
+        """Pages of at most ``limit`` objects, all read at the first page's revision (one
+        consistent snapshot). Raises :class:`Expired` if that revision is compacted before the
+        last page; :meth:`list_all` then falls back to one unpaginated list."""
+        token: str | None = None
+        while True:
+            page = await self.list(resource, namespace=namespace, label_selector=label_selector,
+                                   field_selector=field_selector, limit=limit, continue_token=token)
+            yield page
+            if not page.continue_token:
+                return
+            token = page.continue_token
+
+    async def iter_list(
+        self,
+        resource: Resource,
+        *,
+        namespace: str | None = None,
+        label_selector: Selector | None = None,
+        field_selector: Selector | None = None,
+        limit: int = 500,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every object, fetched ``limit`` at a time from one consistent snapshot."""
+        async for page in self.iter_pages(resource, namespace=namespace, label_selector=label_selector,
+                                          field_selector=field_selector, limit=limit):
+            for item in page.items:
+                yield item
+
+    async def list_all(
+        self,
+        resource: Resource,
+        *,
+        namespace: str | None = None,
+        label_selector: Selector | None = None,
+        field_selector: Selector | None = None,
+        limit: int = 500,
+    ) -> ObjectList:
+        """Every object in one :class:`ObjectList`, read ``limit`` at a time from one snapshot.
+
+        Like client-go's pager, if the snapshot is compacted before the last page it lists
+        again in one unpaginated request, which cannot expire.
+        """
+        items: builtins.list[dict[str, Any]] = []
+        first: ObjectList | None = None
+        try:
+            async for page in self.iter_pages(resource, namespace=namespace, label_selector=label_selector,
+                                              field_selector=field_selector, limit=limit):
+                first = first or page
+                items.extend(page.items)
+        except Gone:
+            if first is None:
+                raise
+            log.info("paginated list of %s expired midway; listing again in one request", resource.plural)
+            return await self.list(resource, namespace=namespace, label_selector=label_selector,
+                                   field_selector=field_selector)
+        assert first is not None
+        return ObjectList(items=items, resource_version=first.resource_version, kind=first.kind,
+                          api_version=first.api_version)
+
+    # ---- writes ---------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        resource: Resource,
+        obj: Mapping[str, Any],
+        *,
+        namespace: str | None = None,
+        idempotency_key: str | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Create ``obj``; ``apiVersion`` and ``kind`` are filled in from ``resource`` when absent.
+
+        With ``idempotency_key``, retrying the same create returns the first result instead of
+        creating a second object (even across a server restart).
+        """
+        ns = _namespace_of(resource, obj, namespace)
+        body = dict(obj)
+        if resource.kind:
+            body.setdefault("apiVersion", resource.api_version)
+            body.setdefault("kind", resource.kind)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return await self._json("POST", resource.path(ns), body=body, headers=headers,
+                                params=_dry_run(dry_run))
+
+    async def update(
+        self, resource: Resource, obj: Mapping[str, Any], *, namespace: str | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Replace the object (PUT). ``metadata.resourceVersion`` is the precondition: a stale
+        one raises :class:`Conflict`. With a status subresource, ``status`` is ignored here."""
+        return await self._put(resource, obj, namespace, None, dry_run)
+
+    async def update_status(
+        self, resource: Resource, obj: Mapping[str, Any], *, namespace: str | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Replace the object's ``status`` (PUT to ``/status``); everything else is ignored."""
+        return await self._put(resource, obj, namespace, "status", dry_run)
+
+    async def _put(
+        self, resource: Resource, obj: Mapping[str, Any], namespace: str | None, sub: str | None,
+        dry_run: bool,
+    ) -> dict[str, Any]:
+        ns = _namespace_of(resource, obj, namespace)
+        body = dict(obj)
+        if resource.kind:
+            body.setdefault("apiVersion", resource.api_version)
+            body.setdefault("kind", resource.kind)
+        return await self._json("PUT", resource.path(ns, _name_of(obj), sub), body=body,
+                                params=_dry_run(dry_run))
+
+    async def patch(
+        self,
+        resource: Resource,
+        name: str,
+        patch: Any,
+        *,
+        namespace: str | None = None,
+        patch_type: PatchType = "merge",
+        subresource: str | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Patch one object: ``"merge"`` (RFC 7386, a dict) or ``"json"`` (RFC 6902, a list of
+        operations). A merge patch without ``metadata.resourceVersion`` applies to the newest version."""
+        return await self._json("PATCH", resource.path(namespace, name, subresource), body=patch,
+                                content_type=PATCH_TYPES[patch_type], params=_dry_run(dry_run))
+
+    async def delete(
+        self,
+        resource: Resource,
+        name: str,
+        *,
+        namespace: str | None = None,
+        uid: str | None = None,
+        resource_version: str | None = None,
+        propagation_policy: Literal["Orphan", "Background", "Foreground"] | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        """Delete one object, if it still has ``uid`` / ``resource_version`` (preconditions: a
+        mismatch raises :class:`Conflict`). Returns the object; with finalizers, it is only marked
+        for deletion (``metadata.deletionTimestamp``) and stays until they are removed."""
+        options: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions"}
+        pre = {k: v for k, v in (("uid", uid), ("resourceVersion", resource_version)) if v}
+        if pre:
+            options["preconditions"] = pre
+        if propagation_policy:
+            options["propagationPolicy"] = propagation_policy
+        if dry_run:
+            options["dryRun"] = ["All"]
+        return await self._json("DELETE", resource.path(namespace, name), body=options)
+
+    # ---- watch ----------------------------------------------------------------------------------
+
+    def watch(
+        self,
+        resource: Resource,
+        *,
+        namespace: str | None = None,
+        name: str | None = None,
+        resource_version: str | None = None,
+        label_selector: Selector | None = None,
+        field_selector: Selector | None = None,
+        allow_bookmarks: bool = True,
+        timeout_seconds: int | None = None,
+        idle_timeout: float | None = None,
+    ) -> WatchStream:
+        """A stream of :class:`WatchEvent` for every change after ``resource_version`` (without
+        one, or with ``"0"``: ADDED for each existing object first).
+
+        ``idle_timeout`` bounds the wait for each next byte: a stream that stays silent longer
+        (no event and no bookmark) raises :class:`IdleTimeout`. An ERROR event raises its typed
+        error (:class:`Expired` when the revision was compacted), as does an HTTP error at start.
+        Use it as ``async with client.watch(...) as events: async for event in events: ...``.
+        """
+        params: dict[str, str] = {"watch": "1"}
+        if resource_version is not None:
+            params["resourceVersion"] = resource_version
+        if (ls := format_selector(label_selector)) is not None:
+            params["labelSelector"] = ls
+        if (fs := format_selector(field_selector)) is not None:
+            params["fieldSelector"] = fs
+        if allow_bookmarks:
+            params["allowWatchBookmarks"] = "true"
+        if timeout_seconds is not None:
+            params["timeoutSeconds"] = str(int(timeout_seconds))
+        timeout = httpx.Timeout(self.config.timeout, read=idle_timeout)
+        return WatchStream(self, resource.path(namespace, name), params, timeout)
+
+    # ---- discovery ------------------------------------------------------------------------------
+
+    async def resource_for(self, api_version: str, kind: str) -> Resource:
+        """The :class:`Resource` serving ``kind`` in ``api_version`` (``"example.com/v1"``, ``"v1"``),
+        from the server's discovery documents; cached per group/version, refreshed once on a miss
+        (a kind whose CRD was just created)."""
+        group, _, version = api_version.rpartition("/")
+        for refresh in (False, True):
+            resources = await self._discover(api_version, refresh)
+            for r in resources:
+                if r.get("kind") == kind and "/" not in str(r.get("name", "")):
+                    return Resource(group, version, str(r["name"]), namespaced=bool(r.get("namespaced")),
+                                    kind=kind)
+        raise NotFound(404, "NotFound", f"the server does not serve kind {kind!r} in {api_version!r}")
+
+    async def _discover(self, api_version: str, refresh: bool) -> builtins.list[dict[str, Any]]:
+        if refresh or api_version not in self._discovery:
+            path = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
+            doc = await self._json("GET", path)
+            resources = doc.get("resources")
+            self._discovery[api_version] = [r for r in resources if isinstance(r, dict)] \
+                if isinstance(resources, list) else []
+        return self._discovery[api_version]
+
+    def forget_discovery(self) -> None:
+        """Drop cached discovery documents (after CRDs changed)."""
+        self._discovery.clear()
+
+
+def _dry_run(dry_run: bool) -> dict[str, str] | None:
+    return {"dryRun": "All"} if dry_run else None
+
+
+class WatchStream:
+    """An open (or about to be opened) watch. Iterate it for :class:`WatchEvent` values.
+
+    Opening sends the request and checks the status (HTTP errors raise at once, e.g. 410
+    :class:`Expired`). Iteration ends when the server ends the stream (``timeoutSeconds``, a
+    watcher cut off for falling behind, shutdown); the caller resumes from the last
+    ``resource_version`` it saw.
+    """
+
+    def __init__(self, client: Client, path: str, params: dict[str, str], timeout: httpx.Timeout) -> None:
+        self.path = path
+        self.params = params
+        self.response: httpx.Response | None = None
+        self._client = client
+        self._timeout = timeout
+
+    async def open(self) -> WatchStream:
+        if self.response is None:
+            self.response = await self._client._send("GET", self.path, params=self.params,
+                                                     timeout=self._timeout, stream=True)
+        return self
+
+    async def aclose(self) -> None:
+        if self.response is not None:
+            await self.response.aclose()
+
+    async def __aenter__(self) -> WatchStream:
+        return await self.open()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> AsyncIterator[WatchEvent]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[WatchEvent]:
+        await self.open()
+        assert self.response is not None
+        try:
+            async for line in _lines(self.response, self.path):
+                try:
+                    event = _event_decoder.decode(line)
+                except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                    raise ConnectionFailed(f"watch {self.path}: undecodable event: {e}") from e
+                if event.type == "ERROR":
+                    code = event.object.get("code")
+                    raise from_status(code if isinstance(code, int) else 500, event.object)
+                yield event
+        finally:
+            await self.aclose()
+
+
+async def _lines(response: httpx.Response, path: str) -> AsyncIterator[bytes]:
+    """Newline-delimited lines of a streaming response, with a bounded buffer."""
+    buf = bytearray()
+    try:
+        async for chunk in response.aiter_raw():
+            start = 0
+            while (nl := chunk.find(b"\n", start)) >= 0:
+                if buf:
+                    buf += chunk[start:nl]
+                    line = bytes(buf)
+                    buf.clear()
+                else:
+                    line = chunk[start:nl]
+                start = nl + 1
+                if line.strip():
+                    yield line
+            buf += chunk[start:]
+            if len(buf) > MAX_EVENT_BYTES:
+                raise ConnectionFailed(f"watch {path}: an event exceeds {MAX_EVENT_BYTES} bytes")
+    except httpx.ReadTimeout as e:
+        raise IdleTimeout(f"watch {path}: no bytes within the idle timeout") from e
+    except httpx.TransportError as e:
+        raise ConnectionFailed(f"watch {path}: {type(e).__name__}: {e}") from e
+    if buf.strip():
+        raise ConnectionFailed(f"watch {path}: the stream ended in the middle of an event")
+
+
+__all__ = ["Client", "ObjectList", "PatchType", "Resource", "Selector", "WatchEvent", "WatchStream",
+           "format_selector"]

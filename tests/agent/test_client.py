@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -271,3 +273,42 @@ async def test_watch_and_paging_after_compaction_raise_expired(tmp_path: Path) -
     finally:
         srv.stop()
 
+
+
+# ---- server behaviour the client depends on, not yet right ----------------------------------------
+
+
+@pytest.mark.xfail(reason="the server checks a watch's deadline only when it sends a line or a bookmark tick "
+                          "(every 5 s), so timeoutSeconds=1 ends the stream after about 5 s")
+async def test_watch_timeout_seconds_is_honoured_with_bookmarks(client: Client, ns: str) -> None:
+    rv = (await client.list(WIDGETS, namespace=ns)).resource_version
+    started = time.monotonic()
+    async with client.watch(WIDGETS, namespace=ns, resource_version=rv, allow_bookmarks=True,
+                            timeout_seconds=1, idle_timeout=10) as stream:
+        async for _ in stream:
+            pass
+    assert time.monotonic() - started < 2.5
+
+
+@pytest.mark.xfail(reason="on SIGTERM the server keeps open watch streams until uvicorn's 3 s graceful "
+                          "shutdown timeout and then drops them mid-chunk, instead of ending them at once "
+                          "so that clients resume elsewhere without waiting")
+async def test_shutdown_ends_open_watches_promptly_and_cleanly(tmp_path: Path) -> None:
+    srv = ServerProcess(tmp_path).start()
+    try:
+        async with client_for(srv) as c:
+            rv = (await c.list(NAMESPACES)).resource_version
+            async with c.watch(NAMESPACES, resource_version=rv, idle_timeout=30) as stream:
+                stopping = asyncio.create_task(asyncio.to_thread(srv.stop))
+                started = time.monotonic()
+                try:
+                    async for _ in stream:
+                        pass
+                    clean = True
+                except ConnectionFailed:
+                    clean = False
+                took = time.monotonic() - started
+                await stopping
+            assert clean and took < 1.5, (clean, took)
+    finally:
+        srv.stop()

@@ -115,9 +115,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--profile", choices=["auto", "on", "off"],
                     default=os.environ.get("BENCH_PROFILE", "auto"),
                     help="py-spy pass over setpoint's creates (auto: when py-spy is installed)")
-    ap.add_argument("--profile-native", action="store_true",
-                    default=bool(os.environ.get("BENCH_PROFILE_NATIVE")),
-                    help="py-spy --native too: C frames (GC, write(2), msgspec, sqlite); slower")
+    ap.add_argument("--profile-native", action=argparse.BooleanOptionalAction,
+                    default=os.environ.get("BENCH_PROFILE_NATIVE", "1") not in ("", "0"),
+                    help="py-spy --native: C frames too (GC, write(2), msgspec, sqlite); default on")
     ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""),
                     help="comma list of parts: loadgen,sqlite,ceiling,etcd,setpoint")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("BENCH_OUT", RESULTS)))
@@ -464,6 +464,9 @@ class Bench:
                     self.setpoint_profile(sp)
             if not sp.alive():
                 self.results["errors"]["setpoint_exit"] = "setpoint exited during the run:\n" + sp.tail()
+            gc_lines = [ln.strip() for ln in sp.output if ln.startswith("gc: ")]
+            if gc_lines:  # BENCH_GC_REPORT=1 with --setpoint-uvloop
+                self.results.setdefault("setpoint", {})["gc"] = gc_lines[-1]
         self.results["ratios"], self.results["targets"] = report.ratios(self.results)
 
 

@@ -58,6 +58,8 @@ def _area(file: str, func: str) -> str:
             return pkg
     if func.startswith("Runner.run") or file.startswith("asyncio/runners"):
         return "event loop (C: I/O, callbacks)"
+    if func.startswith(("gc_collect", "collect_with_callback", "gc_collect_main")):
+        return "C: garbage collector"
     if file.endswith((".so", ".so.6")) or ".so." in file or file.endswith((".c", ".h")):
         return f"C: {file}"
     return file.split("/")[0] if file else func

@@ -158,6 +158,8 @@ def markdown(r: dict[str, Any]) -> str:
         v = t["value"]
         met = "—" if t["met"] is None else ("yes" if t["met"] else "**no**")
         out.append(f"| {t['target']} | {'—' if v is None else v} | {t['goal']} | {met} |")
+    if _get(r, "setpoint", "gc"):
+        out += ["", f"setpoint garbage collections over the run (cumulative): `{r['setpoint']['gc']}`"]
     prof = r.get("profile")
     if prof:
         out += ["", f"py-spy profile: {prof.get('samples')} samples while setpoint served "

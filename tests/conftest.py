@@ -43,7 +43,12 @@ WIDGET_CRD = {
                     },
                     "status": {
                         "type": "object",
-                        "properties": {"ready": {"type": "boolean"}, "observed": {"type": "integer"}},
+                        "properties": {
+                            "ready": {"type": "boolean"}, "observed": {"type": "integer"},
+                            "observedGeneration": {"type": "integer"},
+                            "conditions": {"type": "array", "items": {
+                                "type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+                        },
                     },
                 },
             }},

@@ -135,7 +135,12 @@ def serve(
         log_level=log_level, timeout_graceful_shutdown=3,
         ssl_certfile=str(tls_cert) if tls else None, ssl_keyfile=str(tls_key) if tls else None,
     )
-    userver = uvicorn.Server(config)
+    class _Uvicorn(uvicorn.Server):
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            server.begin_shutdown()
+            await super().shutdown(sockets)
+
+    userver = _Uvicorn(config)
     import uvloop
 
     uvloop.run(userver.serve(sockets=[sock]))

@@ -275,11 +275,9 @@ async def test_watch_and_paging_after_compaction_raise_expired(tmp_path: Path) -
 
 
 
-# ---- server behaviour the client depends on, not yet right ----------------------------------------
+# ---- server behaviour the client depends on ------------------------------------------------------
 
 
-@pytest.mark.xfail(reason="the server checks a watch's deadline only when it sends a line or a bookmark tick "
-                          "(every 5 s), so timeoutSeconds=1 ends the stream after about 5 s")
 async def test_watch_timeout_seconds_is_honoured_with_bookmarks(client: Client, ns: str) -> None:
     rv = (await client.list(WIDGETS, namespace=ns)).resource_version
     started = time.monotonic()
@@ -290,9 +288,6 @@ async def test_watch_timeout_seconds_is_honoured_with_bookmarks(client: Client, 
     assert time.monotonic() - started < 2.5
 
 
-@pytest.mark.xfail(reason="on SIGTERM the server keeps open watch streams until uvicorn's 3 s graceful "
-                          "shutdown timeout and then drops them mid-chunk, instead of ending them at once "
-                          "so that clients resume elsewhere without waiting")
 async def test_shutdown_ends_open_watches_promptly_and_cleanly(tmp_path: Path) -> None:
     srv = ServerProcess(tmp_path).start()
     try:

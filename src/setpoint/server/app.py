@@ -133,6 +133,11 @@ class Server:
         if self.options.on_ready is not None:
             self.options.on_ready()
 
+    def begin_shutdown(self) -> None:
+        """End every open watch now, cleanly, so clients reconnect elsewhere at once instead of
+        being held until the graceful-shutdown limit and then cut mid-stream."""
+        self.cache.close_watchers("the server is shutting down")
+
     async def stop(self) -> None:
         await self.namespaces.stop()
         await self.compactor.stop()

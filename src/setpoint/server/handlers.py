@@ -445,7 +445,8 @@ class ResourceHandlers:
             except ValueError:
                 raise BadRequest(f'invalid timeoutSeconds "{ts}"') from None
         bookmarks = q.get("allowWatchBookmarks", "").lower() in ("1", "true")
-        tick = self.settings.bookmark_interval if bookmarks else min(timeout, 30.0)
+        # The tick is also when the deadline is checked, so it never exceeds the timeout.
+        tick = min(self.settings.bookmark_interval if bookmarks else 30.0, max(timeout, 0.05))
         bookmark_head = (
             b'{"type":"BOOKMARK","object":{"kind":"' + rtype.kind.encode() + b'","apiVersion":"'
             + rtype.api_version(info.version).encode() + b'","metadata":{"resourceVersion":"'

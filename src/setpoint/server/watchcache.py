@@ -142,6 +142,7 @@ class WatchCache:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.ready = asyncio.Event()
         self.events_total = 0
+        self.closing = False  # no new watchers once the server is shutting down
         self.watchers_cut = 0
 
     # ---- lifecycle -------------------------------------------------------------------------
@@ -156,9 +157,13 @@ class WatchCache:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self.close_watchers("the server is shutting down")
+
+    def close_watchers(self, reason: str) -> None:
+        self.closing = True
         for watchers in list(self._watchers.values()):
             for w in list(watchers):
-                w.close("the server is shutting down")
+                w.close(reason)
 
     def add_hook(self, prefix: str, hook: EventHook) -> None:
         """Call ``hook(type, obj, prev)`` for every event under ``prefix`` (e.g. CRDs)."""
@@ -291,6 +296,9 @@ class WatchCache:
         if after < self.floor:
             raise TooOld(after)
         w = CacheWatcher(self, prefix, key_prefix, predicate, self.watcher_queue)
+        if self.closing:
+            w.close("the server is shutting down")
+            return w
         start = bisect.bisect_right(self._ring_revs, after)
         for i in range(start, len(self._ring)):
             ev = self._ring[i]

@@ -1,0 +1,35 @@
+"""The agent SDK: informer, work queue, controllers (reconcilers), leader election, status."""
+
+from setpoint.agent.alerts import Alert, AlertSink, LogAlertSink, MemoryAlertSink
+from setpoint.agent.cache import object_key, split_key
+from setpoint.agent.conditions import get_condition, is_converged, set_condition
+from setpoint.agent.controller import Controller, Result, Watch, owner_mapper
+from setpoint.agent.events import EventRecorder
+from setpoint.agent.informer import Informer
+from setpoint.agent.leaderelection import LeaderElector
+from setpoint.agent.workqueue import WorkQueue
+from setpoint.drivers.base import NotReady, OperationId, Permanent, Transient
+
+__all__ = [
+    "Alert",
+    "AlertSink",
+    "Controller",
+    "EventRecorder",
+    "Informer",
+    "LeaderElector",
+    "LogAlertSink",
+    "MemoryAlertSink",
+    "NotReady",
+    "OperationId",
+    "Permanent",
+    "Result",
+    "Transient",
+    "Watch",
+    "WorkQueue",
+    "get_condition",
+    "is_converged",
+    "object_key",
+    "owner_mapper",
+    "set_condition",
+    "split_key",
+]

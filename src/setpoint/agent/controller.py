@@ -1,0 +1,384 @@
+"""The reconciler runtime: informer → work queue → ``reconcile(obj)``, level-triggered.
+
+A controller receives *keys*, not events. When a key comes off the queue the worker reads the
+newest object from the informer's cache and reconciles that, so intermediate states that piled
+up while it was busy are skipped for free, and a burst of changes to one object costs one
+reconcile. The queue guarantees one key is never reconciled by two workers at once.
+
+What a reconcile raises decides what happens next:
+
+============================  ===================================================================
+``Transient`` / other errors   retry with per-key exponential backoff (and the global rate limit)
+``NotReady``                   retry after ``retry_after`` (or ``not_ready_delay``)
+``Permanent``                  no retry: condition Ready=False, a Warning Event, an alert
+budget spent                   after ``max_retries`` failed attempts the object is alerted and
+                               left alone until it changes
+============================  ===================================================================
+
+The runtime owns status bookkeeping: a successful reconcile's :class:`Result` is written to the
+``status`` subresource with ``observedGeneration`` and a ``Ready`` condition, only when it differs
+from what is stored. With a ``finalizer``, deletion waits until :meth:`Controller.finalize` has
+cleaned up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from setpoint.agent.alerts import Alert, AlertSink, LogAlertSink
+from setpoint.agent.cache import object_key, split_key
+from setpoint.agent.conditions import set_condition
+from setpoint.agent.events import EventRecorder
+from setpoint.agent.informer import Informer
+from setpoint.agent.leaderelection import LeaderElector
+from setpoint.agent.ratelimit import RateLimiter
+from setpoint.agent.workqueue import ShutDown, WorkQueue
+from setpoint.client import (
+    APIStatusError,
+    Client,
+    ClientError,
+    Conflict,
+    NotFound,
+    Resource,
+    Selector,
+)
+from setpoint.drivers.base import DriverError, ErrorClass
+
+log = logging.getLogger(__name__)
+
+Object = dict[str, Any]
+
+
+@dataclass
+class Result:
+    """What a reconcile found. ``status`` fields are merged into the object's status."""
+
+    status: Object | None = None
+    ready: bool = True
+    reason: str = "Reconciled"
+    message: str = ""
+    requeue_after: float | None = None
+
+
+@dataclass
+class ControllerStats:
+    reconciles: int = 0
+    errors: int = 0
+    status_writes: int = 0
+    alerts: int = 0
+    by_class: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Watch:
+    """Another kind whose changes enqueue objects of ours (``mapper`` returns their keys)."""
+
+    resource: Resource
+    mapper: Callable[[Object], list[str]]
+    namespace: str | None = None
+    label_selector: Selector | None = None
+    field_selector: Selector | None = None
+
+
+def owner_mapper(kind: str) -> Callable[[Object], list[str]]:
+    """Map an owned object to its controlling owner of ``kind`` (same namespace)."""
+
+    def mapper(obj: Object) -> list[str]:
+        meta = obj.get("metadata") or {}
+        for ref in meta.get("ownerReferences") or []:
+            if ref.get("kind") == kind and ref.get("controller"):
+                ns = meta.get("namespace")
+                return [f"{ns}/{ref['name']}" if ns else str(ref["name"])]
+        return []
+
+    return mapper
+
+
+class Controller:
+    """Subclass and implement :meth:`reconcile` (and :meth:`finalize` with a ``finalizer``)."""
+
+    resource: ClassVar[Resource]
+    finalizer: ClassVar[str | None] = None
+    name: ClassVar[str] = ""
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        namespace: str | None = None,
+        label_selector: Selector | None = None,
+        field_selector: Selector | None = None,
+        workers: int = 4,
+        max_retries: int = 15,
+        not_ready_delay: float = 5.0,
+        resync_period: float | None = None,
+        rate_limiter: RateLimiter | None = None,
+        alert_sink: AlertSink | None = None,
+        events: EventRecorder | None = None,
+        leader_election: LeaderElector | None = None,
+        owns: list[Resource] | None = None,
+        watches: list[Watch] | None = None,
+    ) -> None:
+        self.client = client
+        self.controller_name = self.name or type(self).__name__
+        self.workers = workers
+        self.max_retries = max_retries
+        self.not_ready_delay = not_ready_delay
+        self.alert_sink = alert_sink or LogAlertSink()
+        self.events = events or EventRecorder(client, self.controller_name)
+        self._own_events = events is None
+        self.leader_election = leader_election
+        self.stats = ControllerStats()
+        self.queue: WorkQueue[str] = WorkQueue(name=self.controller_name, rate_limiter=rate_limiter)
+        self.informer = Informer(client, self.resource, namespace=namespace,
+                                 label_selector=label_selector, field_selector=field_selector,
+                                 transform=_strip_managed_fields)
+        self.informer.add_handler(
+            on_add=self._enqueue_obj,
+            on_update=self._enqueue_update,
+            on_delete=self._enqueue_obj,
+            on_resync=self._enqueue_obj if resync_period else None,
+            resync_period=resync_period,
+        )
+        self._secondary: list[Informer] = []
+        all_watches = list(watches or [])
+        for res in owns or []:
+            all_watches.append(Watch(res, owner_mapper(self.resource.kind), namespace=namespace))
+        for w in all_watches:
+            inf = Informer(client, w.resource, namespace=w.namespace, label_selector=w.label_selector,
+                           field_selector=w.field_selector, transform=_strip_managed_fields)
+            enqueue = self._mapped(w.mapper)
+            inf.add_handler(on_add=enqueue, on_update=_on_new(enqueue), on_delete=enqueue)
+            self._secondary.append(inf)
+        self._not_ready: dict[str, int] = {}
+        self._given_up: dict[str, Any] = {}  # key -> the generation we stopped retrying at
+        self._stopping = False
+
+    # ---- what subclasses write -------------------------------------------------------------
+
+    async def reconcile(self, obj: Object) -> Result | None:
+        """Make the world match ``obj`` (the newest cached version). Must be idempotent."""
+        raise NotImplementedError
+
+    async def finalize(self, obj: Object) -> None:
+        """Clean up before ``obj`` goes away (only with a ``finalizer``). Must be idempotent."""
+
+    async def deleted(self, key: str) -> None:
+        """``key`` is gone from the store (without a finalizer there is nothing left to read)."""
+
+    # ---- queueing ----------------------------------------------------------------------------
+
+    def _enqueue_obj(self, obj: Object) -> None:
+        self.queue.add(object_key(obj))
+
+    def _enqueue_update(self, old: Object, new: Object) -> None:
+        self.queue.add(object_key(new))
+
+    def _mapped(self, mapper: Callable[[Object], list[str]]) -> Callable[[Object], None]:
+        def enqueue(obj: Object) -> None:
+            for key in mapper(obj):
+                self.queue.add(key)
+
+        return enqueue
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until cancelled: informers always (a warm cache), workers while leading."""
+        informers = [self.informer, *self._secondary]
+        for inf in informers:
+            inf.start()
+        if self._own_events:
+            self.events.start()
+        try:
+            for inf in informers:
+                await inf.wait_synced()
+            if self.leader_election is None:
+                await self._work()
+            else:
+                await self.leader_election.run(self._work)
+        finally:
+            self._stopping = True
+            self.queue.shutdown()
+            for inf in informers:
+                await inf.stop()
+            if self._own_events:
+                await self.events.stop()
+
+    async def _work(self) -> None:
+        """N workers until cancelled (e.g. on losing leadership: in-flight reconciles stop)."""
+        if self.queue.shutting_down:  # a previous term ended; start a fresh queue with every key
+            self.queue = WorkQueue(name=self.controller_name)
+        for obj in self.informer.list():
+            self._enqueue_obj(obj)
+        async with asyncio.TaskGroup() as tg:
+            for i in range(self.workers):
+                tg.create_task(self._worker(), name=f"{self.controller_name}-worker-{i}")
+
+    async def _worker(self) -> None:
+        queue = self.queue
+        try:
+            while True:
+                try:
+                    key = await queue.get()
+                except ShutDown:
+                    return
+                try:
+                    await self._process(key)
+                finally:
+                    queue.done(key)
+        except asyncio.CancelledError:
+            queue.shutdown()
+            raise
+
+    # ---- one key -----------------------------------------------------------------------------
+
+    async def _process(self, key: str) -> None:
+        obj = self.informer.get(key)
+        if obj is None:
+            self.queue.forget(key)
+            self._not_ready.pop(key, None)
+            self._given_up.pop(key, None)
+            await self.deleted(key)
+            return
+        generation = obj["metadata"].get("generation")
+        if key in self._given_up and self._given_up[key] == generation:
+            return  # given up on this desired state; a change to it brings the object back
+        self._given_up.pop(key, None)
+        self.stats.reconciles += 1
+        try:
+            if obj["metadata"].get("deletionTimestamp"):
+                await self._finalize(obj)
+                return
+            if self.finalizer and self.finalizer not in (obj["metadata"].get("finalizers") or []):
+                obj = await self._add_finalizer(obj)
+            result = await self.reconcile(copy.deepcopy(obj)) or Result()
+        except Exception as e:
+            await self._failed(key, obj, e)
+            return
+        self.queue.forget(key)
+        self._not_ready.pop(key, None)
+        try:
+            await self._write_status(obj, result)
+        except Conflict:
+            self.queue.add(key)  # our copy was stale: a newer version is on its way anyway
+            return
+        except ClientError as e:
+            await self._failed(key, obj, e)
+            return
+        if result.requeue_after is not None:
+            self.queue.add_after(key, result.requeue_after)
+
+    async def _failed(self, key: str, obj: Object, error: Exception) -> None:
+        self.stats.errors += 1
+        cls, reason, message, retry_after = _classify(error)
+        self.stats.by_class[cls.value] = self.stats.by_class.get(cls.value, 0) + 1
+        if cls is ErrorClass.PERMANENT:
+            log.warning("%s: %s failed permanently: %s", self.controller_name, key, message)
+            await self._give_up(key, obj, reason, message, cls)
+            return
+        if cls is ErrorClass.NOT_READY:
+            count = self._not_ready.get(key, 0) + 1
+            self._not_ready[key] = count
+            delay = retry_after if retry_after is not None else self.not_ready_delay
+            log.info("%s: %s not ready (%s), retrying in %.1fs", self.controller_name, key, message, delay)
+            self.queue.add_after(key, delay)
+            return
+        attempts = self.queue.num_requeues(key) + 1
+        if attempts > self.max_retries:
+            await self._give_up(key, obj, "RetryBudgetExhausted",
+                                f"gave up after {attempts} attempts; last error: {message}", cls)
+            return
+        log.info("%s: %s failed (attempt %d): %s", self.controller_name, key, attempts, message)
+        if isinstance(error, Exception) and not isinstance(error, (DriverError, ClientError)):
+            log.exception("%s: unexpected error reconciling %s", self.controller_name, key, exc_info=error)
+        self.queue.add_rate_limited(key)
+
+    async def _give_up(self, key: str, obj: Object, reason: str, message: str, cls: ErrorClass) -> None:
+        attempts = self.queue.num_requeues(key) + 1
+        self.queue.forget(key)
+        self._not_ready.pop(key, None)
+        self._given_up[key] = obj["metadata"].get("generation")
+        meta = obj["metadata"]
+        self.events.warning(obj, reason, message)
+        self.stats.alerts += 1
+        self.alert_sink.alert(Alert(
+            controller=self.controller_name, kind=obj.get("kind", self.resource.kind),
+            namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=meta.get("uid", ""),
+            reason=reason, message=message, error_class=cls.value, attempts=attempts,
+        ))
+        with contextlib.suppress(ClientError):
+            await self._write_status(obj, Result(ready=False, reason=reason, message=message))
+
+    # ---- status and finalizers ---------------------------------------------------------------
+
+    async def _write_status(self, obj: Object, result: Result) -> None:
+        old = obj.get("status") or {}
+        status = copy.deepcopy(old)
+        if result.status:
+            status.update(copy.deepcopy(result.status))
+        generation = obj["metadata"].get("generation")
+        status["observedGeneration"] = generation
+        set_condition(status, "Ready", result.ready, reason=result.reason, message=result.message,
+                      observed_generation=generation)
+        if status == old:
+            return
+        ns, name = split_key(object_key(obj))
+        body = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "status": status}
+        await self.client.patch(self.resource, name, body, namespace=ns or None, subresource="status")
+        self.stats.status_writes += 1
+
+    async def _add_finalizer(self, obj: Object) -> Object:
+        finalizers = [*(obj["metadata"].get("finalizers") or []), self.finalizer]
+        ns, name = split_key(object_key(obj))
+        return await self.client.patch(
+            self.resource, name,
+            {"metadata": {"finalizers": finalizers, "resourceVersion": obj["metadata"]["resourceVersion"]}},
+            namespace=ns or None,
+        )
+
+    async def _finalize(self, obj: Object) -> None:
+        finalizers = list(obj["metadata"].get("finalizers") or [])
+        if not self.finalizer or self.finalizer not in finalizers:
+            return
+        await self.finalize(copy.deepcopy(obj))
+        finalizers.remove(self.finalizer)
+        ns, name = split_key(object_key(obj))
+        try:
+            await self.client.patch(
+                self.resource, name,
+                {"metadata": {"finalizers": finalizers, "resourceVersion": obj["metadata"]["resourceVersion"]}},
+                namespace=ns or None,
+            )
+        except NotFound:
+            pass
+        self.events.normal(obj, "Finalized", f"{self.controller_name} cleaned up")
+
+
+def _classify(error: BaseException) -> tuple[ErrorClass, str, str, float | None]:
+    if isinstance(error, DriverError):
+        return error.error_class, error.reason, error.message, error.retry_after
+    if isinstance(error, APIStatusError):
+        if error.code in (400, 403, 404, 405, 413, 415, 422) and not isinstance(error, NotFound):
+            # The object we would write is wrong; retrying the same write cannot succeed.
+            return ErrorClass.PERMANENT, type(error).__name__, str(error), None
+        return ErrorClass.TRANSIENT, type(error).__name__, str(error), None
+    return ErrorClass.TRANSIENT, type(error).__name__, str(error) or type(error).__name__, None
+
+
+def _on_new(enqueue: Callable[[Object], None]) -> Callable[[Object, Object], None]:
+    def on_update(old: Object, new: Object) -> None:
+        enqueue(new)
+
+    return on_update
+
+
+def _strip_managed_fields(obj: Object) -> Object:
+    (obj.get("metadata") or {}).pop("managedFields", None)
+    return obj

@@ -1,4 +1,4 @@
-"""The ``setpoint`` command."""
+"""``setpoint serve`` and ``setpoint node-token``: the control plane."""
 
 from __future__ import annotations
 
@@ -11,19 +11,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-app = typer.Typer(no_args_is_help=True, add_completion=False,
-                  help="setpoint: desired-state orchestration with a Kubernetes-style control plane.")
-console = Console(soft_wrap=True)
-
-
-@app.command()
-def version() -> None:
-    """Print the version."""
-    from setpoint import __version__
-
-    print(__version__)
+from setpoint.cli.app import app, console
 
 
 def _is_loopback(host: str) -> bool:
@@ -183,7 +172,3 @@ def _announce(url: str, kubeconfig: Path, token: str) -> None:
         console.print(f"  curl -s {auth}{url}/api/v1/namespaces", highlight=False)
     console.print(f"  curl -sN {auth}'{url}/api/v1/namespaces?watch=1'", highlight=False)
     sys.stdout.flush()
-
-
-def main() -> None:
-    app()

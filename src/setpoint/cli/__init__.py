@@ -1,0 +1,6 @@
+"""The ``setpoint`` command: one typer app, one module per group of commands."""
+
+from setpoint.cli import serve as _serve  # noqa: F401  (registers its commands)
+from setpoint.cli.app import app, console, main
+
+__all__ = ["app", "console", "main"]

@@ -69,3 +69,24 @@ def test_node_restriction(data_dir: Path) -> None:
         assert admin.get(f"{PS}/mine").json()["spec"]["replicas"] == 1
     finally:
         srv.stop()
+
+
+def test_node_may_manage_its_own_cleanup_finalizer_only(data_dir: Path) -> None:
+    srv = ServerProcess(data_dir).start()
+    try:
+        admin = srv.sync_client()
+        admin.post(PS, json={"apiVersion": "setpoint.dev/v1alpha1", "kind": "ProcessSet",
+                             "metadata": {"name": "mine"}, "spec": {"command": "true", "nodeName": "a"}})
+        a = node_client(srv, "a")
+        patch = {"Content-Type": "application/merge-patch+json"}
+        r = a.patch(f"{PS}/mine", content=b'{"metadata":{"finalizers":["setpoint.dev/processes"]}}',
+                    headers=patch)
+        assert r.status_code == 200, r.text
+        r = a.patch(f"{PS}/mine", content=b'{"metadata":{"finalizers":["example.com/other"]}}', headers=patch)
+        assert r.status_code == 403
+        r = a.patch(f"{PS}/mine", content=b'{"metadata":{"labels":{"x":"y"}}}', headers=patch)
+        assert r.status_code == 403
+        r = a.patch(f"{PS}/mine", content=b'{"metadata":{"finalizers":null}}', headers=patch)
+        assert r.status_code == 200
+    finally:
+        srv.stop()

@@ -2,8 +2,9 @@
 
 Agents authenticate as ``system:node:<name>`` in group ``system:nodes`` (as kubelets do in
 Kubernetes). Whatever the policy file grants that group, writes are narrowed here, after the
-object is known: a node may write its own Node and its heartbeat Lease, Events, and the
-``status`` of objects assigned to it (``spec.nodeName``) — nothing else. A compromised node can
+object is known: a node may write its own Node and its heartbeat Lease, Events, and, of objects
+assigned to it (``spec.nodeName``), the ``status`` and its own ``setpoint.dev/`` cleanup
+finalizers — nothing else. A compromised node can
 therefore not reschedule, delete or rewrite another node's work.
 """
 
@@ -35,6 +36,7 @@ def admit_node_write(
     name: str,
     subresource: str,
     old: dict[str, Any] | None,
+    new: dict[str, Any] | None = None,
 ) -> None:
     """Raise Forbidden unless node ``node`` may do ``verb`` on this object."""
     if rtype.group == "setpoint.dev" and rtype.plural == "nodes":
@@ -46,14 +48,33 @@ def admit_node_write(
     elif rtype.group == "" and rtype.plural == "events":
         if verb in ("create", "update", "patch"):
             return
-    elif subresource == "status" and verb in ("update", "patch") and old is not None:
-        assigned = (old.get("spec") or {}).get("nodeName") if isinstance(old.get("spec"), dict) else None
-        if node and assigned == node:
+    elif verb in ("update", "patch") and old is not None and node and _assigned(old) == node:
+        if subresource == "status" or (new is not None and _only_own_finalizers_changed(old, new)):
             return
     what = f"{rtype.group_resource}/{subresource}" if subresource else rtype.group_resource
     where = f' in namespace "{namespace}"' if namespace else ""
     raise Forbidden(
         f'node "{node}" cannot {verb} {what} "{name}"{where}: a node may only write its own Node '
-        "and Lease, Events, and the status of objects assigned to it",
+        "and Lease, Events, and the status and setpoint.dev/ finalizers of objects assigned to it",
         details_name=name or None, details_kind=rtype.plural, details_group=rtype.group or None,
     )
+
+
+def _assigned(obj: dict[str, Any]) -> Any:
+    spec = obj.get("spec")
+    return spec.get("nodeName") if isinstance(spec, dict) else None
+
+
+def _only_own_finalizers_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """An agent adds and removes its cleanup finalizers (``setpoint.dev/...``); nothing else."""
+    def without_finalizers(obj: dict[str, Any]) -> dict[str, Any]:
+        meta = {k: v for k, v in (obj.get("metadata") or {}).items()
+                if k not in ("finalizers", "resourceVersion", "managedFields")}
+        rest = {k: v for k, v in obj.items() if k not in ("metadata", "status")}
+        return {"metadata": meta, **rest}
+
+    if without_finalizers(old) != without_finalizers(new):
+        return False
+    before = set((old.get("metadata") or {}).get("finalizers") or [])
+    after = set((new.get("metadata") or {}).get("finalizers") or [])
+    return all(f.startswith("setpoint.dev/") for f in before ^ after)

@@ -683,10 +683,10 @@ class ResourceHandlers:
             if expected is not None and expected != kv.mod_revision:
                 raise self.conflict(rtype, info.name)
             old = decode_stored(kv)
+            new = mutate(copy.deepcopy(old))
             node = node_of(info.user)
             if node is not None:
-                admit_node_write(node, info.verb, rtype, info.namespace, info.name, info.subresource, old)
-            new = mutate(copy.deepcopy(old))
+                admit_node_write(node, info.verb, rtype, info.namespace, info.name, info.subresource, old, new)
             new_rv = new["metadata"].get("resourceVersion")
             if new_rv not in (None, "") and str(new_rv) != str(kv.mod_revision):
                 raise self.conflict(rtype, info.name)

@@ -106,6 +106,9 @@ class Controller:
     resource: ClassVar[Resource]
     finalizer: ClassVar[str | None] = None
     name: ClassVar[str] = ""
+    # False for controllers that act on objects whose status another controller reports (a
+    # scheduler): their results are not written, and failures only raise events and alerts.
+    manages_status: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -319,6 +322,8 @@ class Controller:
     # ---- status and finalizers ---------------------------------------------------------------
 
     async def _write_status(self, obj: Object, result: Result) -> None:
+        if not self.manages_status:
+            return
         old = obj.get("status") or {}
         status = copy.deepcopy(old)
         if result.status:

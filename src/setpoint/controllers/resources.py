@@ -1,0 +1,12 @@
+"""The resources setpoint's built-in controllers work on."""
+
+from setpoint.client import Resource
+
+PROCESSSETS = Resource("setpoint.dev", "v1alpha1", "processsets", namespaced=True, kind="ProcessSet")
+NODES = Resource("setpoint.dev", "v1alpha1", "nodes", namespaced=False, kind="Node")
+LEASES = Resource("coordination.k8s.io", "v1", "leases", namespaced=True, kind="Lease")
+NAMESPACES = Resource("", "v1", "namespaces", namespaced=False, kind="Namespace")
+
+NODE_LEASE_NAMESPACE = "setpoint-node-lease"
+SYSTEM_NAMESPACE = "setpoint-system"
+PROCESS_FINALIZER = "setpoint.dev/processes"

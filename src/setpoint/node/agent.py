@@ -1,0 +1,99 @@
+"""``setpoint agent --node NAME``: registers its node, heartbeats, runs the node's controllers.
+
+The heartbeat is a Lease (``setpoint-node-lease/<node>``) renewed every ``heartbeat`` seconds; a
+node whose lease is not renewed within ``lease_duration`` is considered lost by the control
+plane. The agent's credentials (``setpoint node-token``) let it write only its own Node and
+Lease and the status of the work assigned to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+from setpoint import __version__
+from setpoint.agent import EventRecorder
+from setpoint.agent.conditions import now_micro, set_condition
+from setpoint.client import AlreadyExists, Client, ClientError
+from setpoint.controllers.processset import ProcessSetController
+from setpoint.controllers.resources import LEASES, NODE_LEASE_NAMESPACE, NODES
+
+log = logging.getLogger(__name__)
+
+
+class NodeAgent:
+    def __init__(
+        self,
+        client: Client,
+        node: str,
+        state_dir: Path,
+        *,
+        heartbeat: float = 10.0,
+        lease_duration: float = 40.0,
+        workers: int = 4,
+    ) -> None:
+        self.client = client
+        self.node = node
+        self.state_dir = Path(state_dir)
+        self.heartbeat = heartbeat
+        self.lease_duration = lease_duration
+        self.events = EventRecorder(client, f"agent/{node}", host=node)
+        self.processsets = ProcessSetController(client, node, self.state_dir / "processes",
+                                                workers=workers, events=self.events)
+        self.heartbeats = 0
+
+    async def run(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.events.start()
+        try:
+            await self.register()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._heartbeat_loop(), name="heartbeat")
+                tg.create_task(self.processsets.run(), name="processsets")
+        finally:
+            await self.events.stop()
+            self.processsets.driver.close()
+
+    async def register(self) -> None:
+        """Create this node's Node (or find it) and report the agent in its status."""
+        body = {"apiVersion": "setpoint.dev/v1alpha1", "kind": "Node", "metadata": {"name": self.node},
+                "spec": {}}
+        while True:
+            try:
+                try:
+                    node = await self.client.create(NODES, body)
+                    log.info("registered node %s", self.node)
+                except AlreadyExists:
+                    node = await self.client.get(NODES, self.node)
+                status = dict(node.get("status") or {})
+                status.update(agentVersion=__version__, hostname=socket.gethostname())
+                set_condition(status, "Ready", True, reason="AgentReady", message="the agent is running")
+                await self.client.patch(NODES, self.node, {"status": status}, subresource="status")
+                await self._renew()
+                return
+            except ClientError as e:
+                log.warning("node registration failed, retrying: %s", e)
+                await asyncio.sleep(min(self.heartbeat, 2.0))
+
+    async def _renew(self) -> None:
+        lease: dict[str, Any] = {
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": self.node, "namespace": NODE_LEASE_NAMESPACE},
+            "spec": {"holderIdentity": self.node, "leaseDurationSeconds": round(self.lease_duration),
+                     "renewTime": now_micro()},
+        }
+        # Leases may be written without a resourceVersion (and created by PUT): the holder
+        # is the only writer of its heartbeat.
+        await self.client.update(LEASES, lease, namespace=NODE_LEASE_NAMESPACE)
+        self.heartbeats += 1
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            try:
+                await self._renew()
+            except ClientError as e:
+                log.warning("heartbeat of node %s failed: %s", self.node, e)

@@ -1,0 +1,270 @@
+"""The node agent end to end: a real server, a real agent process, real supervised processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from setpoint.agent.conditions import get_condition, is_converged
+from setpoint.client import Client, ClientConfig, NotFound
+from setpoint.controllers.resources import NODES, PROCESSSETS
+from tests.agent.support import TcpProxy, eventually
+from tests.servers import ServerProcess
+
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(1e6)"]
+
+
+def processes_of(uid: str) -> list[int]:
+    """Every live process on this host that belongs to ProcessSet ``uid`` (the ground truth)."""
+    needle = f"SETPOINT_PROCESSSET_UID={uid}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if needle in env and state != "Z":
+            found.append(int(entry))
+    return found
+
+
+class Agent:
+    """A ``setpoint agent`` subprocess with node credentials."""
+
+    def __init__(self, srv: ServerProcess, node: str, state_dir: Path, server_url: str | None = None) -> None:
+        out = subprocess.run([sys.executable, "-m", "setpoint", "node-token", node, "--data-dir",
+                              str(srv.data_dir)], capture_output=True, text=True, check=True).stdout
+        self.kubeconfig = Path(out.strip())
+        if server_url is not None:
+            config = yaml.safe_load(self.kubeconfig.read_text())
+            config["clusters"][0]["cluster"]["server"] = server_url
+            self.kubeconfig.write_text(yaml.safe_dump(config))
+        self.node = node
+        self.state_dir = state_dir
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = state_dir.parent / f"agent-{node}.log"
+
+    def start(self) -> Agent:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "setpoint", "agent", "--node", self.node, "--kubeconfig", str(self.kubeconfig),
+             "--state-dir", str(self.state_dir), "--heartbeat", "0.5", "--lease-duration", "3"],
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        return self
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=20)
+
+
+class ControllerManager:
+    def __init__(self, srv: ServerProcess) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "setpoint", "controller-manager", "--kubeconfig",
+             str(srv.data_dir / "kubeconfig.yaml")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[ServerProcess, Path]]:
+    srv = ServerProcess(tmp_path / "server").start()
+    yield srv, tmp_path
+    srv.stop()
+
+
+@pytest.fixture
+async def admin(cluster: tuple[ServerProcess, Path]) -> AsyncIterator[Client]:
+    srv, _ = cluster
+    async with Client(ClientConfig(srv.url, token=srv.token)) as c:
+        yield c
+
+
+def processset(name: str, replicas: int, node: str | None = "n1", **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"apiVersion": "setpoint.dev/v1alpha1", "kind": "ProcessSet",
+                            "metadata": {"name": name},
+                            "spec": {"command": SLEEPER[0], "args": SLEEPER[1:], "replicas": replicas,
+                                     "restartBackoff": {"initialSeconds": 0.2, "maxSeconds": 1},
+                                     "stopGracePeriodSeconds": 1, **spec}}
+    if node:
+        body["spec"]["nodeName"] = node
+    return body
+
+
+async def converged_with(client: Client, name: str, replicas: int) -> bool:
+    obj = await client.get(PROCESSSETS, name, namespace="default")
+    return (is_converged(obj) and obj["status"].get("readyReplicas") == replicas
+            and len(processes_of(obj["metadata"]["uid"])) == replicas)
+
+
+async def test_scale_drift_and_delete(cluster: tuple[ServerProcess, Path], admin: Client) -> None:
+    srv, tmp = cluster
+    agent = Agent(srv, "n1", tmp / "agent").start()
+    try:
+        await eventually(lambda: _exists(admin, "n1"), timeout=20, what="node registered")
+        ps = await admin.create(PROCESSSETS, processset("web", 0), namespace="default")
+        uid = ps["metadata"]["uid"]
+        for n in (0, 3, 5, 2):
+            await admin.patch(PROCESSSETS, "web", {"spec": {"replicas": n}}, namespace="default")
+            await eventually(lambda n=n: converged_with(admin, "web", n), timeout=30, what=f"{n} replicas")
+        # Drift: a process dies; the agent restores it and counts the restart.
+        victim = processes_of(uid)[0]
+        os.kill(victim, signal.SIGKILL)
+        async def restored() -> bool:
+            return victim not in processes_of(uid) and await converged_with(admin, "web", 2)
+
+        await eventually(restored, timeout=30, what="restored after kill")
+        obj = await admin.get(PROCESSSETS, "web", namespace="default")
+        assert sum(p["restarts"] for p in obj["status"]["processes"]) >= 1
+        # Deleting the object stops its processes (finalizer), then the object goes.
+        await admin.delete(PROCESSSETS, "web", namespace="default")
+        await eventually(lambda: not processes_of(uid), timeout=30, what="processes stopped")
+        await eventually(lambda: _gone(admin, "web"), timeout=30, what="object deleted")
+    finally:
+        agent.kill()
+
+
+async def test_agent_killed_during_scale_up_ends_exact(cluster: tuple[ServerProcess, Path], admin: Client) -> None:
+    srv, tmp = cluster
+    agent = Agent(srv, "n1", tmp / "agent").start()
+    try:
+        ps = await admin.create(PROCESSSETS, processset("burst", 1), namespace="default")
+        uid = ps["metadata"]["uid"]
+        await eventually(lambda: converged_with(admin, "burst", 1), timeout=30, what="1 replica")
+        await admin.patch(PROCESSSETS, "burst", {"spec": {"replicas": 6}}, namespace="default")
+        await eventually(lambda: len(processes_of(uid)) >= 3, timeout=30, what="scale-up under way")
+        agent.kill()  # mid scale-up; its processes live on without it
+        await admin.patch(PROCESSSETS, "burst", {"spec": {"replicas": 4}}, namespace="default")
+        agent.start()
+        await eventually(lambda: converged_with(admin, "burst", 4), timeout=30, what="exactly 4 after restart")
+        assert len(processes_of(uid)) == 4
+        # A ProcessSet deleted while the agent was down leaves no orphans once it is back.
+        other = await admin.create(PROCESSSETS, processset("orphan", 2), namespace="default")
+        await eventually(lambda: converged_with(admin, "orphan", 2), timeout=30, what="orphan set up")
+        agent.kill()
+        await admin.patch(PROCESSSETS, "orphan", {"metadata": {"finalizers": None}}, namespace="default")
+        with contextlib.suppress(NotFound):
+            await admin.delete(PROCESSSETS, "orphan", namespace="default")
+        agent.start()
+        await eventually(lambda: not processes_of(other["metadata"]["uid"]), timeout=30, what="orphans stopped")
+        await eventually(lambda: converged_with(admin, "burst", 4), timeout=30, what="burst untouched")
+    finally:
+        agent.kill()
+        for u in (uid,):
+            for pid in processes_of(u):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def test_server_restart_and_cut_connections_still_converge(
+    cluster: tuple[ServerProcess, Path], admin: Client
+) -> None:
+    srv, tmp = cluster
+    proxy = await TcpProxy(srv.url).start()
+    agent = Agent(srv, "n1", tmp / "agent", server_url=proxy.url).start()
+    uid = ""
+    try:
+        ps = await admin.create(PROCESSSETS, processset("flaky", 1), namespace="default")
+        uid = ps["metadata"]["uid"]
+        await eventually(lambda: converged_with(admin, "flaky", 1), timeout=30, what="1 replica")
+        # A burst of changes while the server restarts: the agent converges to the last one.
+        for n in (2, 3):
+            await admin.patch(PROCESSSETS, "flaky", {"spec": {"replicas": n}}, namespace="default")
+        await asyncio.to_thread(srv.restart)
+        async with Client(ClientConfig(srv.url, token=srv.token)) as c:
+            await c.patch(PROCESSSETS, "flaky", {"spec": {"replicas": 4}}, namespace="default")
+            await eventually(lambda: converged_with(c, "flaky", 4), timeout=40, what="4 after server restart")
+            # The network cuts every connection, twice, with changes in between.
+            proxy.cut()
+            await c.patch(PROCESSSETS, "flaky", {"spec": {"replicas": 2}}, namespace="default")
+            proxy.resume()
+            proxy.cut()
+            await c.patch(PROCESSSETS, "flaky", {"spec": {"replicas": 3}}, namespace="default")
+            proxy.resume()
+            await eventually(lambda: converged_with(c, "flaky", 3), timeout=40, what="3 after cuts")
+    finally:
+        agent.kill()
+        await proxy.close()
+        for pid in processes_of(uid) if uid else []:
+            os.kill(pid, signal.SIGKILL)
+
+
+async def test_scheduler_assigns_and_node_lost_is_marked(
+    cluster: tuple[ServerProcess, Path], admin: Client
+) -> None:
+    srv, tmp = cluster
+    agent = Agent(srv, "n1", tmp / "agent").start()
+    cm = ControllerManager(srv)
+    uid = ""
+    try:
+        await eventually(lambda: _exists(admin, "n1"), timeout=20, what="node registered")
+        ps = await admin.create(PROCESSSETS, processset("sched", 2, node=None), namespace="default")
+        uid = ps["metadata"]["uid"]
+
+        async def assigned() -> bool:
+            obj = await admin.get(PROCESSSETS, "sched", namespace="default")
+            return bool(obj["spec"].get("nodeName") == "n1")
+
+        await eventually(assigned, timeout=30, what="scheduled onto n1")
+        await eventually(lambda: converged_with(admin, "sched", 2), timeout=30, what="running on n1")
+        # The node goes silent (the agent is frozen): its work is marked NodeLost.
+        assert agent.proc is not None
+        agent.proc.send_signal(signal.SIGSTOP)
+
+        async def lost() -> bool:
+            obj = await admin.get(PROCESSSETS, "sched", namespace="default")
+            cond = get_condition(obj.get("status"), "NodeLost")
+            return cond is not None and cond["status"] == "True"
+
+        await eventually(lost, timeout=30, what="NodeLost")
+        node = await admin.get(NODES, "n1")
+        assert get_condition(node["status"], "Ready")["status"] == "Unknown"  # type: ignore[index]
+        agent.proc.send_signal(signal.SIGCONT)
+
+        async def back() -> bool:
+            obj = await admin.get(PROCESSSETS, "sched", namespace="default")
+            cond = get_condition(obj.get("status"), "NodeLost")
+            return cond is not None and cond["status"] == "False"
+
+        await eventually(back, timeout=30, what="NodeLost cleared")
+    finally:
+        if agent.proc is not None and agent.proc.poll() is None:
+            agent.proc.send_signal(signal.SIGCONT)
+        agent.kill()
+        cm.stop()
+        for pid in processes_of(uid) if uid else []:
+            os.kill(pid, signal.SIGKILL)
+
+
+async def _exists(client: Client, node: str) -> bool:
+    try:
+        await client.get(NODES, node)
+        return True
+    except NotFound:
+        return False
+
+
+async def _gone(client: Client, name: str) -> bool:
+    try:
+        await client.get(PROCESSSETS, name, namespace="default")
+        return False
+    except NotFound:
+        return True

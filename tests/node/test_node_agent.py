@@ -63,7 +63,7 @@ class Agent:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "setpoint", "agent", "--node", self.node, "--kubeconfig", str(self.kubeconfig),
              "--state-dir", str(self.state_dir), "--heartbeat", "0.5", "--lease-duration", "3"],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
         return self
 
     def kill(self, sig: int = signal.SIGKILL) -> None:

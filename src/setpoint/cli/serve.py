@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import ipaddress
 import logging
 import shutil
@@ -117,7 +118,15 @@ def serve(
     )
     kubeconfig = write_kubeconfig(data_dir, url, admin_token, tls_cert if tls else None)
     # The socket already listens, so the URL is good as soon as the store and cache are up.
-    options.on_ready = lambda: _announce(url, kubeconfig, admin_token)
+    def ready() -> None:
+        # What startup built lives as long as the server: keep it out of every collection.
+        gc.freeze()
+        _announce(url, kubeconfig, admin_token)
+
+    options.on_ready = ready
+    # A request allocates a few hundred container objects; with the default threshold (700)
+    # the collector would run several times per request.
+    gc.set_threshold(20_000, 50, 100)
     server = Server(backend, options)
     config = uvicorn.Config(
         server.app, loop="uvloop", http="httptools", lifespan="on", access_log=False, interface="asgi3",

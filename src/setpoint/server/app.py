@@ -32,12 +32,21 @@ from setpoint.server.auth import (
     User,
     forbidden_message,
 )
-from setpoint.server.discovery import discovery, version_info
-from setpoint.server.errors import APIError, Forbidden, InternalError, NotFound, ServiceUnavailable
+from setpoint.server.discovery import DiscoveryCache, aggregated_discovery, discovery, version_info
+from setpoint.server.errors import (
+    APIError,
+    Forbidden,
+    InternalError,
+    NotAcceptable,
+    NotFound,
+    ServiceUnavailable,
+)
 from setpoint.server.handlers import ResourceHandlers, Settings, json_response
 from setpoint.server.metrics import Metrics
 from setpoint.server.namespaces import NamespaceFinalizer
+from setpoint.server.negotiation import DISCOVERY_V2_MEDIA, wants_aggregated_discovery
 from setpoint.server.objects import decode_stored, for_storage, new_uid, now
+from setpoint.server.openapi import OpenAPI
 from setpoint.server.paths import parse_request
 from setpoint.server.resources import CRD_GROUP, Registry, builtin_types
 from setpoint.server.schema import compile_schema
@@ -86,6 +95,8 @@ class Server:
                                    keep_seconds=options.history_seconds,
                                    interval=options.compact_interval)
         self.namespaces = NamespaceFinalizer(self.handlers)
+        self.discovery = DiscoveryCache(self.registry)
+        self.openapi = OpenAPI(self.registry)
         self.metrics.track_revision(lambda: float(self.cache.revision))
         self.metrics.track_cache(self.cache)
         if hasattr(backend, "on_commit"):
@@ -96,6 +107,7 @@ class Server:
                 Route("/livez", self.healthz, methods=["GET", "HEAD"]),
                 Route("/readyz", self.readyz, methods=["GET", "HEAD"]),
                 Route("/metrics", self.metrics_endpoint, methods=["GET"]),
+                Route("/openapi/{path:path}", self.openapi_endpoint, methods=["GET", "HEAD"]),
                 Route("/{path:path}", self.endpoint,
                       methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
             ],
@@ -202,6 +214,34 @@ class Server:
             return self._error(e)
         return Response(self.metrics.render(), media_type=self.metrics.content_type)
 
+    async def openapi_endpoint(self, request: Request) -> Response:
+        path = request.scope["path"]
+        try:
+            self._authenticate(request, path)
+            if path == "/openapi/v2":
+                doc = self.openapi.v2()
+            elif path == "/openapi/v3":
+                doc = self.openapi.v3_root()
+            elif path.startswith("/openapi/v3/"):
+                found = self.openapi.v3(path[len("/openapi/v3/"):])
+                if found is None:
+                    raise NotFound("the server could not find the requested resource")
+                doc = found
+            else:
+                raise NotFound("the server could not find the requested resource")
+        except APIError as e:
+            return self._error(e)
+        accept = request.headers.get("accept", "")
+        if "protobuf" in accept and "json" not in accept and "*/*" not in accept:
+            # Clients that ask for the protobuf form only fall back to JSON documents on 406.
+            return self._error(NotAcceptable("only application/json is served for OpenAPI documents"))
+        headers = {"ETag": f'"{doc.etag}"', "Vary": "Accept"}
+        if request.query_params.get("hash"):
+            headers["Cache-Control"] = "public, immutable"
+        if request.headers.get("if-none-match", "").strip('"') == doc.etag:
+            return Response(status_code=304, headers=headers)
+        return Response(doc.body, media_type="application/json", headers=headers)
+
     def _authenticate(self, request: Request, path: str) -> User | None:
         if self.authn is None:
             return None
@@ -266,5 +306,14 @@ class Server:
         if info.resource_request:
             return await self.handlers.handle(request, info)
         if info.api_prefix and request.method in ("GET", "HEAD"):
-            return json_response(discovery(info, self.registry, self.options.server_address))
+            accept = request.headers.get("accept")
+            if not info.group and not info.version and wants_aggregated_discovery(accept):
+                legacy = info.api_prefix == "api"
+                body = self.discovery.get(("aggregated", info.api_prefix),
+                                          lambda: aggregated_discovery(self.registry, legacy))
+                return Response(body, media_type=DISCOVERY_V2_MEDIA, headers={"Vary": "Accept"})
+            body = self.discovery.get(
+                (info.api_prefix, info.group, info.version),
+                lambda: discovery(info, self.registry, self.options.server_address))
+            return Response(body, media_type="application/json", headers={"Vary": "Accept"})
         raise NotFound("the server could not find the requested resource")

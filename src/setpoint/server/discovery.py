@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from setpoint import __version__
 from setpoint.server.errors import NotFound
+from setpoint.server.objects import encode
 from setpoint.server.paths import RequestInfo
 from setpoint.server.resources import Registry, ResourceType
 
@@ -61,6 +63,71 @@ def _group_doc(group: str, types: list[ResourceType]) -> dict[str, Any]:
         "versions": [{"groupVersion": f"{group}/{v}", "version": v} for v in versions],
         "preferredVersion": {"groupVersion": f"{group}/{preferred}", "version": preferred},
     }
+
+
+def _aggregated_resource(t: ResourceType, version: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "resource": t.plural,
+        "responseKind": {"group": t.group, "version": version, "kind": t.kind},
+        "scope": "Namespaced" if t.namespaced else "Cluster",
+        "singularResource": t.singular,
+        "verbs": t.verbs(),
+    }
+    if t.short_names:
+        entry["shortNames"] = list(t.short_names)
+    if t.categories:
+        entry["categories"] = list(t.categories)
+    if t.status_subresource:
+        entry["subresources"] = [{
+            "subresource": "status",
+            "responseKind": {"group": t.group, "version": version, "kind": t.kind},
+            "verbs": ["get", "patch", "update"],
+        }]
+    return entry
+
+
+def aggregated_discovery(registry: Registry, legacy: bool) -> dict[str, Any]:
+    """The apidiscovery.k8s.io/v2 APIGroupDiscoveryList for /api (``legacy``) or /apis: every
+    group, version and resource in one response, so a client needs one request, not one per
+    group-version."""
+    items: list[dict[str, Any]] = []
+    for group, types in sorted(registry.groups().items()):
+        if (group == "") != legacy:
+            continue
+        doc = _group_doc(group, types)
+        versions = [v["version"] for v in doc["versions"]]
+        preferred = doc["preferredVersion"]["version"]
+        versions.sort(key=lambda v: v != preferred)
+        items.append({
+            "metadata": {"name": group, "creationTimestamp": None},
+            "versions": [{
+                "version": v,
+                "resources": [_aggregated_resource(t, v)
+                              for t in sorted(types, key=lambda t: t.plural) if v in t.versions],
+                "freshness": "Current",
+            } for v in versions],
+        })
+    return {"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2",
+            "metadata": {}, "items": items}
+
+
+class DiscoveryCache:
+    """Encoded discovery documents, rebuilt when the registry changes (a CRD is written), not
+    on every request: kubectl fetches discovery before nearly every command."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self._generation = -1
+        self._docs: dict[tuple[str, ...], bytes] = {}
+
+    def get(self, key: tuple[str, ...], build: Callable[[], dict[str, Any]]) -> bytes:
+        if self._generation != self.registry.generation:
+            self._docs = {}
+            self._generation = self.registry.generation
+        doc = self._docs.get(key)
+        if doc is None:
+            doc = self._docs[key] = encode(build())
+        return doc
 
 
 def discovery(info: RequestInfo, registry: Registry, server_address: str) -> dict[str, Any]:

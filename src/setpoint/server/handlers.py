@@ -18,7 +18,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from setpoint.server import bodies, idempotency
+from setpoint.server import bodies, idempotency, tables
 from setpoint.server.admission import admit_node_write, node_of
 from setpoint.server.errors import (
     AlreadyExists,
@@ -32,6 +32,7 @@ from setpoint.server.errors import (
     Timeout,
     UnsupportedMediaType,
 )
+from setpoint.server.negotiation import table_version
 from setpoint.server.objects import (
     SYSTEM_FIELDS,
     decode_stored,
@@ -127,6 +128,21 @@ class ResourceHandlers:
         if rtype.plural == "namespaces":
             info.namespace = ""
         verb = info.verb
+        if request.scope["query_string"] and verb in ("create", "update", "patch"):
+            q = request.query_params
+            fv = q.get("fieldValidation")
+            if fv:
+                if fv not in ("Ignore", "Warn", "Strict"):
+                    raise BadRequest(f'fieldValidation "{fv}" is invalid: must be one of Ignore, Warn or Strict')
+                info.field_validation = fv
+            info.field_manager = q.get("fieldManager", "")
+        response = await self._dispatch(request, info, rtype, verb)
+        if info.warnings:
+            for w in info.warnings:
+                response.headers.append("Warning", w)
+        return response
+
+    async def _dispatch(self, request: Request, info: RequestInfo, rtype: ResourceType, verb: str) -> Response:
         if verb == "get":
             return await self.get(request, info, rtype)
         if verb == "list":
@@ -213,15 +229,30 @@ class ResourceHandlers:
                 details_name=namespace, details_kind="namespaces",
             )
 
-    def _validate(self, rtype: ResourceType, version: str, obj: dict[str, Any]) -> dict[str, Any]:
+    def _validate(self, rtype: ResourceType, version: str, obj: dict[str, Any],
+                  info: RequestInfo | None = None) -> dict[str, Any]:
         validator = rtype.validators.get(version) or rtype.validators.get(rtype.storage_version)
         if validator is not None:
+            if info is not None and info.field_validation in ("Strict", "Warn"):
+                self._check_unknown_fields(validator, obj, info)
             obj = validator(obj)
         causes = validate_metadata(obj, name_is_label=rtype.name_is_label)
         if rtype.plural == "customresourcedefinitions":
             resource_type_from_crd(obj, compile_schema)  # raises Invalid naming the field
         raise_invalid(rtype.kind, rtype.group, obj["metadata"].get("name", ""), causes)
         return obj
+
+    @staticmethod
+    def _check_unknown_fields(validator: Any, obj: dict[str, Any], info: RequestInfo) -> None:
+        unknown = validator.unknown_fields(obj)
+        if not unknown:
+            return
+        texts = [f'unknown field "{path}"' for path in unknown]
+        if info.field_validation == "Strict":
+            raise BadRequest("strict decoding error: " + ", ".join(texts))
+        if info.warnings is None:
+            info.warnings = []
+        info.warnings.extend('299 - "' + t.replace('"', '\\"') + '"' for t in texts)
 
     def _with_version(self, obj: dict[str, Any], rtype: ResourceType, version: str) -> dict[str, Any]:
         if version != rtype.storage_version:
@@ -245,6 +276,9 @@ class ResourceHandlers:
     async def get(self, request: Request, info: RequestInfo, rtype: ResourceType) -> Response:
         key = rtype.key(info.namespace, info.name)
         rv = request.query_params.get("resourceVersion")
+        tv = table_version(request.headers.get("accept"))
+        if tv is not None:
+            return await self._get_table(request, info, rtype, key, rv, tv)
         if rv == "0":
             cached = self.cache.get(key)
             if cached is None:
@@ -252,6 +286,10 @@ class ResourceHandlers:
             if info.version == rtype.storage_version:
                 return json_response(cached.raw)
             return json_response(self._with_version(copy.deepcopy(cached.obj), rtype, info.version))
+        return json_response(await self._get_object(rtype, info, key, rv))
+
+    async def _get_object(self, rtype: ResourceType, info: RequestInfo, key: str,
+                          rv: str | None) -> dict[str, Any]:
         revision = self._parse_rv(rv) or 0
         try:
             kv = await self.backend.get(key, revision)
@@ -261,7 +299,18 @@ class ResourceHandlers:
             raise Timeout(f"Too large resource version: {revision}, current: {e.current}") from None
         if kv is None:
             raise self.not_found(rtype, info.name)
-        return json_response(self._with_version(decode_stored(kv), rtype, info.version))
+        return self._with_version(decode_stored(kv), rtype, info.version)
+
+    async def _get_table(self, request: Request, info: RequestInfo, rtype: ResourceType, key: str,
+                         rv: str | None, tv: str) -> Response:
+        include = tables.include_object(request.query_params.get("includeObject"))
+        if rv == "0" and (cached := self.cache.get(key)) is not None:
+            obj = self._with_version(copy.deepcopy(cached.obj), rtype, info.version)
+        else:
+            obj = await self._get_object(rtype, info, key, rv)
+        spec = tables.table_spec(rtype, info.version)
+        return json_response(tables.table(spec, [(obj, None)], table_version=tv, include=include,
+                                          resource_version=obj["metadata"].get("resourceVersion", "")))
 
     # ---- list ---------------------------------------------------------------------------------
 
@@ -309,6 +358,20 @@ class ResourceHandlers:
         except Exception:
             raise BadRequest(f'invalid continue token "{token[:64]}"') from None
 
+    def _list_response(self, request: Request, rtype: ResourceType, version: str, revision: int,
+                       raws: list[bytes], objs: list[dict[str, Any]] | None,
+                       continue_token: str = "") -> Response:
+        tv = table_version(request.headers.get("accept"))
+        if tv is None:
+            return json_response(self._list_body(rtype, version, revision, raws, continue_token))
+        include = tables.include_object(request.query_params.get("includeObject"))
+        if objs is None:
+            objs = [msgspec.json.decode(raw) for raw in raws]
+        spec = tables.table_spec(rtype, version)
+        return json_response(tables.table(
+            spec, list(zip(objs, raws, strict=True)), table_version=tv, include=include,
+            resource_version=str(revision), continue_token=continue_token))
+
     def _list_body(
         self,
         rtype: ResourceType,
@@ -351,7 +414,7 @@ class ResourceHandlers:
 
         if token:
             revision, start_after = self._decode_continue(token)
-            return await self._list_from_store(rtype, info.version, key_prefix, pred, limit,
+            return await self._list_from_store(request, rtype, info.version, key_prefix, pred, limit,
                                                revision, start_after, continuing=True)
         if rv is not None and match != "Exact" and not limit:
             # "any version not older than rv" (rv=0: anything) is what the cache is for.
@@ -359,12 +422,13 @@ class ResourceHandlers:
                 rv, self.settings.cache_wait_seconds
             ):
                 raise Timeout(f"Too large resource version: {rv}, current: {self.cache.revision}")
-            return self._list_from_cache(rtype, info.version, key_prefix, pred)
+            return self._list_from_cache(request, rtype, info.version, key_prefix, pred)
         revision = rv if match == "Exact" and rv else 0
-        return await self._list_from_store(rtype, info.version, key_prefix, pred, limit, revision, "")
+        return await self._list_from_store(request, rtype, info.version, key_prefix, pred, limit,
+                                           revision, "")
 
     def _list_from_cache(
-        self, rtype: ResourceType, version: str, key_prefix: str,
+        self, request: Request, rtype: ResourceType, version: str, key_prefix: str,
         pred: Callable[[dict[str, Any]], bool] | None,
     ) -> Response:
         revision = self.cache.revision
@@ -375,10 +439,10 @@ class ResourceHandlers:
             raws = [co.raw for co in items]
         else:
             raws = [encode(self._with_version(dict(co.obj), rtype, version)) for co in items]
-        return json_response(self._list_body(rtype, version, revision, raws))
+        return self._list_response(request, rtype, version, revision, raws, [co.obj for co in items])
 
     async def _list_from_store(
-        self, rtype: ResourceType, version: str, key_prefix: str,
+        self, request: Request, rtype: ResourceType, version: str, key_prefix: str,
         pred: Callable[[dict[str, Any]], bool] | None, limit: int, revision: int, start_after: str,
         continuing: bool = False,
     ) -> Response:
@@ -414,7 +478,7 @@ class ResourceHandlers:
         except FutureRevision as e:
             raise Timeout(f"Too large resource version: {revision}, current: {e.current}") from None
         token = self._encode_continue(revision, last_key) if more else ""
-        return json_response(self._list_body(rtype, version, revision, raws, token))
+        return self._list_response(request, rtype, version, revision, raws, None, token)
 
     # ---- watch --------------------------------------------------------------------------------
 
@@ -453,11 +517,30 @@ class ResourceHandlers:
         )
         convert = info.version != rtype.storage_version
         api_version = rtype.api_version(info.version)
-        return StreamingResponse(
-            self._watch_stream(rtype.key_prefix, key_prefix, pred, after, timeout, tick, bookmarks,
-                               bookmark_head, convert, api_version),
-            media_type=JSON_MEDIA,
-        )
+        stream = self._watch_stream(rtype.key_prefix, key_prefix, pred, after, timeout, tick, bookmarks,
+                                    bookmark_head, convert, api_version)
+        tv = table_version(request.headers.get("accept"))
+        if tv is not None:
+            include = tables.include_object(q.get("includeObject"))
+            stream = self._table_stream(stream, tables.table_spec(rtype, info.version), tv, include)
+        return StreamingResponse(stream, media_type=JSON_MEDIA)
+
+    @staticmethod
+    async def _table_stream(lines: AsyncIterator[bytes], spec: tables.TableSpec, tv: str,
+                            include: str) -> AsyncIterator[bytes]:
+        """A watch whose objects are one-row Tables; column definitions only in the first event,
+        as kube-apiserver sends them."""
+        headers = True
+        async for line in lines:
+            ev = msgspec.json.decode(line)
+            if ev.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                obj = ev["object"]
+                ev["object"] = tables.table(spec, [(obj, None)], table_version=tv, include=include,
+                                            resource_version=obj["metadata"].get("resourceVersion", ""),
+                                            headers=headers)
+                headers = False
+                line = encode(ev) + b"\n"
+            yield line
 
     async def _watch_stream(
         self, prefix: str, key_prefix: str, pred: Callable[[dict[str, Any]], bool] | None,
@@ -548,7 +631,7 @@ class ResourceHandlers:
         if rtype.status_subresource and rtype.plural not in ("namespaces",):
             obj.pop("status", None)
         self._builtin_create_defaults(rtype, obj)
-        obj = self._validate(rtype, info.version, obj)
+        obj = self._validate(rtype, info.version, obj, info)
         name = obj["metadata"]["name"]
         node = node_of(info.user)
         if node is not None:
@@ -754,7 +837,7 @@ class ResourceHandlers:
                     f"found new finalizers {sorted(added)!r}", "metadata.finalizers")])
         if rtype.plural == "namespaces" and not rtype.group:
             result.setdefault("status", {}).setdefault("phase", "Active")
-        result = self._validate(rtype, info.version, result)
+        result = self._validate(rtype, info.version, result, info)
         if spec_changed(old, result):
             result["metadata"]["generation"] = int(old_meta.get("generation", 1)) + 1
         return result

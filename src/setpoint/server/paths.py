@@ -26,6 +26,9 @@ class RequestInfo:
     subresource: str = ""
     parts: tuple[str, ...] = ()
     user: Any = None  # the authenticated user, once known
+    field_validation: str = ""  # fieldValidation: Ignore, Warn or Strict ("" when not given)
+    field_manager: str = ""  # fieldManager, or one derived from the User-Agent where needed
+    warnings: list[str] | None = None  # sent back as Warning headers
 
 
 def _truthy(value: str | None) -> bool:

@@ -40,6 +40,9 @@ class ResourceType:
     builtin: bool = True
     name_is_label: bool = False  # names must be DNS labels (namespaces), not subdomains
     selectable_fields: frozenset[str] = frozenset()  # field selectors beyond metadata.name/namespace
+    # What is derived from the type once and reused by every request (table columns, OpenAPI
+    # fragments); a CRD change builds a new type, so the memo never goes stale.
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def storage_version(self) -> str:
@@ -286,6 +289,14 @@ BUILTIN_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
+# kubectl describe finds an object's Events with these (Kubernetes' event field selectors).
+EVENT_FIELDS = frozenset({
+    "involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
+    "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath",
+    "reason", "reportingComponent", "source", "type",
+})
+
+
 def builtin_types(compile_schema: Callable[[dict[str, Any]], Validator] | None = None) -> list[ResourceType]:
     types = _builtin_types()
     if compile_schema is not None:
@@ -306,6 +317,7 @@ def _builtin_types() -> list[ResourceType]:
         ResourceType(
             group="", versions=("v1",), kind="Event", plural="events", singular="event",
             namespaced=True, short_names=("ev",), allow_create_on_update=True,
+            selectable_fields=EVENT_FIELDS,
         ),
         ResourceType(
             group="coordination.k8s.io", versions=("v1",), kind="Lease", plural="leases",

@@ -765,6 +765,16 @@ class Validator:
             raise self._invalid(shaped, None)
         return shaped
 
+    def unknown_fields(self, obj: Mapping[str, Any]) -> list[str]:
+        """The paths of fields pruning would drop (``spec.foo``), for ``fieldValidation``
+        Strict and Warn; not on the ordinary path, which prunes silently."""
+        out: list[str] = []
+        _unknown(self._root, obj, "", out)
+        meta = obj.get("metadata")
+        if isinstance(meta, Mapping):
+            out.extend(f"metadata.{k}" for k in meta if k not in OBJECT_META_FIELDS)
+        return out
+
     def _invalid(
         self, obj: Mapping[str, Any], fast: fastjsonschema.JsonSchemaValueException | None
     ) -> Invalid:
@@ -776,6 +786,32 @@ class Validator:
             path = _fast_error_field(fast)
             causes = [("FieldValueInvalid", f"Invalid value: {_go(fast.value)}: {fast.message}", path)]
         return _invalid_error(obj, causes)
+
+
+OBJECT_META_FIELDS: Final = frozenset({
+    "name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation",
+    "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "labels", "annotations",
+    "ownerReferences", "finalizers", "managedFields",
+})
+
+
+def _unknown(node: _Node | None, value: Any, path: str, out: list[str]) -> None:
+    if node is None or (node.preserve and node.items is None and not node.properties and node.additional is None):
+        return
+    if isinstance(value, dict):
+        for key, v in value.items():
+            if node.keeps_meta and key in _META_FIELDS:
+                continue
+            child = node.properties.get(key, node.additional)
+            where = f"{path}.{key}" if path else key
+            if child is None:
+                if not node.preserve:
+                    out.append(where)
+                continue
+            _unknown(child, v, where, out)
+    elif isinstance(value, list) and node.items is not None:
+        for i, v in enumerate(value):
+            _unknown(node.items, v, f"{path}[{i}]", out)
 
 
 def _mentions(schema: Any, key: str) -> bool:

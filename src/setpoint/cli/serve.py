@@ -131,6 +131,8 @@ def serve(
     config = uvicorn.Config(
         server.app, loop="uvloop", http="httptools", lifespan="on", access_log=False, interface="asgi3",
         log_level=log_level, timeout_graceful_shutdown=3,
+        # setpoint does not trust X-Forwarded-* headers (no proxy-aware logic), so skip the middleware.
+        proxy_headers=False,
         ssl_certfile=str(tls_cert) if tls else None, ssl_keyfile=str(tls_key) if tls else None,
     )
     class _Uvicorn(uvicorn.Server):

@@ -18,7 +18,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed-run
 
 run: $(VENV)/.installed-run
-	$(BIN)/setpoint serve --data-dir .setpoint
+	$(BIN)/setpoint dev --data-dir .setpoint
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests bench

@@ -18,7 +18,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from setpoint.server import bodies, idempotency, tables
+from setpoint.server import bodies, idempotency, protobuf, tables
 from setpoint.server.admission import admit_node_write, node_of
 from setpoint.server.errors import (
     AlreadyExists,
@@ -51,7 +51,7 @@ from setpoint.server.paths import RequestInfo
 from setpoint.server.resources import CRD_GROUP, Registry, ResourceType, resource_type_from_crd
 from setpoint.server.schema import compile_schema
 from setpoint.server.selectors import DEFAULT_FIELDS, FieldSelector, LabelSelector
-from setpoint.server.watchcache import WatchCache, WatcherClosed
+from setpoint.server.watchcache import WatchCache, WatcherClosed, watch_line
 from setpoint.store import (
     Backend,
     Compacted,
@@ -497,6 +497,20 @@ class ResourceHandlers:
 
         rv = self._parse_rv(q.get("resourceVersion"))
         after = rv if rv else None  # "" and "0": start with the current state
+        initial_events = q.get("sendInitialEvents", "").lower() in ("1", "true")
+        if initial_events:
+            # Streaming list (watch-list): the current state as ADDED events, then a bookmark
+            # marking its end, then changes. The state is at least as new as the request's
+            # resourceVersion, or as the store when it gives none (a consistent read).
+            if q.get("resourceVersionMatch") != "NotOlderThan":
+                raise_invalid("ListOptions", "", "", [(
+                    "FieldValueForbidden", "Forbidden: sendInitialEvents requires setting "
+                    "resourceVersionMatch to NotOlderThan", "resourceVersionMatch")])
+            want = rv if rv else await self.backend.current_revision()
+            if want > self.cache.revision and not await self.cache.wait_for(
+                    want, self.settings.cache_wait_seconds):
+                raise Timeout(f"Too large resource version: {want}, current: {self.cache.revision}")
+            after = None
         if after is not None:
             compacted = await self.backend.compacted_revision()
             if after < compacted:
@@ -518,12 +532,17 @@ class ResourceHandlers:
         convert = info.version != rtype.storage_version
         api_version = rtype.api_version(info.version)
         stream = self._watch_stream(rtype.key_prefix, key_prefix, pred, after, timeout, tick, bookmarks,
-                                    bookmark_head, convert, api_version)
+                                    bookmark_head, convert, api_version, initial_events)
         tv = table_version(request.headers.get("accept"))
         if tv is not None:
             include = tables.include_object(q.get("includeObject"))
             stream = self._table_stream(stream, tables.table_spec(rtype, info.version), tv, include)
         return StreamingResponse(stream, media_type=JSON_MEDIA)
+
+    @staticmethod
+    def _with_api_version(obj: dict[str, Any], api_version: str) -> dict[str, Any]:
+        obj["apiVersion"] = api_version
+        return obj
 
     @staticmethod
     async def _table_stream(lines: AsyncIterator[bytes], spec: tables.TableSpec, tv: str,
@@ -545,11 +564,23 @@ class ResourceHandlers:
     async def _watch_stream(
         self, prefix: str, key_prefix: str, pred: Callable[[dict[str, Any]], bool] | None,
         after: int | None, timeout: float, tick: float, bookmarks: bool, bookmark_head: bytes,
-        convert: bool, api_version: str,
+        convert: bool, api_version: str, initial_events: bool = False,
     ) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         last_sent = after or 0
+        if initial_events:
+            # Read the state and its revision in one step (no await between), then follow on.
+            after = self.cache.revision
+            initial = [co.raw for co in self.cache.list(prefix, key_prefix)
+                       if pred is None or pred(co.obj)]
+            for raw in initial:
+                if convert:
+                    raw = encode(self._with_api_version(msgspec.json.decode(raw), api_version))
+                yield watch_line("ADDED", raw)
+            yield (bookmark_head + str(after).encode()
+                   + b'","annotations":{"k8s.io/initial-events-end":"true"}}}}\n')
+            last_sent = after
         try:
             async for line, rev in self.cache.watch(prefix, key_prefix, pred, after, tick=tick):
                 if line:
@@ -579,7 +610,10 @@ class ResourceHandlers:
 
     async def _body_object(self, request: Request) -> tuple[bytes, dict[str, Any]]:
         body = await bodies.read_body(request, self.settings.max_body_bytes)
-        obj = ensure_object_shape(bodies.decode(body, bodies.media_type(request)))
+        ctype = bodies.media_type(request)
+        if ctype == protobuf.MEDIA:
+            return body, ensure_object_shape(protobuf.decode(body))
+        obj = ensure_object_shape(bodies.decode(body, ctype))
         return body, obj
 
     async def create(self, request: Request, info: RequestInfo, rtype: ResourceType) -> Response:

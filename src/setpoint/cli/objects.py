@@ -23,6 +23,7 @@ import copy
 import enum
 import io
 import json
+import os
 import re
 import sys
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
@@ -35,6 +36,7 @@ import typer
 import yaml
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn
+from rich.table import Column as TableColumn
 from rich.table import Table
 
 from setpoint.agent.conditions import get_condition, is_converged
@@ -133,6 +135,9 @@ def run(main: Callable[[], Coroutine[Any, Any, int]]) -> None:
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+    except BrokenPipeError:  # the reader went away (`setpoint watch … | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(1) from None
     raise typer.Exit(code)
 
 
@@ -479,10 +484,12 @@ async def follow(
                 known = fresh
                 rv = page.resource_version
                 need_list = False
+            quiet = True
             async with client.watch(resource, namespace=namespace, resource_version=rv,
                                     label_selector=label_selector, field_selector=field_selector,
                                     idle_timeout=WATCH_IDLE_TIMEOUT) as stream:
                 async for event in stream:
+                    quiet = False
                     delay = 0.0
                     if event.resource_version:
                         rv = event.resource_version
@@ -494,6 +501,9 @@ async def follow(
                     else:
                         known[k] = event.object
                     yield event.type, event.object
+            if quiet:  # a stream that ends at once, again and again, must not spin
+                delay = min(max(delay * 2, 0.1), 10.0)
+                await asyncio.sleep(delay)
         except Gone:
             need_list = True
             if on_trouble is not None:
@@ -599,8 +609,8 @@ class WaitDisplay:
         if console.is_terminal:
             self.progress = Progress(
                 SpinnerColumn(finished_text="✓"),
-                TextColumn("{task.description}", markup=False),
-                TextColumn("{task.fields[state]}", markup=False),
+                TextColumn("{task.description}", markup=False, table_column=TableColumn(no_wrap=True)),
+                TextColumn("{task.fields[state]}", markup=False, table_column=TableColumn(overflow="fold")),
                 console=console, transient=False,
             )
         self.rows: dict[int, TaskID] = {}
@@ -692,7 +702,16 @@ async def wait_for(client: Client, targets: list[Target], timeout: float, title:
 
 # ---- apply ---------------------------------------------------------------------------------------
 
-@app.command()
+APPLY_HELP = (
+    "Create or update the objects in files, optionally waiting until they are ready.\n\n"
+    "CRDs are applied first, then Namespaces, then the rest. An existing object is updated with a "
+    "merge patch of the fields in the file; each object is reported as created, configured or "
+    "unchanged. With --wait, waits until every object is converged (observedGeneration == "
+    "generation and Ready=True; CRDs: Established; kinds without an agent: until they exist)."
+)
+
+
+@app.command(help=APPLY_HELP)
 def apply(
     filename: FilesOpt = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until every applied object is converged.")] = False,
@@ -701,13 +720,6 @@ def apply(
     context: ContextOpt = None,
     namespace: NamespaceOpt = None,
 ) -> None:
-    """Create or update the objects in files: CRDs first, then Namespaces, then the rest.
-
-    An existing object is updated with a merge patch of the fields in the file; each object is
-    reported as created, configured or unchanged. With --wait, waits until every object is
-    converged (observedGeneration == generation and Ready=True; CRDs: Established; kinds
-    without an agent: until they exist).
-    """
     if not filename:
         raise typer.BadParameter("give at least one -f FILE|DIR|-", param_hint="-f")
 
@@ -736,7 +748,11 @@ async def _apply(session: Session, manifests: list[Manifest], wait: bool, timeou
             where = f" -n {m.namespace or session.namespace}" if m.namespace else ""
             err_console.print(f"error: {m.ref}{where} ({m.source}): {text}", markup=False)
             if isinstance(e, ConnectionFailed):
-                break  # the next objects would fail the same way
+                left = len(manifests) - manifests.index(m) - 1
+                if left:
+                    err_console.print(f"error: {left} more object(s) not applied: the server is unreachable",
+                                      markup=False)
+                break
             continue
         print(f"{info.ref(m.name)} {result}", flush=True)
         if m.is_crd:
@@ -957,7 +973,14 @@ def split_refs(kind: str, names: list[str]) -> tuple[str, list[str]]:
     return kind, names
 
 
-@app.command()
+GET_HELP = (
+    "Show objects of one kind: a table, YAML, JSON or names.\n\n"
+    "The table has NAME, the CRD's additionalPrinterColumns and AGE (NAMESPACE first with -A); "
+    "-o wide adds the columns of priority > 0."
+)
+
+
+@app.command(help=GET_HELP)
 def get(
     kind: Annotated[str, typer.Argument(
         help="Kind: plural, singular, kind, short name, plural.group, or KIND/NAME.")],
@@ -971,8 +994,6 @@ def get(
     context: ContextOpt = None,
     namespace: NamespaceOpt = None,
 ) -> None:
-    """Show objects of one kind as a table (NAME, the CRD's printer columns, AGE) or as YAML,
-    JSON or names."""
     kind_arg, wanted = split_refs(kind, list(names or []))
     if wanted and (selector or field_selector):
         raise typer.BadParameter("names cannot be combined with --selector or --field-selector")
@@ -1066,7 +1087,15 @@ class Cascade(enum.StrEnum):
     orphan = "orphan"
 
 
-@app.command()
+DELETE_HELP = (
+    "Delete objects, waiting until they are gone.\n\n"
+    "Objects are named by kind and name, by a label selector, or by files (deleted in reverse "
+    "apply order: objects, then Namespaces, then CRDs). --wait (the default) waits until their "
+    "finalizers are done."
+)
+
+
+@app.command(help=DELETE_HELP)
 def delete(
     kind: Annotated[str | None, typer.Argument(
         help="Kind (as for get), or KIND/NAME.", show_default=False)] = None,
@@ -1084,8 +1113,6 @@ def delete(
     context: ContextOpt = None,
     namespace: NamespaceOpt = None,
 ) -> None:
-    """Delete objects by kind and name, by label selector, or as listed in files (in reverse
-    apply order: objects, then Namespaces, then CRDs)."""
     refs: list[str] = []
     if filename:
         if kind or names or selector:
@@ -1183,7 +1210,14 @@ class WatchOutput(enum.StrEnum):
     json = "json"
 
 
-@app.command()
+WATCH_HELP = (
+    "Stream changes as lines: ADDED, MODIFIED, DELETED.\n\n"
+    "Survives disconnects: it resumes from the last revision it saw, and lists again (reporting "
+    "what changed meanwhile) if that revision is compacted."
+)
+
+
+@app.command(help=WATCH_HELP)
 def watch(
     kind: Annotated[str, typer.Argument(help="Kind (as for get), or KIND/NAME.")],
     name: Annotated[str | None, typer.Argument(metavar="NAME", help="Only this object.", show_default=False)]
@@ -1200,8 +1234,6 @@ def watch(
     context: ContextOpt = None,
     namespace: NamespaceOpt = None,
 ) -> None:
-    """Stream changes: ADDED, MODIFIED, DELETED. Survives disconnects: it resumes from the last
-    revision it saw, and lists again (reporting what changed meanwhile) if that is compacted."""
     kind_arg, names = split_refs(kind, [name] if name else [])
     if names and field_selector:
         raise typer.BadParameter("a name cannot be combined with --field-selector")

@@ -41,6 +41,7 @@ from setpoint.server.errors import (
     NotFound,
     ServiceUnavailable,
 )
+from setpoint.server.gc import GarbageCollector
 from setpoint.server.handlers import ResourceHandlers, Settings, json_response
 from setpoint.server.metrics import Metrics
 from setpoint.server.namespaces import NamespaceFinalizer
@@ -95,6 +96,7 @@ class Server:
                                    keep_seconds=options.history_seconds,
                                    interval=options.compact_interval)
         self.namespaces = NamespaceFinalizer(self.handlers)
+        self.gc = GarbageCollector(self.handlers)
         self.discovery = DiscoveryCache(self.registry)
         self.openapi = OpenAPI(self.registry)
         self.metrics.track_revision(lambda: float(self.cache.revision))
@@ -142,6 +144,7 @@ class Server:
         await self._install_bundled_crds()
         self.compactor.start()
         self.namespaces.start()
+        self.gc.start()
         if self.options.on_ready is not None:
             self.options.on_ready()
 
@@ -151,6 +154,7 @@ class Server:
         self.cache.close_watchers("the server is shutting down")
 
     async def stop(self) -> None:
+        await self.gc.stop()
         await self.namespaces.stop()
         await self.compactor.stop()
         await self.cache.stop()

@@ -931,6 +931,13 @@ class ResourceHandlers:
                     f"ResourceVersion in object meta: {meta['resourceVersion']}",
                     details_name=name, details_kind=rtype.plural)
             finalizers = list(meta.get("finalizers") or [])
+            policy = opts.get("propagationPolicy")
+            if policy in ("Foreground", "Orphan") and not meta.get("deletionTimestamp"):
+                # The garbage collector finishes these deletions (see gc.py).
+                gc_finalizer = "foregroundDeletion" if policy == "Foreground" else "orphan"
+                if gc_finalizer not in finalizers:
+                    finalizers.append(gc_finalizer)
+                    meta["finalizers"] = list(finalizers)
             if rtype.plural == "namespaces" and not rtype.group:
                 finalizers += (obj.get("spec") or {}).get("finalizers") or []
             if dry_run:

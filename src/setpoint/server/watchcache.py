@@ -164,6 +164,7 @@ class WatchCache:
         self._objects: dict[str, dict[str, CachedObject]] = {}
         self._watchers: dict[str, set[CacheWatcher]] = {}
         self._hooks: dict[str, list[EventHook]] = {}
+        self._all_hooks: list[Callable[[str, str, dict[str, Any]], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.ready = asyncio.Event()
@@ -194,6 +195,12 @@ class WatchCache:
     def add_hook(self, prefix: str, hook: EventHook) -> None:
         """Call ``hook(type, obj, prev)`` for every event under ``prefix`` (e.g. CRDs)."""
         self._hooks.setdefault(prefix, []).append(hook)
+
+    def add_event_hook(self, hook: Callable[[str, str, dict[str, Any]], None]) -> None:
+        """Call ``hook(type, key, obj)`` for every event of every kind (the garbage collector's
+        index of owner references). Not called for the state loaded at start: a user that needs
+        it reads it from the cache once started."""
+        self._all_hooks.append(hook)
 
     async def _load(self) -> None:
         objects: dict[str, dict[str, CachedObject]] = {}
@@ -268,6 +275,11 @@ class WatchCache:
             for hook in self._hooks.get(prefix, ()):
                 try:
                     hook(etype, co.obj, prev.obj if prev else None)
+                except Exception:
+                    log.exception("watch cache hook failed for %s", kv.key)
+            for any_hook in self._all_hooks:
+                try:
+                    any_hook(etype, kv.key, co.obj)
                 except Exception:
                     log.exception("watch cache hook failed for %s", kv.key)
             co.unpin()

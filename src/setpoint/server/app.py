@@ -263,7 +263,7 @@ class Server:
         info = parse_request(request.method, path, query)
         code = 500
         try:
-            if path == "/version":
+            if path == "/version" or path == "/version/":
                 response = json_response(version_info())
             else:
                 response = await self._serve(request, info)

@@ -21,7 +21,7 @@ def test_dev_brings_up_server_controllers_agent_and_example(tmp_path: Path) -> N
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     out = tmp_path / "out.txt"
     proc = subprocess.Popen([sys.executable, "-m", "setpoint", "dev", "--data-dir", str(tmp_path / "sp")],
-                            cwd=tmp_path, stdout=open(out, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+                            cwd=tmp_path, stdout=open(out, "wb"), stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
         while "Ctrl-C stops everything" not in out.read_text():

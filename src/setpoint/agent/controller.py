@@ -15,6 +15,11 @@ budget spent                   after ``max_retries`` failed attempts the object 
                                left alone until it changes
 ============================  ===================================================================
 
+With a ``retry_policy`` (:class:`~setpoint.drivers.retry.RetryPolicy`, usually the driver's) the
+policy decides instead, per error class: attempts, backoff base and cap, a total deadline, and
+``Retry-After`` honoured for NotReady. A failure whose outcome is uncertain is retried like any
+Transient one; the next reconcile observes before it acts, with the same operation id.
+
 The runtime owns status bookkeeping: a successful reconcile's :class:`Result` is written to the
 ``status`` subresource with ``observedGeneration`` and a ``Ready`` condition, only when it differs
 from what is stored. With a ``finalizer``, deletion waits until :meth:`Controller.finalize` has
@@ -49,6 +54,7 @@ from setpoint.client import (
     Selector,
 )
 from setpoint.drivers.base import DriverError, ErrorClass
+from setpoint.drivers.retry import RetryPolicy, RetryTracker
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +133,11 @@ class Controller:
         leader_election: LeaderElector | None = None,
         owns: list[Resource] | None = None,
         watches: list[Watch] | None = None,
+        retry_policy: RetryPolicy | None = None,
     ) -> None:
         self.client = client
+        self.retry_policy = retry_policy
+        self.retries = RetryTracker()
         self.controller_name = self.name or type(self).__name__
         self.workers = workers
         self.max_retries = max_retries
@@ -248,6 +257,7 @@ class Controller:
             self.queue.forget(key)
             self._not_ready.pop(key, None)
             self._given_up.pop(key, None)
+            self.retries.forget(key)
             await self.deleted(key)
             return
         generation = obj["metadata"].get("generation")
@@ -267,6 +277,7 @@ class Controller:
             return
         self.queue.forget(key)
         self._not_ready.pop(key, None)
+        self.retries.forget(key)
         try:
             await self._write_status(obj, result)
         except Conflict:
@@ -286,6 +297,19 @@ class Controller:
             log.warning("%s: %s failed permanently: %s", self.controller_name, key, message)
             await self._give_up(key, obj, reason, message, cls)
             return
+        if self.retry_policy is not None:
+            d = self.retries.failed(key, obj["metadata"].get("generation"), self.retry_policy, cls,
+                                    retry_after=retry_after, message=message,
+                                    uncertain=isinstance(error, DriverError) and error.uncertain)
+            if not isinstance(error, DriverError | ClientError):
+                log.exception("%s: unexpected error reconciling %s", self.controller_name, key, exc_info=error)
+            if d.give_up:
+                await self._give_up(key, obj, d.reason, d.message, cls, d.attempts)
+            else:
+                log.info("%s: %s %s (attempt %d), retrying in %.2fs: %s", self.controller_name, key,
+                         cls.value, d.attempts, d.delay, message)
+                self.queue.add_after(key, d.delay)
+            return
         if cls is ErrorClass.NOT_READY:
             count = self._not_ready.get(key, 0) + 1
             self._not_ready[key] = count
@@ -303,9 +327,11 @@ class Controller:
             log.exception("%s: unexpected error reconciling %s", self.controller_name, key, exc_info=error)
         self.queue.add_rate_limited(key)
 
-    async def _give_up(self, key: str, obj: Object, reason: str, message: str, cls: ErrorClass) -> None:
-        attempts = self.queue.num_requeues(key) + 1
+    async def _give_up(self, key: str, obj: Object, reason: str, message: str, cls: ErrorClass,
+                       attempts: int | None = None) -> None:
+        attempts = attempts or self.queue.num_requeues(key) + 1
         self.queue.forget(key)
+        self.retries.forget(key)
         self._not_ready.pop(key, None)
         self._given_up[key] = obj["metadata"].get("generation")
         meta = obj["metadata"]

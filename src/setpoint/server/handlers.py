@@ -18,7 +18,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from setpoint.server import bodies, idempotency, protobuf, tables
+from setpoint.server import bodies, idempotency, managedfields, protobuf, tables
 from setpoint.server.admission import admit_node_write, node_of
 from setpoint.server.errors import (
     AlreadyExists,
@@ -136,6 +136,8 @@ class ResourceHandlers:
                     raise BadRequest(f'fieldValidation "{fv}" is invalid: must be one of Ignore, Warn or Strict')
                 info.field_validation = fv
             info.field_manager = q.get("fieldManager", "")
+        if verb in ("update", "patch"):
+            info.user_agent = request.headers.get("user-agent", "")
         response = await self._dispatch(request, info, rtype, verb)
         if info.warnings:
             for w in info.warnings:
@@ -666,6 +668,8 @@ class ResourceHandlers:
             obj.pop("status", None)
         self._builtin_create_defaults(rtype, obj)
         obj = self._validate(rtype, info.version, obj, info)
+        if info.field_manager and not info.apply:
+            self._track(rtype, info, None, obj)
         name = obj["metadata"]["name"]
         node = node_of(info.user)
         if node is not None:
@@ -754,7 +758,9 @@ class ResourceHandlers:
 
     async def patch(self, request: Request, info: RequestInfo, rtype: ResourceType) -> Response:
         ctype = bodies.media_type(request)
-        accepted: tuple[str, ...] = (bodies.MERGE_PATCH, bodies.JSON_PATCH)
+        if ctype == bodies.APPLY_PATCH:
+            return await self.server_side_apply(request, info, rtype)
+        accepted: tuple[str, ...] = (bodies.MERGE_PATCH, bodies.JSON_PATCH, bodies.APPLY_PATCH)
         if rtype.builtin:
             # Built-in kinds advertise strategic merge patch to kubectl; for their plain maps it
             # is the same as a JSON merge patch (see docs/api.md).
@@ -776,6 +782,56 @@ class ResourceHandlers:
         status, out = await self._update(info, rtype, mutate, None, dry_run)
         return json_response(out, status)
 
+    async def server_side_apply(self, request: Request, info: RequestInfo, rtype: ResourceType) -> Response:
+        """PATCH with application/apply-patch+yaml: the request body is the manager's whole
+        intent for the fields it manages (see managedfields.py)."""
+        body = await bodies.read_body(request, self.settings.max_body_bytes)
+        config = ensure_object_shape(bodies.decode(body, bodies.APPLY_PATCH, (bodies.APPLY_PATCH,)))
+        dry_run = self._dry_run(request)
+        manager = info.field_manager
+        if not manager:
+            raise_invalid("PatchOptions", "meta.k8s.io", "", [(
+                "FieldValueRequired", "Required value: is required for apply patch", "fieldManager")])
+        force = request.query_params.get("force", "").lower() in ("1", "true")
+        self._check_type_meta(config, rtype, info.version)
+        name = config["metadata"].get("name")
+        if name is not None and name != info.name:
+            raise BadRequest(f"the name of the object ({name}) does not match the name on the URL ({info.name})")
+        config["metadata"]["name"] = info.name
+        if rtype.namespaced:
+            self._check_namespace(config, rtype, info.namespace)
+        info.apply = True
+        schema = rtype.schemas.get(info.version) or rtype.schemas.get(rtype.storage_version)
+        api_version = rtype.api_version(info.version)
+
+        def mutate(old: dict[str, Any]) -> dict[str, Any]:
+            return managedfields.apply(old, config, manager, api_version, schema, info.subresource,
+                                       rtype.status_subresource, force)
+
+        create = None if info.subresource else managedfields.apply(
+            None, config, manager, api_version, schema, "", rtype.status_subresource, force)
+        status, out = await self._update(info, rtype, mutate, None, dry_run, create_body=create)
+        return json_response(out, status)
+
+    def _track(self, rtype: ResourceType, info: RequestInfo, old: dict[str, Any] | None,
+               new: dict[str, Any]) -> None:
+        """Record who changed which fields, for writes that are tracked (see managedfields.py)."""
+        if info.apply:
+            return
+        old_managed = old["metadata"].get("managedFields") if old is not None else None
+        if not info.field_manager and not old_managed:
+            return
+        new_managed = new["metadata"].get("managedFields")
+        if old is not None and new_managed != old_managed:
+            # The client rewrote managedFields itself (to reset or migrate them): keep its version.
+            if new_managed in ([], [{}]):
+                new["metadata"].pop("managedFields", None)
+            return
+        manager = info.field_manager or managedfields.manager_from_user_agent(info.user_agent)
+        schema = rtype.schemas.get(info.version) or rtype.schemas.get(rtype.storage_version)
+        managedfields.track_update(old, new, manager, rtype.api_version(info.version), schema,
+                                   info.subresource, rtype.status_subresource)
+
     async def _update(
         self,
         info: RequestInfo,
@@ -793,7 +849,9 @@ class ResourceHandlers:
                     create_info = RequestInfo(path=info.path, verb="create", resource_request=True,
                                               group=info.group, version=info.version,
                                               namespace=info.namespace, resource=info.resource,
-                                              user=info.user)
+                                              user=info.user, field_validation=info.field_validation,
+                                              field_manager=info.field_manager, apply=info.apply)
+                    create_info.warnings = info.warnings
                     return await self._create(copy.deepcopy(create_body), create_info, rtype,
                                               dry_run, None)
                 raise self.not_found(rtype, info.name)
@@ -816,6 +874,7 @@ class ResourceHandlers:
             new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
             if new == old:
                 return 200, encode(self._with_version(old, rtype, info.version))
+            self._track(rtype, info, old, new)
             if dry_run:
                 return 200, encode(self._with_version(new, rtype, info.version))
             meta = new["metadata"]
@@ -848,6 +907,10 @@ class ResourceHandlers:
                 result["status"] = new["status"]
             else:
                 result.pop("status", None)
+            if info.apply:
+                managed = new["metadata"].get("managedFields")
+                if managed:
+                    result["metadata"]["managedFields"] = managed
         else:
             result = new
             if rtype.status_subresource:

@@ -29,6 +29,8 @@ class RequestInfo:
     field_validation: str = ""  # fieldValidation: Ignore, Warn or Strict ("" when not given)
     field_manager: str = ""  # fieldManager, or one derived from the User-Agent where needed
     warnings: list[str] | None = None  # sent back as Warning headers
+    user_agent: str = ""  # for the default field manager of tracked writes
+    apply: bool = False  # a server-side apply: it sets managedFields itself
 
 
 def _truthy(value: str | None) -> bool:

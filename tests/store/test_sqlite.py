@@ -341,8 +341,9 @@ def test_open_backend_sqlite_urls(tmp_path: Path, url: str | None, expected: str
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("postgresql://localhost/setpoint", "not supported yet"),
-        ("etcd://127.0.0.1:2379", "not supported yet"),
+        ("postgresql://", "names no PostgreSQL server"),
+        ("etcd://", "names no etcd member"),
+        ("etcd://host-without-port", "is not host:port"),
         ("mysql://x", "unknown store URL scheme"),
         ("state.db", "no scheme"),
         ("sqlite://:memory:", "must be a file"),

@@ -1,0 +1,678 @@
+"""The PostgreSQL backend: several setpoint servers share one database (asyncpg).
+
+**Revisions without gaps, in commit order.** kine takes the revision from an auto-increment id.
+A sequence hands out numbers outside transactions, so a transaction that took 7 can commit after
+the one that took 8; a watcher that read "everything after 6" sees 8 and, unless it waits and
+fills the gap, skips 7 for good. Here the revision counter is one row (``meta``), and a write
+transaction locks that row first (``SELECT … FOR UPDATE``), takes the next revisions from it, and
+updates it before it commits. The next writer cannot read the counter until the previous one has
+committed (PostgreSQL releases row locks after the commit is durable and visible), so
+transactions commit in revision order, and every snapshot sees a contiguous prefix 1..N of the
+log. A watcher reading ``revision > last`` can therefore never skip one: there are no gaps to
+fill, no timeouts, and a rolled-back transaction leaves no hole (its counter update rolls back
+too). The same row is why the revision never goes backwards across restarts: it is stored, not
+derived from the log, which compaction may leave empty.
+
+The price of that lock is that writes from all servers are serialised. Each server therefore
+group-commits, like the SQLite backend: one writer task per server takes whatever writes queued
+up while the previous transaction ran (up to ``batch_max``) and applies them in one transaction
+of five round trips (BEGIN, lock, read the keys, one statement that writes everything, COMMIT),
+so the lock is held for one commit per batch rather than per write. Checks (exists, not found,
+expected revision) run inside the locked transaction, so they are exact: optimistic concurrency
+for callers, no conflicts between transactions.
+
+**Watches.** Each server keeps one :class:`~setpoint.store.fanout.WatchHub` fed in revision
+order. Its own commits are published at once when they follow what the hub has; everything else
+comes from the tailer, which reads the log by revision (``revision > last``) whenever it is
+woken: by a NOTIFY that every write transaction sends at commit, by its own server's commit that
+could not be published directly, or every ``poll_interval`` seconds. A lost notification (the
+listening connection dropped, the server restarted) therefore only delays an event, never
+loses it. Client watches then work exactly as on SQLite (:func:`fanout.watch_stream`: subscribe,
+replay the log, go live).
+
+**Compaction** runs in chunks of ``compaction_chunk`` revisions, each its own short transaction
+that locks the ``compaction`` row, never the writers' ``meta`` row, so it never stalls writes,
+and several servers compacting at once take turns. Rows are deleted as they are superseded;
+autovacuum returns the space (the tables are created with aggressive autovacuum settings).
+If the tailer ever finds that compaction passed it (a server cut off from the database for
+longer than the history kept), its watchers end with :class:`Compacted` and resume by relisting.
+
+**Errors.** A lost connection, PostgreSQL restarting or refusing connections, any database
+error: :class:`Unavailable`, which callers may retry. Connections are re-opened on the next use.
+A batch whose COMMIT was cut off is looked up by transaction id (``pg_xact_status``) once the
+backend reconnects, so a write that did commit is acknowledged as such.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
+
+import asyncpg
+
+from setpoint.store._pg_sql import Statements
+from setpoint.store.backend import (
+    Backend,
+    Compacted,
+    Event,
+    FutureRevision,
+    KeyExists,
+    KeyNotFound,
+    KeyValue,
+    ListResult,
+    RevisionMismatch,
+    StoreError,
+    Unavailable,
+)
+from setpoint.store.fanout import WatchHub, watch_stream
+
+log = logging.getLogger(__name__)
+
+CREATE, UPDATE, DELETE = 0, 1, 2
+
+_NOT_STARTED, _OPEN, _CLOSING, _CLOSED = "new", "open", "closing", "closed"
+
+
+class _Op:
+    __slots__ = ("expected", "future", "key", "kind", "value")
+
+    def __init__(self, kind: int, key: str, value: bytes, expected: int, future: asyncio.Future[KeyValue]) -> None:
+        self.kind = kind
+        self.key = key
+        self.value = value
+        self.expected = expected
+        self.future = future
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The smallest string above every string that starts with ``prefix`` (None: no bound).
+    Skips the surrogate range, which PostgreSQL text cannot hold."""
+    while prefix:
+        last = ord(prefix[-1])
+        if last < 0x10FFFF:
+            nxt = last + 1 if not 0xD7FF <= last < 0xE000 else 0xE000
+            return prefix[:-1] + chr(nxt)
+        prefix = prefix[:-1]
+    return None
+
+
+def _event(revision: int, key: str, deleted: bool, create_revision: int, value: bytes) -> Event:
+    return Event("DELETE" if deleted else "PUT", KeyValue(key, bytes(value), create_revision, revision))
+
+
+class PostgresBackend(Backend):
+    """The :class:`Backend` contract over a PostgreSQL database (13 or newer).
+
+    ``dsn`` is a libpq-style URL (``postgresql://user:password@host:port/database``); the tables
+    live in the PostgreSQL schema ``schema``, created on first start.
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "setpoint",
+        pool_size: int = 4,
+        batch_max: int = 512,
+        max_pending_writes: int = 4096,
+        watch_buffer: int = 10_000,
+        watch_page: int = 1000,
+        compaction_chunk: int = 4096,
+        poll_interval: float = 1.0,
+        connect_timeout: float = 5.0,
+        statement_timeout: float = 30.0,
+        on_commit: Callable[[int], None] | None = None,
+    ) -> None:
+        for name, value in (
+            ("pool_size", pool_size),
+            ("batch_max", batch_max),
+            ("max_pending_writes", max_pending_writes),
+            ("watch_buffer", watch_buffer),
+            ("watch_page", watch_page),
+            ("compaction_chunk", compaction_chunk),
+        ):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if poll_interval <= 0 or connect_timeout <= 0 or statement_timeout <= 0:
+            raise ValueError("poll_interval, connect_timeout and statement_timeout must be positive")
+        self.dsn = dsn
+        self.sql = Statements(schema)
+        self.on_commit = on_commit
+        self._pool_size = pool_size
+        self._batch_max = batch_max
+        self._max_pending_writes = max_pending_writes
+        self._watch_buffer = watch_buffer
+        self._watch_page = watch_page
+        self._chunk = compaction_chunk
+        self._poll_interval = poll_interval
+        self._connect_timeout = connect_timeout
+        self._server_settings = {
+            "application_name": "setpoint",
+            "statement_timeout": str(int(statement_timeout * 1000)),
+        }
+        self._hub = WatchHub(watch_buffer)
+        self._state = _NOT_STARTED
+        self._pool: Any = None
+        self._writer_conn: Any = None
+        self._queue: asyncio.Queue[_Op | None] = asyncio.Queue()
+        self._write_slots = asyncio.Semaphore(max_pending_writes)
+        self._writer_task: asyncio.Task[None] | None = None
+        self._tailer_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._published = asyncio.Event()  # set whenever the hub's revision moves
+        self._compacted = 0  # the newest compacted revision this server knows of
+        self._closed: asyncio.Future[None] | None = None
+        self._compaction_lock = asyncio.Lock()
+
+    def __repr__(self) -> str:
+        return f"PostgresBackend(schema={self.sql.schema!r})"
+
+    @property
+    def _where(self) -> str:
+        return f"postgresql store (schema {self.sql.schema})"
+
+    def _unavailable(self, action: str, exc: BaseException) -> Unavailable:
+        detail = str(exc) or type(exc).__name__
+        err = Unavailable(f"{self._where}: {action} failed: {detail}")
+        err.__cause__ = exc
+        return err
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def _connect(self) -> Any:
+        return await asyncpg.connect(
+            self.dsn, timeout=self._connect_timeout, server_settings=self._server_settings
+        )
+
+    async def start(self) -> None:
+        if self._state != _NOT_STARTED:
+            raise RuntimeError(f"PostgresBackend cannot start when {self._state}")
+        try:
+            conn = await self._connect()
+            try:
+                async with conn.transaction():
+                    await conn.execute(self.sql.create)
+                version = await conn.fetchval(self.sql.version)
+                if version != 1:
+                    raise Unavailable(f"{self._where}: unknown schema version {version}")
+                revision, compacted, _ = await conn.fetchrow(self.sql.state)
+            finally:
+                await conn.close()
+            self._pool = await asyncpg.create_pool(
+                self.dsn,
+                min_size=1,
+                max_size=self._pool_size,
+                timeout=self._connect_timeout,
+                server_settings=self._server_settings,
+            )
+        except StoreError:
+            self._state = _CLOSED
+            raise
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            self._state = _CLOSED
+            raise self._unavailable("opening", exc) from exc
+        self._hub.revision = revision
+        self._compacted = compacted
+        self._state = _OPEN
+        self._writer_task = asyncio.create_task(self._writer(), name="setpoint-pg-writer")
+        self._tailer_task = asyncio.create_task(self._tailer(), name="setpoint-pg-tailer")
+        if compacted > _:  # an interrupted compaction: finish it in the background
+            asyncio.get_running_loop().create_task(self._resume_compaction())
+
+    async def _resume_compaction(self) -> None:
+        with contextlib.suppress(StoreError):
+            await self._sweep()
+
+    async def close(self) -> None:
+        if self._state == _NOT_STARTED:
+            self._state = _CLOSED
+        if self._state == _OPEN:
+            self._state = _CLOSING
+            self._closed = asyncio.ensure_future(self._finish_close())
+        if self._closed is not None:
+            await asyncio.shield(self._closed)
+
+    async def _finish_close(self) -> None:
+        self._queue.put_nowait(None)  # the writer commits what is queued before it, then stops
+        if self._writer_task is not None:
+            await self._writer_task
+        if self._tailer_task is not None:
+            self._tailer_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._tailer_task
+        self._hub.close(Unavailable(f"{self._where} is closed"))
+        if self._writer_conn is not None:
+            with contextlib.suppress(Exception):
+                await self._writer_conn.close(timeout=2)
+            self._writer_conn = None
+        if self._pool is not None:
+            try:
+                await asyncio.wait_for(self._pool.close(), 5)
+            except (Exception, TimeoutError):
+                self._pool.terminate()
+        self._state = _CLOSED
+
+    def _ensure_open(self) -> None:
+        if self._state != _OPEN:
+            raise Unavailable(f"{self._where} is {'not started' if self._state == _NOT_STARTED else 'closed'}")
+
+    # -- writes -----------------------------------------------------------------------------
+
+    async def _write(self, kind: int, key: str, value: bytes, expected: int) -> KeyValue:
+        self._ensure_open()
+        _check_key(key)
+        await self._write_slots.acquire()  # released by the writer, also if this caller is cancelled
+        if self._state != _OPEN:
+            self._write_slots.release()
+            self._ensure_open()
+        fut: asyncio.Future[KeyValue] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Op(kind, key, value, expected, fut))
+        return await fut
+
+    async def create(self, key: str, value: bytes) -> KeyValue:
+        return await self._write(CREATE, key, bytes(value), 0)
+
+    async def update(self, key: str, value: bytes, expected_revision: int = 0) -> KeyValue:
+        return await self._write(UPDATE, key, bytes(value), expected_revision)
+
+    async def delete(self, key: str, expected_revision: int = 0) -> KeyValue:
+        return await self._write(DELETE, key, b"", expected_revision)
+
+    async def _writer(self) -> None:
+        stopping = False
+        while not stopping:
+            op = await self._queue.get()
+            ops: list[_Op] = []
+            while op is not None:
+                ops.append(op)
+                if len(ops) >= self._batch_max or self._queue.empty():
+                    break
+                op = self._queue.get_nowait()
+            else:
+                stopping = True
+            if ops:
+                await self._commit(ops)
+        # Anything queued after the stop marker is refused.
+        closed = Unavailable(f"{self._where} is closed")
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if item is not None:
+                self._settle([item], [closed])
+
+    def _settle(self, ops: list[_Op], outcomes: list[KeyValue | StoreError]) -> None:
+        for op, outcome in zip(ops, outcomes, strict=True):
+            self._write_slots.release()
+            if not op.future.done():
+                if isinstance(outcome, KeyValue):
+                    op.future.set_result(outcome)
+                else:
+                    op.future.set_exception(outcome)
+
+    async def _writer_connection(self) -> Any:
+        conn = self._writer_conn
+        if conn is None or conn.is_closed():
+            self._writer_conn = None
+            conn = self._writer_conn = await self._connect()
+        return conn
+
+    async def _commit(self, ops: list[_Op]) -> None:
+        outcomes: list[KeyValue | StoreError] = []
+        events: list[Event] = []
+        xid: str | None = None
+        committing = False
+        try:
+            conn = await self._writer_connection()
+            tx = conn.transaction()
+            await tx.start()
+            try:
+                base, xid = await conn.fetchrow(self.sql.lock)
+                outcomes, events, args = await self._apply(conn, ops, base)
+                if events:
+                    await conn.execute(self.sql.apply, *args)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await tx.rollback()
+                raise
+            committing = True
+            await tx.commit()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if committing and xid is not None and await self._committed_anyway(xid):
+                log.info("%s: a commit whose reply was lost did commit", self._where)
+            else:
+                error = self._unavailable("writing", exc)
+                self._settle(ops, [error] * len(ops))
+                with contextlib.suppress(Exception):
+                    if self._writer_conn is not None:
+                        self._writer_conn.terminate()
+                self._writer_conn = None
+                return
+        self._settle(ops, outcomes)
+        if events:
+            self._publish_own(events)
+        if self.on_commit is not None:
+            self.on_commit(len(ops))
+
+    async def _committed_anyway(self, xid: str) -> bool:
+        """After a failed COMMIT: did the transaction commit after all? Asked on a new connection."""
+        if self._writer_conn is not None:
+            self._writer_conn.terminate()
+            self._writer_conn = None
+        try:
+            conn = await self._writer_connection()
+            status = await conn.fetchval(self.sql.xact_status, xid)
+        except Exception:
+            return False
+        return bool(status == "committed")
+
+    async def _apply(
+        self, conn: Any, ops: list[_Op], base: int
+    ) -> tuple[list[KeyValue | StoreError], list[Event], tuple[Any, ...]]:
+        """Check and apply ``ops`` in order against the locked present; returns the outcomes,
+        the events and the arguments of the statement that writes them."""
+        keys = list({op.key: None for op in ops})
+        deleting = list({op.key: None for op in ops if op.kind == DELETE})
+        # key -> (create_revision, mod_revision, value or None when not needed)
+        state: dict[str, tuple[int, int, bytes | None] | None] = dict.fromkeys(keys)
+        for key, create_rev, mod_rev, value in await conn.fetch(self.sql.current_rows, keys, deleting):
+            state[key] = (create_rev, mod_rev, value)
+        rev = base
+        outcomes: list[KeyValue | StoreError] = []
+        events: list[Event] = []
+        for op in ops:
+            key = op.key
+            cur = state[key]
+            if op.kind == CREATE:
+                if cur is not None:
+                    outcomes.append(KeyExists(key))
+                    continue
+                rev += 1
+                kv = KeyValue(key, op.value, rev, rev)
+                state[key] = (rev, rev, op.value)
+                event = Event("PUT", kv)
+            else:
+                if cur is None:
+                    outcomes.append(KeyNotFound(key))
+                    continue
+                create_rev, mod_rev, value = cur
+                if op.expected and op.expected != mod_rev:
+                    outcomes.append(RevisionMismatch(key, op.expected, mod_rev))
+                    continue
+                rev += 1
+                if op.kind == UPDATE:
+                    kv = KeyValue(key, op.value, create_rev, rev)
+                    state[key] = (create_rev, rev, op.value)
+                    event = Event("PUT", kv)
+                else:
+                    kv = KeyValue(key, value or b"", create_rev, rev)
+                    state[key] = None
+                    event = Event("DELETE", kv)
+            outcomes.append(kv)
+            events.append(event)
+        live = [(k, s) for k, s in state.items() if s is not None]
+        gone = [k for k, s in state.items() if s is None]
+        args = (
+            [e.kv.mod_revision for e in events],
+            [e.kv.key for e in events],
+            [e.type == "DELETE" for e in events],
+            [e.kv.create_revision for e in events],
+            [e.kv.value for e in events],
+            [k for k, _ in live],
+            [s[0] for _, s in live],
+            [s[1] for _, s in live],
+            gone,
+            rev,
+        )
+        return outcomes, events, args
+
+    # -- publishing --------------------------------------------------------------------------
+
+    def _publish_own(self, events: list[Event]) -> None:
+        if self._hub.revision == events[0].revision - 1:
+            self._publish(events)
+        elif self._hub.revision < events[0].revision:
+            self._wake.set()  # others' writes came first: the tailer reads them all in order
+
+    def _publish(self, events: list[Event]) -> None:
+        self._hub.publish(events)
+        self._published.set()
+
+    def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        try:
+            if int(payload) <= self._hub.revision:
+                return  # already published (typically this server's own commit)
+        except ValueError:
+            pass
+        self._wake.set()
+
+    async def _tailer(self) -> None:
+        """Reads the log after what the hub has, on every wake-up and every poll interval."""
+        conn: Any = None
+        try:
+            while True:
+                try:
+                    if conn is None or conn.is_closed():
+                        conn = None
+                        conn = await self._connect()
+                        await conn.add_listener(self.sql.channel, self._on_notify)
+                    self._wake.clear()
+                    while await self._tail_once(conn):
+                        pass
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("%s: reading the log for watchers failed (%s); retrying", self._where, exc)
+                    if conn is not None:
+                        conn.terminate()
+                        conn = None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+        finally:
+            if conn is not None:
+                conn.terminate()
+
+    async def _tail_once(self, conn: Any) -> bool:
+        """Publish one page of the log after the hub's revision; True when there may be more."""
+        last = self._hub.revision
+        rows = await conn.fetch(self.sql.history, last, 2**62, "", None, self._watch_page)
+        if not rows:
+            return False
+        compacted, current = rows[0][0], rows[0][1]
+        self._compacted = max(self._compacted, compacted)
+        if last < compacted:
+            # Compaction passed this server while it was cut off: the rows after ``last`` are
+            # no longer all there. End every watch (they resume and relist) and start afresh.
+            log.warning("%s: history after revision %d was compacted; watchers relist", self._where, last)
+            old, self._hub = self._hub, WatchHub(self._watch_buffer, current)
+            old.close(Compacted(last, compacted))
+            self._published.set()
+            return False
+        last = self._hub.revision  # the writer may have published while the query ran
+        events = [_event(*row[2:]) for row in rows if row[2] is not None and row[2] > last]
+        if events:
+            self._publish(events)
+        return len(rows) >= self._watch_page and rows[-1][2] is not None
+
+    # -- compaction -------------------------------------------------------------------------
+
+    async def compact(self, revision: int) -> None:
+        self._ensure_open()
+        async with self._conn("compacting") as conn:
+            current = await conn.fetchval(self.sql.revision)
+            if revision > current:
+                raise FutureRevision(revision, current)
+            self._compacted = max(self._compacted, await conn.fetchval(self.sql.raise_compacted, revision))
+        await self._sweep()
+
+    async def _sweep(self) -> None:
+        """Delete the rows compaction made unnecessary, one chunk per transaction, until swept."""
+        async with self._compaction_lock:
+            while True:
+                async with self._conn("compacting") as conn, conn.transaction():
+                    compacted, swept = await conn.fetchrow(self.sql.lock_compaction)
+                    if swept >= compacted:
+                        return
+                    hi = min(swept + self._chunk, compacted)
+                    await conn.execute(self.sql.sweep_superseded, swept, hi)
+                    await conn.execute(self.sql.sweep_deletes, swept, hi)
+                    await conn.execute(self.sql.set_swept, hi)
+
+    # -- reads ------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _conn(self, action: str) -> Any:
+        """A pooled connection; database and connection errors become Unavailable."""
+        self._ensure_open()
+        try:
+            async with self._pool.acquire(timeout=self._connect_timeout) as conn:
+                yield conn
+        except StoreError:
+            raise
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise self._unavailable(action, exc) from exc
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        """Run a read; once more on a fresh connection if the pooled one had gone stale (a
+        restarted server leaves every pooled connection dead)."""
+        for attempt in (1, 2):
+            try:
+                async with self._conn("reading") as conn:
+                    rows: list[Any] = await conn.fetch(sql, *args)
+                    return rows
+            except Unavailable as exc:
+                if attempt == 2 or not _is_connection_error(exc.__cause__):
+                    raise
+        raise AssertionError("unreachable")
+
+    async def current_revision(self) -> int:
+        rows = await self._fetch(self.sql.revision)
+        return int(rows[0][0])
+
+    async def compacted_revision(self) -> int:
+        rows = await self._fetch(self.sql.compacted)
+        self._compacted = max(self._compacted, int(rows[0][0]))
+        return self._compacted
+
+    @staticmethod
+    def _check(revision: int, current: int, compacted: int) -> None:
+        if revision > current:
+            raise FutureRevision(revision, current)
+        if revision <= compacted:
+            raise Compacted(revision, compacted)
+
+    async def get(self, key: str, revision: int = 0) -> KeyValue | None:
+        if revision < 0:
+            raise ValueError("revision must not be negative")
+        _check_key(key)
+        if revision == 0:
+            rows = await self._fetch(self.sql.get_now, key)
+            if not rows:
+                return None
+            create_rev, mod_rev, value = rows[0]
+            return KeyValue(key, bytes(value), create_rev, mod_rev)
+        rows = await self._fetch(self.sql.get_at, key, revision)
+        current, compacted, deleted, create_rev, mod_rev, value = rows[0]
+        self._check(revision, current, compacted)
+        if deleted is None or deleted:
+            return None
+        return KeyValue(key, bytes(value), create_rev, mod_rev)
+
+    async def list(
+        self, prefix: str, *, revision: int = 0, limit: int = 0, start_after: str = ""
+    ) -> ListResult:
+        if limit < 0 or revision < 0:
+            raise ValueError("limit and revision must not be negative")
+        end = prefix_end(prefix)
+        n = limit + 1 if limit > 0 else None
+        if revision == 0:
+            rows = await self._fetch(self.sql.list_now, prefix, start_after, end, n)
+            at = rows[0][0]
+            items = [KeyValue(k, bytes(v), c, m) for _, k, c, m, v in rows if k is not None]
+        else:
+            rows = await self._fetch(self.sql.list_at, prefix, start_after, end, n, revision)
+            self._check(revision, rows[0][0], rows[0][1])
+            at = revision
+            items = [KeyValue(k, bytes(v), c, m) for _, _, k, c, m, v in rows if k is not None]
+        more = limit > 0 and len(items) > limit
+        if more:
+            del items[limit:]
+        return ListResult(items, at, more)
+
+    # -- watch ------------------------------------------------------------------------------
+
+    async def _history(self, prefix: str, after: int, until: int, limit: int) -> builtins.list[Event]:
+        rows = await self._fetch(self.sql.history, after, until, prefix, prefix_end(prefix), limit)
+        compacted = rows[0][0]
+        if after < compacted:
+            self._compacted = max(self._compacted, compacted)
+            raise Compacted(after, compacted)
+        return [_event(*row[2:]) for row in rows if row[2] is not None]
+
+    def watch(self, prefix: str, after_revision: int) -> AsyncGenerator[builtins.list[Event], None]:
+        """See :meth:`Backend.watch`. When the backend closes, the watch raises Unavailable."""
+        return self._watch(prefix, after_revision)
+
+    async def _watch(self, prefix: str, after: int) -> AsyncGenerator[builtins.list[Event], None]:
+        self._ensure_open()
+        if after > self._hub.revision:
+            await self._catch_up(after)
+        stream = watch_stream(self._hub, prefix, after, self._history, self._watch_page, check=self._check_watch)
+        async with contextlib.aclosing(stream):
+            async for batch in stream:
+                yield batch
+
+    def _check_watch(self, after_revision: int) -> None:
+        self._ensure_open()
+        if after_revision < self._compacted:
+            raise Compacted(after_revision, self._compacted)
+
+    async def _catch_up(self, revision: int, within: float = 30.0) -> None:
+        """Wait until the hub has published ``revision`` (written through another server, say);
+        FutureRevision if the database has not reached it."""
+        current = await self.current_revision()
+        if revision > current:
+            raise FutureRevision(revision, current)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while self._hub.revision < revision:
+            self._ensure_open()
+            self._published.clear()
+            self._wake.set()
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise Unavailable(f"{self._where}: watchers are behind revision {revision}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._published.wait(), min(remaining, self._poll_interval))
+
+    @property
+    def watchers(self) -> int:
+        """Live watch subscriptions (for /metrics)."""
+        return len(self._hub)
+
+
+def _is_connection_error(exc: BaseException | None) -> bool:
+    return isinstance(
+        exc,
+        asyncpg.InterfaceError
+        | asyncpg.exceptions.ConnectionDoesNotExistError
+        | asyncpg.exceptions.ConnectionFailureError
+        | asyncpg.exceptions.AdminShutdownError
+        | asyncpg.exceptions.CannotConnectNowError
+        | OSError,
+    )
+
+
+def _check_key(key: str) -> None:
+    if not isinstance(key, str) or not key:
+        raise ValueError("a key must be a non-empty string")
+    if "\x00" in key:
+        raise ValueError("a key must not contain NUL characters")
+    try:
+        key.encode()
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"key {key!r} is not valid Unicode text") from exc

@@ -1,0 +1,250 @@
+"""The PostgreSQL backend: the conformance suite, plus what only it has (several servers on one
+database, the revision counter under concurrent writers, notifications that go missing,
+compaction beside writes, a restarting database)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from setpoint.store import Backend, KeyValue, Unavailable, open_backend
+from setpoint.store.postgres import PostgresBackend
+from tests.backends.services import PostgresServer
+
+from .conformance import BackendConformance, aclose, assert_contiguous, collect, wait_until
+
+_ids = itertools.count()
+
+
+class PostgresHarness:
+    watch_buffer = 512
+
+    def __init__(self, server: PostgresServer) -> None:
+        self.server = server
+        self.token = f"t{uuid.uuid4().hex[:8]}"
+
+    def schema(self, name: str) -> str:
+        return f"{self.token}_{name.replace('-', '_')}"
+
+    async def open(self, name: str = "main", **kw: object) -> PostgresBackend:
+        # A small history page so the suite's watches cross page boundaries.
+        backend = PostgresBackend(
+            self.server.dsn(), schema=self.schema(name), watch_buffer=self.watch_buffer, watch_page=64,
+            **kw,  # type: ignore[arg-type]
+        )
+        await backend.start()
+        return backend
+
+
+class TestPostgresConformance(BackendConformance):
+    @pytest.fixture
+    def harness(self, postgres: PostgresServer) -> PostgresHarness:
+        return PostgresHarness(postgres)
+
+
+@pytest.fixture
+def harness(postgres: PostgresServer) -> PostgresHarness:
+    return PostgresHarness(postgres)
+
+
+@pytest.fixture
+async def pair(harness: PostgresHarness) -> AsyncIterator[tuple[PostgresBackend, PostgresBackend]]:
+    """Two backends over one schema, as two setpoint servers would have."""
+    a = await harness.open("shared")
+    b = await harness.open("shared")
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
+
+
+def test_open_backend_urls(tmp_path: object) -> None:
+    b = open_backend("postgresql://u:p@db.example:5433/setpoint?schema=prod_1&sslmode=require", tmp_path)  # type: ignore[arg-type]
+    assert isinstance(b, PostgresBackend)
+    assert b.sql.schema == "prod_1"
+    assert b.dsn == "postgresql://u:p@db.example:5433/setpoint?sslmode=require"
+    assert open_backend("postgres://localhost/x", tmp_path).sql.schema == "setpoint"  # type: ignore[arg-type, attr-defined]
+    with pytest.raises(ValueError, match="schema name"):
+        open_backend("postgresql://localhost/x?schema=Bad-Name", tmp_path)  # type: ignore[arg-type]
+
+
+async def test_two_servers_one_revision_sequence(pair: tuple[PostgresBackend, PostgresBackend]) -> None:
+    """Writers on two backends share one gap-free revision sequence; watchers on each see every
+    write of both, in order, once."""
+    a, b = pair
+    base = await a.current_revision()
+    wa, wb = a.watch("/", base), b.watch("/", base)
+    try:
+        acks = await asyncio.gather(
+            *(backend.create(f"/two/{i}", b"x") for i in range(300) for backend in (a, b) if i % 2 == (backend is b))
+        )
+        revs = sorted(kv.mod_revision for kv in acks)
+        assert revs == list(range(base + 1, base + 301))
+        for stream in (wa, wb):
+            events = await collect(stream, base + 300)
+            assert_contiguous(events, base, base + 300)
+    finally:
+        await aclose(wa)
+        await aclose(wb)
+
+
+async def test_guards_across_servers(pair: tuple[PostgresBackend, PostgresBackend]) -> None:
+    a, b = pair
+    kv = await a.create("/g/k", b"0")
+    results = await asyncio.gather(
+        *(backend.update("/g/k", b"n", expected_revision=kv.mod_revision) for backend in (a, b) * 20),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(r, KeyValue) for r in results) == 1
+
+
+async def test_missed_notifications_only_delay(harness: PostgresHarness, postgres: PostgresServer) -> None:
+    """A watcher whose server hears no NOTIFY at all still gets every event, from the poll."""
+    writer = await harness.open("quiet")
+    reader = PostgresBackend(postgres.dsn(), schema=harness.schema("quiet"), poll_interval=0.2)
+    reader.sql.channel = "setpoint_nobody_notifies_this"  # fault injection: every notification lost
+    await reader.start()
+    try:
+        base = await reader.current_revision()
+        stream = reader.watch("/q/", base)
+        try:
+            first = asyncio.ensure_future(anext(stream))
+            for i in range(20):
+                await writer.create(f"/q/{i}", b"x")
+            events = list(await asyncio.wait_for(first, 10))
+            async with asyncio.timeout(10):
+                while events[-1].revision < base + 20:
+                    events += await anext(stream)
+            assert_contiguous(events, base, base + 20)
+        finally:
+            await aclose(stream)
+    finally:
+        await writer.close()
+        await reader.close()
+
+
+async def test_watch_from_a_revision_another_server_wrote(pair: tuple[PostgresBackend, PostgresBackend]) -> None:
+    """A client that wrote through A and watches through B from that revision: B catches up
+    first instead of calling the revision a future one."""
+    a, b = pair
+    for i in range(5):
+        kv = await a.create(f"/late/{i}", b"x")
+    stream = b.watch("/late/", kv.mod_revision)
+    try:
+        nxt = await a.create("/late/next", b"y")
+        events = await collect(stream, nxt.mod_revision)
+        assert [e.kv for e in events] == [nxt]
+    finally:
+        await aclose(stream)
+
+
+async def test_compaction_in_chunks_beside_writes(harness: PostgresHarness, postgres: PostgresServer) -> None:
+    b = await harness.open("chunks", compaction_chunk=50)
+    try:
+        for round_ in range(10):
+            await asyncio.gather(*(b.create(f"/c/{round_}/{i}", b"v" * 100) for i in range(50)))
+            await asyncio.gather(*(b.delete(f"/c/{round_}/{i}") for i in range(40)))
+        current = await b.current_revision()
+        rows = int(postgres.psql(f"SELECT count(*) FROM {harness.schema('chunks')}.log"))
+        assert rows == current == 900
+        writes = asyncio.ensure_future(asyncio.gather(*(b.create(f"/during/{i}", b"x") for i in range(200))))
+        await b.compact(current)
+        await writes
+        rows = int(postgres.psql(f"SELECT count(*) FROM {harness.schema('chunks')}.log WHERE revision <= {current}"))
+        assert rows == 100  # only the newest row of each live key
+        assert len((await b.list("/c/")).items) == 100
+        swept = postgres.psql(f"SELECT compacted, swept FROM {harness.schema('chunks')}.compaction")
+        assert swept == f"{current}|{current}"
+    finally:
+        await b.close()
+
+
+async def test_interrupted_compaction_resumes(harness: PostgresHarness, postgres: PostgresServer) -> None:
+    b = await harness.open("resume")
+    for i in range(100):
+        await b.create(f"/r/{i % 10}", b"x") if i < 10 else await b.update(f"/r/{i % 10}", b"y")
+    await b.close()
+    schema = harness.schema("resume")
+    postgres.psql(f"UPDATE {schema}.compaction SET compacted = 90")  # as if a compaction stopped at once
+    b = await harness.open("resume")
+    try:
+        assert await b.compacted_revision() == 90
+        await wait_until(
+            lambda: asyncio.to_thread(lambda: postgres.psql(f"SELECT swept FROM {schema}.compaction") == "90"),
+            "the interrupted compaction to finish",
+        )
+    finally:
+        await b.close()
+
+
+async def test_restart_gives_unavailable_then_recovers() -> None:
+    """PostgreSQL restarting: calls fail with Unavailable meanwhile, the backend reconnects by
+    itself, watches resume, and the revision goes on from where it was."""
+    server = PostgresServer().init().start()
+    b = PostgresBackend(server.dsn(), poll_interval=0.1, connect_timeout=2)
+    try:
+        await b.start()
+        kv = await b.create("/x/a", b"1")
+        stream = b.watch("/x/", kv.mod_revision)
+        server.stop("immediate")
+        with pytest.raises(Unavailable):
+            await b.create("/x/b", b"2")
+        with pytest.raises(Unavailable):
+            await b.get("/x/a")
+        server.start()
+
+        async def recovered() -> bool:
+            try:
+                await b.create("/x/c", b"3")
+            except Unavailable:
+                return False
+            return True
+
+        await wait_until(recovered, "writes to work again")
+        assert (await b.get("/x/a")) == kv
+        events = await collect(stream, kv.mod_revision + 1)
+        assert events[0].kv.key == "/x/c" and events[0].revision == kv.mod_revision + 1
+        await aclose(stream)
+    finally:
+        await b.close()
+        server.remove()
+
+
+async def test_unreachable_at_start() -> None:
+    from tests.backends.services import free_port
+
+    b = PostgresBackend(f"postgresql://postgres@127.0.0.1:{free_port()}/postgres", connect_timeout=1)
+    with pytest.raises(Unavailable):
+        await b.start()
+
+
+async def test_schema_isolation(harness: PostgresHarness) -> None:
+    one: Backend = await harness.open("iso1")
+    two: Backend = await harness.open("iso2")
+    try:
+        await one.create("/k", b"1")
+        assert await two.get("/k") is None
+        assert await two.current_revision() == 0
+    finally:
+        await one.close()
+        await two.close()
+
+
+async def test_concurrent_first_start(harness: PostgresHarness) -> None:
+    """Several servers creating the schema at once do not trip over each other."""
+    backends = await asyncio.gather(*(harness.open("first") for _ in range(4)))
+    try:
+        assert {await b.current_revision() for b in backends} == {0}
+    finally:
+        for b in backends:
+            await b.close()
+
+
+def test_asyncpg_is_the_driver() -> None:
+    assert asyncpg.__version__

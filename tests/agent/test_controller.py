@@ -270,3 +270,47 @@ async def test_leader_election_one_acts_and_hands_over(client: Client, ns: str, 
         task_b.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task_b
+
+
+async def test_leader_that_cannot_renew_stops_before_another_starts(
+    client: Client, ns: str, server: ServerProcess
+) -> None:
+    from tests.agent.support import TcpProxy
+
+    acting: list[tuple[str, float, float]] = []
+    proxy = await TcpProxy(server.url).start()
+
+    def replica(identity: str, c: Client) -> Controller:
+        class Recording(Controller):
+            resource = WIDGETS
+
+            async def reconcile(self, obj: dict[str, Any]) -> Result:
+                start = time.monotonic()
+                await asyncio.sleep(0.01)
+                acting.append((identity, start, time.monotonic()))
+                return Result()
+
+        elector = LeaderElector(c, namespace=ns, name="partition", identity=identity,
+                                lease_duration=2.0, renew_deadline=1.2, retry_period=0.2)
+        return Recording(c, namespace=ns, leader_election=elector, resync_period=0.1)
+
+    async with Client(ClientConfig(proxy.url, token=server.token, timeout=0.5)) as through_proxy:
+        a, b = replica("a", through_proxy), replica("b", client)
+        await client.create(WIDGETS, widget("p"), namespace=ns)
+        task_a = asyncio.create_task(a.run())
+        await eventually(lambda: any(r == "a" for r, _, _ in acting), what="a leads and acts")
+        task_b = asyncio.create_task(b.run())
+        try:
+            proxy.freeze()  # a is cut off from the server, without knowing it
+            frozen_at = time.monotonic()
+            await eventually(lambda: any(r == "b" for r, _, _ in acting), timeout=20, what="b takes over")
+            last_a = max(end for r, _, end in acting if r == "a")
+            first_b = min(start for r, start, _ in acting if r == "b")
+            assert last_a < first_b, (last_a - frozen_at, first_b - frozen_at)
+            assert a.leader_election is not None and not a.leader_election.is_leader
+        finally:
+            for t in (task_a, task_b):
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+            await proxy.close()

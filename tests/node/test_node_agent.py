@@ -268,3 +268,48 @@ async def _gone(client: Client, name: str) -> bool:
         return False
     except NotFound:
         return True
+
+
+async def test_scheduler_spreads_and_avoids_lost_nodes(
+    cluster: tuple[ServerProcess, Path], admin: Client
+) -> None:
+    srv, tmp = cluster
+    a1 = Agent(srv, "n1", tmp / "agent1").start()
+    a2 = Agent(srv, "n2", tmp / "agent2").start()
+    cm = ControllerManager(srv)
+    uids: list[str] = []
+
+    async def node_of(name: str) -> str | None:
+        obj = await admin.get(PROCESSSETS, name, namespace="default")
+        return obj["spec"].get("nodeName")  # type: ignore[no-any-return]
+
+    try:
+        await eventually(lambda: _exists(admin, "n1"), timeout=20, what="n1 registered")
+        await eventually(lambda: _exists(admin, "n2"), timeout=20, what="n2 registered")
+        for name, replicas in (("big", 3), ("small", 1)):
+            uids.append((await admin.create(PROCESSSETS, processset(name, replicas, node=None),
+                                            namespace="default"))["metadata"]["uid"])
+            await eventually(lambda name=name: node_of(name), timeout=30, what=f"{name} scheduled")
+        # Spread by replicas: the second goes where fewer replicas run.
+        assert {await node_of("big"), await node_of("small")} == {"n1", "n2"}
+        lost = await node_of("small")
+        survivor = "n1" if lost == "n2" else "n2"
+        (a1 if lost == "n1" else a2).kill()
+
+        async def marked_lost() -> bool:
+            cond = get_condition((await admin.get(NODES, str(lost))).get("status"), "Ready")
+            return cond is not None and cond["status"] == "Unknown"
+
+        await eventually(marked_lost, timeout=30, what="node lost")
+        uids.append((await admin.create(PROCESSSETS, processset("after", 1, node=None),
+                                        namespace="default"))["metadata"]["uid"])
+        # A node whose Lease expired gets nothing new, although it runs fewer replicas.
+        await eventually(lambda: node_of("after"), timeout=30, what="scheduled after the loss")
+        assert await node_of("after") == survivor
+    finally:
+        a1.kill()
+        a2.kill()
+        cm.stop()
+        for uid in uids:
+            for pid in processes_of(uid):
+                os.kill(pid, signal.SIGKILL)

@@ -314,3 +314,31 @@ async def test_leader_that_cannot_renew_stops_before_another_starts(
                 with contextlib.suppress(asyncio.CancelledError):
                     await t
             await proxy.close()
+
+
+async def test_changes_to_owned_objects_reconcile_the_owner(client: Client, ns: str) -> None:
+    leases = Resource("coordination.k8s.io", "v1", "leases", namespaced=True, kind="Lease")
+    seen: list[str] = []
+
+    class Owner(Controller):
+        resource = WIDGETS
+
+        async def reconcile(self, obj: dict[str, Any]) -> Result:
+            seen.append(obj["metadata"]["name"])
+            return Result()
+
+    ctl = Owner(client, namespace=ns, owns=[leases])
+    async with running(ctl):
+        owner = await client.create(WIDGETS, widget("owner"), namespace=ns)
+        await eventually(lambda: "owner" in seen, what="owner reconciled")
+        before = len(seen)
+        ref = {"apiVersion": "example.com/v1", "kind": "Widget", "name": "owner",
+               "uid": owner["metadata"]["uid"], "controller": True}
+        await client.create(leases, {"metadata": {"name": "child", "ownerReferences": [ref]},
+                                     "spec": {"holderIdentity": "x"}}, namespace=ns)
+        await eventually(lambda: len(seen) > before, what="owner reconciled for its child")
+        before = len(seen)
+        await client.patch(leases, "child", {"spec": {"holderIdentity": "y"}}, namespace=ns,
+                           patch_type="merge")
+        await eventually(lambda: len(seen) > before, what="owner reconciled when the child changed")
+        assert set(seen) == {"owner"}

@@ -292,3 +292,15 @@ def test_create_namespace_and_delete_it(k: Kubectl) -> None:
     k("apply", "-n", name, "-f", "-", input=yaml.safe_dump(widget("inside", 1)), namespaced=False)
     k("delete", "namespace", name, "--timeout=30s", namespaced=False)
     assert k.run("get", "ns", name, check=False, namespaced=False).returncode != 0
+
+
+def test_reapply_builtin_kinds_client_side(k: Kubectl) -> None:
+    crd = widget_crd(additionalPrinterColumns=COLUMNS)
+    crd["spec"]["names"]["categories"] = ["all-widgets"]
+    assert "configured" in k.apply(crd)  # a strategic merge patch built from kubectl's own types
+    name = f"a-{uuid.uuid4().hex[:6]}"
+    ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}
+    assert "created" in k.apply(ns)
+    ns["metadata"]["labels"] = {"team": "a"}
+    assert "configured" in k.apply(ns)
+    assert k.json("get", "ns", name)["metadata"]["labels"]["team"] == "a"

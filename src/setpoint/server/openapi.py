@@ -328,8 +328,8 @@ def paths_for(rtype: ResourceType, version: str, prefix: str) -> dict[str, Any]:
     ns = "Namespaced" if rtype.namespaced else ""
     patch_types = ["application/json-patch+json", "application/merge-patch+json",
                    "application/apply-patch+yaml"]
-    if rtype.builtin:
-        patch_types.append("application/strategic-merge-patch+json")
+    # Built-in kinds accept strategic merge patches too, but are not documented as such: kubectl
+    # would then build them from these (partial) schemas instead of its own type definitions.
     body_obj = {"required": True, "content": _content(obj)}
     body_patch = {"required": True, "content": {t: {"schema": _ref3(f"{META}.Patch")} for t in patch_types}}
     body_delete = {"content": _content(_ref3(f"{META}.DeleteOptions"))}

@@ -28,7 +28,7 @@ class Operator:
 
     def start(self) -> None:
         starts = self.count("startup")
-        out = open(self.output, "a")  # noqa: SIM115 - owned by the child process
+        out = open(self.output, "a")  # the child process writes to it
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "kopf", "run", "--standalone", "--namespace", self.namespace, str(OPERATOR)],
             stdout=out, stderr=subprocess.STDOUT, text=True,

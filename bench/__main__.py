@@ -475,6 +475,10 @@ class Bench:
             gc_lines = [ln.strip() for ln in sp.output if ln.startswith("gc: ")]
             if gc_lines:  # BENCH_GC_REPORT=1 with --setpoint-uvloop
                 self.results.setdefault("setpoint", {})["gc"] = gc_lines[-1]
+        if "backends" in p or not self.a.only:  # setpoint over each store: bench/store_backends.py
+            from bench import store_backends
+            with self.section("backends"):
+                self.results["backends"] = store_backends.run(self, WIDGET_CRD)
         self.results["ratios"], self.results["targets"] = report.ratios(self.results)
 
 

@@ -2,9 +2,11 @@
 
 **Client.** etcd's v3 API through the gRPC gateway that every etcd serves next to gRPC
 (``/v3/kv/range``, ``/v3/kv/txn``, ``/v3/kv/compaction``, ``/v3/watch`` as a stream of JSON
-lines), with httpx, which setpoint already depends on. The maintained alternatives need gRPC and
-protobuf runtimes of their own (the ``etcd3`` package, unmaintained since 2020, does not work
-with current protobuf releases); the gateway needs nothing more, and every etcd 3.4+ serves it.
+lines). The Python etcd clients need gRPC and protobuf runtimes of their own (and the best
+known one, ``etcd3``, unmaintained since 2020, does not work with current protobuf releases);
+the gateway needs nothing more, and every etcd 3.4+ serves it. Requests go through a small
+keep-alive HTTP/1.1 client of our own (``_etcd_http``: httpx's CPU cost per request was the
+bottleneck); watch streams, long-lived and few, through httpx.
 
 **Revisions.** A setpoint revision is etcd's revision minus one: an empty etcd is at revision 1,
 an empty setpoint store at 0. Each write is one etcd transaction that changes one key, so with a
@@ -45,6 +47,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from setpoint.store import _etcd_http as _http
 from setpoint.store.backend import (
     Backend,
     Compacted,
@@ -136,7 +139,7 @@ class EtcdBackend(Backend):
         self._max_connections = max_connections
         self._index = 0  # the endpoint requests go to first
         self._state = "new"
-        self._client: httpx.AsyncClient | None = None
+        self._client: _http.Client | None = None
         self._watch_client: httpx.AsyncClient | None = None
         self._compacted = 0
         self._inflight = 0
@@ -156,8 +159,7 @@ class EtcdBackend(Backend):
     async def start(self) -> None:
         if self._state != "new":
             raise RuntimeError(f"EtcdBackend cannot start when {self._state}")
-        limits = httpx.Limits(max_connections=self._max_connections, max_keepalive_connections=self._max_connections)
-        self._client = httpx.AsyncClient(timeout=self._timeout, limits=limits)
+        self._client = _http.Client(self._timeout, self._max_connections)
         # Watches are long-lived streams: their own pool, no read timeout.
         self._watch_client = httpx.AsyncClient(
             timeout=httpx.Timeout(self._timeout, read=None), limits=httpx.Limits(max_connections=None)
@@ -204,23 +206,21 @@ class EtcdBackend(Backend):
             for attempt in range(len(self.endpoints)):
                 endpoint = self.endpoints[(self._index + attempt) % len(self.endpoints)]
                 try:
-                    resp = await self._client.post(
-                        endpoint + path, content=payload, headers={"Content-Type": "application/json"}
-                    )
-                except httpx.ConnectError as exc:
+                    status, content = await self._client.post(endpoint, path, payload)
+                except _http.ConnectFailed as exc:
                     last = exc
                     self._index = (self._index + 1) % len(self.endpoints)
                     continue
-                except httpx.HTTPError as exc:
+                except _http.RequestFailed as exc:
                     last = exc
                     if retry:
                         self._index = (self._index + 1) % len(self.endpoints)
                         continue
                     raise self._unavailable(path, exc) from exc
-                data: dict[str, Any] = _json.decode(resp.content) if resp.content else {}
-                if resp.status_code == 200:
+                data: dict[str, Any] = _json.decode(content) if content else {}
+                if status == 200:
                     return data
-                err = _EtcdError(resp.status_code, str(data.get("message") or data.get("error") or resp.text))
+                err = _EtcdError(status, str(data.get("message") or data.get("error") or content[:500]))
                 if err.compacted or err.future or not retry:
                     raise err
                 last = err
@@ -231,7 +231,7 @@ class EtcdBackend(Backend):
             if exc.compacted or exc.future:
                 raise
             raise self._unavailable(path, exc) from exc
-        except httpx.HTTPError as exc:
+        except (_http.HTTPError, msgspec.DecodeError) as exc:
             raise self._unavailable(path, exc) from exc
         finally:
             self._inflight -= 1

@@ -248,3 +248,95 @@ async def test_concurrent_first_start(harness: PostgresHarness) -> None:
 
 def test_asyncpg_is_the_driver() -> None:
     assert asyncpg.__version__
+
+
+async def test_compaction_holds_no_lock_writers_need(harness: PostgresHarness, postgres: PostgresServer) -> None:
+    """A compaction chunk in progress (its transaction open, its row locked, rows deleted) does
+    not hold up writes: they lock a different row."""
+    b = await harness.open("nolock")
+    conn = await asyncpg.connect(postgres.dsn())
+    try:
+        for i in range(50):
+            await b.update("/n/k", b"x") if i else await b.create("/n/k", b"x")
+        await b.compact(25)
+        schema = harness.schema("nolock")
+        tx = conn.transaction()
+        await tx.start()
+        await conn.fetchrow(f"SELECT compacted, swept FROM {schema}.compaction WHERE id = 1 FOR UPDATE")
+        await conn.execute(f"DELETE FROM {schema}.log WHERE revision <= 10")
+        acks = await asyncio.wait_for(asyncio.gather(*(b.create(f"/n/{i}", b"y") for i in range(100))), 10)
+        assert len(acks) == 100
+        await tx.rollback()
+    finally:
+        await conn.close()
+        await b.close()
+
+
+async def test_compactor_keeps_the_log_bounded(harness: PostgresHarness, postgres: PostgresServer) -> None:
+    from setpoint.store import Compactor
+
+    b = await harness.open("bounded", compaction_chunk=64)
+    compactor = Compactor(b, keep_revisions=200, keep_seconds=0, interval=0.02)
+    compactor.start()
+    try:
+        for i in range(10):
+            await b.create(f"/b/{i}", b"0")
+        for round_ in range(200):
+            await asyncio.gather(*(b.update(f"/b/{i}", str(round_).encode()) for i in range(10)))
+        await compactor.compact_once()
+        rows = int(postgres.psql(f"SELECT count(*) FROM {harness.schema('bounded')}.log"))
+        assert rows <= 10 + 200 + 1, rows  # live keys + the history kept
+        assert await b.compacted_revision() >= await b.current_revision() - 201
+    finally:
+        await compactor.stop()
+        await b.close()
+
+
+async def test_server_left_behind_by_compaction_ends_its_watches(harness: PostgresHarness,
+                                                                  postgres: PostgresServer) -> None:
+    """A server that hears nothing while another one writes and compacts past it cannot replay
+    what is gone: its watchers end with Compacted (they relist) instead of skipping events."""
+    from setpoint.store import Compacted
+
+    a = await harness.open("behind")
+    b = PostgresBackend(postgres.dsn(), schema=harness.schema("behind"), poll_interval=30)
+    b.sql.channel = "setpoint_nobody_notifies_this"  # fault injection: b hears no notification
+    await b.start()
+    try:
+        start = await b.current_revision()
+        stream = b.watch("/", start)
+        pending = asyncio.ensure_future(anext(stream))
+        for i in range(20):
+            await a.create(f"/x/{i}", b"1")
+        for i in range(20):
+            await a.delete(f"/x/{i}")
+        await a.compact(await a.current_revision())
+        b._wake.set()  # the poll comes round
+        with pytest.raises(Compacted):
+            await asyncio.wait_for(pending, 10)
+        # Watching afresh from the present works, and sees new writes.
+        now = await b.current_revision()
+        fresh = b.watch("/", now)
+        try:
+            first = asyncio.ensure_future(anext(fresh))
+            kv = await a.create("/x/new", b"2")
+            b._wake.set()
+            assert [e.kv for e in await asyncio.wait_for(first, 10)] == [kv]
+        finally:
+            await aclose(fresh)
+    finally:
+        await a.close()
+        await b.close()
+
+
+def test_store_errors_copy_and_pickle() -> None:
+    """One error object may end many watches (each gets a copy), so errors must copy."""
+    import copy
+    import pickle
+
+    from setpoint.store import Compacted, FutureRevision, KeyExists, KeyNotFound, RevisionMismatch
+
+    errors = (Compacted(3, 7), FutureRevision(9, 4), KeyExists("/k"), KeyNotFound("/k"), RevisionMismatch("/k", 1, 2))
+    for err in errors:
+        for twin in (copy.copy(err), pickle.loads(pickle.dumps(err))):
+            assert type(twin) is type(err) and str(twin) == str(err) and vars(twin) == vars(err)

@@ -65,11 +65,17 @@ class KeyExists(StoreError):
         super().__init__(f"key {key!r} already exists")
         self.key = key
 
+    def __reduce__(self) -> tuple[type, tuple[str]]:  # copy and pickle, e.g. one error for many watchers
+        return (type(self), (self.key,))
+
 
 class KeyNotFound(StoreError):
     def __init__(self, key: str) -> None:
         super().__init__(f"key {key!r} not found")
         self.key = key
+
+    def __reduce__(self) -> tuple[type, tuple[str]]:
+        return (type(self), (self.key,))
 
 
 class RevisionMismatch(StoreError):
@@ -80,6 +86,9 @@ class RevisionMismatch(StoreError):
         self.key = key
         self.expected = expected
         self.actual = actual
+
+    def __reduce__(self) -> tuple[type, tuple[str, int, int]]:
+        return (type(self), (self.key, self.expected, self.actual))
 
 
 class Compacted(StoreError):
@@ -92,12 +101,18 @@ class Compacted(StoreError):
         self.requested = requested
         self.compacted = compacted
 
+    def __reduce__(self) -> tuple[type, tuple[int, int]]:
+        return (type(self), (self.requested, self.compacted))
+
 
 class FutureRevision(StoreError):
     def __init__(self, requested: int, current: int) -> None:
         super().__init__(f"revision {requested} is newer than the current revision {current}")
         self.requested = requested
         self.current = current
+
+    def __reduce__(self) -> tuple[type, tuple[int, int]]:
+        return (type(self), (self.requested, self.current))
 
 
 class WatchOverflow(StoreError):

@@ -54,7 +54,9 @@ def serve(
     = Path(".setpoint"),
     listen: Annotated[str, typer.Option(
         help="HOST:PORT to listen on; default 127.0.0.1:6443, or a free port if 6443 is taken.")] = "",
-    store: Annotated[str, typer.Option(help="Store URL (default: SQLite in the data directory).")] = "",
+    store: Annotated[str, typer.Option(help=(
+        "Store URL: sqlite:///path.db (default: SQLite in the data directory), "
+        "postgresql://user@host:port/db[?schema=name], etcd://host:port[,host:port...]."))] = "",
     tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
     insecure: Annotated[bool, typer.Option(

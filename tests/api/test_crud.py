@@ -221,12 +221,19 @@ def test_namespace_deletion_removes_contents(c: httpx.Client, server: ServerProc
     from tests.servers import wait_until
 
     c.post("/api/v1/namespaces", json={"metadata": {"name": "doomed"}})
-    c.post(wpath("doomed"), json=widget("a"))
+    held = widget("a")
+    held["metadata"]["finalizers"] = ["example.com/hold"]  # keeps the namespace Terminating
+    c.post(wpath("doomed"), json=held)
     r = c.delete("/api/v1/namespaces/doomed")
     assert r.status_code in (200, 202)
     assert c.get("/api/v1/namespaces/doomed").json()["status"]["phase"] == "Terminating"
     r = c.post(wpath("doomed"), json=widget("b"))
     assert r.status_code == 403
+    wait_until(lambda: c.get(wpath("doomed", "a")).json()["metadata"].get("deletionTimestamp"),
+               timeout=20, what="contents being deleted")
+    r = c.patch(wpath("doomed", "a"), json={"metadata": {"finalizers": None}},
+                headers={"Content-Type": "application/merge-patch+json"})
+    assert r.status_code == 200, r.text
     wait_until(lambda: c.get("/api/v1/namespaces/doomed").status_code == 404, timeout=20,
                what="namespace deletion")
     assert c.get(wpath("doomed", "a")).status_code == 404

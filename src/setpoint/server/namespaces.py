@@ -31,10 +31,22 @@ class NamespaceFinalizer:
         self.interval = interval
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._terminating: set[str] = set()
         handlers.cache.add_hook(NAMESPACES, self._on_event)
+        handlers.cache.add_event_hook(self._on_any_event)
 
     def _on_event(self, etype: str, obj: dict[str, Any], prev: dict[str, Any] | None) -> None:
-        if obj["metadata"].get("deletionTimestamp"):
+        name = obj["metadata"].get("name", "")
+        if etype != "DELETED" and obj["metadata"].get("deletionTimestamp"):
+            self._terminating.add(name)
+            self._wake.set()
+        else:
+            self._terminating.discard(name)
+
+    def _on_any_event(self, etype: str, key: str, obj: dict[str, Any]) -> None:
+        # The last object of a terminating namespace going away lets the namespace go now,
+        # not at the next timer tick.
+        if etype == "DELETED" and self._terminating and obj["metadata"].get("namespace") in self._terminating:
             self._wake.set()
 
     def start(self) -> None:

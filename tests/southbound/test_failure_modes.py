@@ -167,3 +167,35 @@ async def test_spec_change_is_a_new_operation(server: ServerProcess, transport: 
         assert state["requests"]["PUT garage"] == 1 and state["requests"]["PUT lights"] == 1
         assert len(state["devices"]["kettle"]["executions"]) == 2
         assert state["repeatedOperations"] == []
+
+
+async def test_deletion_and_orphans(server: ServerProcess, transport: str) -> None:
+    """Deleting a Home deconfigures its devices (finalizer); a device left configured by a Home
+    that no longer exists is found through the list call and released; unowned ones are left alone."""
+    async with rig(server, transport, orphan_sweep_interval=0.2) as r:
+        r.hub.add("attic-lights", "lights")
+        r.hub.add("shed-kettle", "kettle")
+        put = await r.control.put("/v1/resources/attic-lights", headers={"Idempotency-Key": "gone/1/ensure"},
+                                  json={"spec": {"type": "lights", "settings": {"on": True}},
+                                        "owner": {"uid": "uid-of-a-deleted-home", "kind": "Home"}})
+        assert put.status_code == 200
+        await r.control.put("/v1/resources/shed-kettle", headers={"Idempotency-Key": "by-hand"},
+                            json={"spec": {"type": "kettle", "settings": {"on": False}}})
+        await r.create_home()
+        await r.converged()
+
+        async def released() -> bool:
+            return (await r.state())["devices"]["attic-lights"]["spec"] is None
+
+        await eventually(released, what="orphan released")
+        assert r.ctl.released == ["attic-lights"]
+        await r.client.delete(HOMES, "cottage", namespace=r.ns)
+
+        async def deconfigured() -> bool:
+            s = await r.state()
+            return all(s["devices"][d["name"]]["spec"] is None for d in DEVICES)
+
+        await eventually(deconfigured, what="devices deconfigured")
+        state = await r.state()
+        assert state["devices"]["shed-kettle"]["spec"] is not None  # never ours
+        assert {d: effects(state)[d] for d in EXPECTED_EFFECTS} == EXPECTED_EFFECTS  # deletion moved nothing

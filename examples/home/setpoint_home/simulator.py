@@ -48,6 +48,7 @@ class Simulator:
         self.port = port
         self._server: asyncio.Server | None = None
         self._conns: set[asyncio.Task[Any]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def url(self) -> str:
@@ -62,11 +63,12 @@ class Simulator:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for t in list(self._conns):
-            t.cancel()
-        for t in list(self._conns):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        for writer in list(self._writers):  # end every connection; its handler returns by itself
+            writer.transport.abort()
+        if self._conns:
+            _, late = await asyncio.wait(list(self._conns), timeout=5)
+            for t in late:  # a request still being handled (a delay fault)
+                t.cancel()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 5)
@@ -83,6 +85,7 @@ class Simulator:
         task = asyncio.current_task()
         assert task is not None
         self._conns.add(task)
+        self._writers.add(writer)
         try:
             while True:
                 try:
@@ -110,6 +113,7 @@ class Simulator:
             pass
         finally:
             self._conns.discard(task)
+            self._writers.discard(writer)
             writer.close()
 
     async def _route(self, method: str, path: str, headers: dict[str, str], raw: bytes) -> Reply:

@@ -479,6 +479,10 @@ class Bench:
             from bench import store_backends
             with self.section("backends"):
                 self.results["backends"] = store_backends.run(self, WIDGET_CRD)
+        if "southbound" in p or not self.a.only:  # 100 devices over a lossy network: bench/southbound.py
+            from bench import southbound
+            with self.section("southbound"):
+                self.results["southbound"] = southbound.run(self)
         self.results["ratios"], self.results["targets"] = report.ratios(self.results)
 
 

@@ -1,0 +1,187 @@
+"""``python -m bench --only southbound``: convergence of 100 devices over a lossy network.
+
+The home-automation example (``examples/home/``) at scale: 25 ``Home`` objects of 4 devices each
+(thermostat, garage door, lights, kettle), 100 devices on one device simulator (a real HTTP
+server on loopback), one Home controller driving them through the REST bridge. For each loss
+rate (0 %, 10 %, 30 %) every device request is lost with that probability, and when it got
+through its reply is lost with that probability too (the work done, the answer never seen).
+
+Measured per loss rate, from the first Home created to every Home converged (Ready for its
+generation, every device Ready):
+
+- **convergence time**;
+- **device requests**: what the REST bridge sent (GET, PUT), what the devices received, and the
+  faults the network injected;
+- what the driver did about them: uncertain outcomes, those a fresh observation showed were done
+  (no resend), resends with the same operation id;
+- **at-most-once check**: operations carried out twice by a device (must be 0) and kettle
+  boilings (must be one per kettle).
+
+The REST timeout (a lost request costs that long) and the retry policy are in ``TIMEOUT`` and
+``POLICY``. The server is a fresh ``setpoint serve`` (SQLite); the simulator and the controller
+share one event loop in this process. Results go into the run's JSON under ``southbound`` and a
+table to ``southbound.md``. ``--quick``: 20 devices, 0 % and 30 % only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import yaml
+
+from bench import procs
+
+if TYPE_CHECKING:
+    from bench.__main__ import Bench
+
+HOME_DIR = Path(__file__).resolve().parent.parent / "examples" / "home"
+LOSS_RATES = (0.0, 0.1, 0.3)
+DEVICES_PER_HOME = (("thermostat", "thermostat", {"targetCelsius": 21}),
+                    ("garage", "garageDoor", {"position": "open"}),
+                    ("lights", "lights", {"on": True, "brightness": 80}),
+                    ("kettle", "kettle", {"on": True}))
+TIMEOUT = 0.5  # seconds without an answer before a device request counts as lost
+TRAVEL_SECONDS = 0.2  # the garage doors' travel time
+CONVERGE_DEADLINE = 300.0
+
+
+def _home_path() -> None:
+    if str(HOME_DIR) not in sys.path:
+        sys.path.insert(0, str(HOME_DIR))
+
+
+async def scenario(url: str, token: str, n_devices: int, loss: float, seed: int) -> dict[str, Any]:
+    _home_path()
+    from setpoint_home.controller import HomeController, rest_driver
+    from setpoint_home.devices import DeviceHub, FaultRule
+    from setpoint_home.resources import HOMES
+    from setpoint_home.simulator import Simulator
+
+    from setpoint.agent.alerts import MemoryAlertSink
+    from setpoint.agent.conditions import is_converged
+    from setpoint.client import Client, ClientConfig, Resource
+    from setpoint.drivers.retry import Backoff, RetryPolicy
+
+    policy = RetryPolicy(transient=Backoff(attempts=1000, base=0.05, cap=2.0),
+                         not_ready=Backoff(attempts=None, base=0.05, cap=2.0), deadline=CONVERGE_DEADLINE)
+    homes = n_devices // len(DEVICES_PER_HOME)
+    hub = DeviceHub(travel_seconds=TRAVEL_SECONDS, seed=seed)
+    specs = {}
+    for h in range(homes):
+        devices = []
+        for suffix, type_, settings in DEVICES_PER_HOME:
+            id = f"h{h:02d}-{suffix}"
+            hub.add(id, type_)
+            devices.append({"name": id, "type": type_, "settings": settings})
+        specs[f"home-{h:02d}"] = devices
+    if loss:
+        hub.inject(FaultRule("drop_request", count=None, probability=loss))
+        hub.inject(FaultRule("drop_reply", count=None, probability=loss))
+    ns = f"southbound-{int(loss * 100)}"
+    alerts = MemoryAlertSink()
+    async with Simulator(hub) as sim, Client(ClientConfig(url, token=token)) as client:
+        await client.create(Resource("", "v1", "namespaces", namespaced=False, kind="Namespace"),
+                            {"metadata": {"name": ns}})
+        driver = rest_driver(sim.url, timeout=TIMEOUT, retry_policy=policy, progress_poll=TRAVEL_SECONDS,
+                             concurrency=64)
+        ctl = HomeController(client, driver, namespace=ns, workers=16, drift_interval=None, alert_sink=alerts)
+        task = asyncio.create_task(ctl.run())
+        try:
+            sync_deadline = time.monotonic() + 30
+            while not ctl.informer.has_synced:  # run() starts the informer
+                if time.monotonic() > sync_deadline:
+                    raise RuntimeError("the Home informer never synced")
+                await asyncio.sleep(0.01)
+            started = time.monotonic()
+            for name, devices in specs.items():
+                await client.create(HOMES, {"apiVersion": "home.example.com/v1", "kind": "Home",
+                                            "metadata": {"name": name}, "spec": {"devices": devices}}, namespace=ns)
+            deadline = started + CONVERGE_DEADLINE
+            while True:
+                items = (await client.list(HOMES, namespace=ns)).items
+                done = sum(1 for o in items if is_converged(o)
+                           and (o.get("status") or {}).get("readyDevices") == len(DEVICES_PER_HOME))
+                if done == homes:
+                    break
+                if alerts.alerts or time.monotonic() > deadline:
+                    raise RuntimeError(f"{done}/{homes} Homes converged at {loss:.0%} loss; alerts: "
+                                       f"{[a.message for a in alerts.alerts][:3]}")
+                await asyncio.sleep(0.05)
+            elapsed = time.monotonic() - started
+        finally:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            await driver.aclose()
+        effects = hub.effects()
+        boilings = [effects[f"h{h:02d}-kettle"].get("boilings", 0) for h in range(homes)]
+        wrong = [id for id, d in hub.devices.items() if d.phase != "Ready" or d.spec is None]
+        stats = driver.stats
+        return {
+            "loss": loss, "devices": homes * len(DEVICES_PER_HOME), "homes": homes,
+            "converge_s": round(elapsed, 3),
+            "bridge_requests": driver.bridge.requests,
+            "device_requests": {m: hub.requests.get(m, 0) for m in ("GET", "PUT", "DELETE")},
+            "requests_per_device": round(driver.bridge.requests / (homes * len(DEVICES_PER_HOME)), 2),
+            "faults": dict(hub.faults_fired),
+            "sends": stats.sends, "resends_same_id": stats.resends, "uncertain": stats.uncertain,
+            "confirmed_without_resend": stats.confirmed_after_uncertain,
+            "reconciles": ctl.stats.reconciles, "uncertain_failures": ctl.retries.uncertain_outcomes,
+            "repeated_operations": len(hub.repeated_operations()),
+            "kettle_boilings": {"min": min(boilings), "max": max(boilings)},
+            "devices_not_as_desired": len(wrong),
+        }
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    head = ("| loss | devices | converged in | bridge requests (per device) | device GET / PUT | lost req / reply "
+            "| uncertain → confirmed, no resend | resends (same id) | repeated ops | boilings per kettle |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for r in rows:
+        f = r["faults"]
+        lines.append(
+            f"| {r['loss']:.0%} | {r['devices']} | {r['converge_s']:.2f} s | {r['bridge_requests']} "
+            f"({r['requests_per_device']}) | {r['device_requests']['GET']} / {r['device_requests']['PUT']} "
+            f"| {f.get('drop_request', 0)} / {f.get('drop_reply', 0)} | {r['uncertain']} → "
+            f"{r['confirmed_without_resend']} | {r['resends_same_id']} | {r['repeated_operations']} "
+            f"| {r['kettle_boilings']['min']}-{r['kettle_boilings']['max']} |")
+    return head + "\n".join(lines) + f"\n\nREST timeout {TIMEOUT} s; garage doors travel {TRAVEL_SECONDS} s.\n"
+
+
+def run(b: Bench) -> dict[str, Any]:
+    n_devices = 20 if b.a.quick else 100
+    rates = (0.0, 0.3) if b.a.quick else LOSS_RATES
+    s = procs.Setpoint(b.tmp / "southbound", b.a.setpoint_args.split())
+    b.stack.enter_context(s)
+    b.log(f"southbound: setpoint at {s.host}:{s.port}")
+    url = f"http://{s.host}:{s.port}"
+    crd = yaml.safe_load((HOME_DIR / "home-crd.yaml").read_text())
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {s.token}"}, timeout=30) as c:
+        r = c.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=crd)
+        if r.status_code not in (201, 409):
+            raise RuntimeError(f"creating the Home CRD: {r.status_code} {r.text[:300]}")
+        deadline = time.monotonic() + 15
+        while c.get("/apis/home.example.com/v1/homes?limit=1").status_code != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("homes never served")
+            time.sleep(0.05)
+    rows = []
+    for i, loss in enumerate(rates):
+        b.log(f"southbound: {n_devices} devices at {loss:.0%} loss")
+        row = asyncio.run(scenario(url, s.token, n_devices, loss, seed=i))
+        b.log(f"southbound: converged in {row['converge_s']:.2f}s with {row['bridge_requests']} requests")
+        rows.append(row)
+    s.stop()
+    md = markdown(rows)
+    b.a.out.mkdir(parents=True, exist_ok=True)
+    (b.a.out / "southbound.md").write_text(md)
+    b.log("southbound:\n" + md)
+    return {"runs": rows, "timeout_s": TIMEOUT, "travel_s": TRAVEL_SECONDS}

@@ -340,3 +340,63 @@ def test_store_errors_copy_and_pickle() -> None:
     for err in errors:
         for twin in (copy.copy(err), pickle.loads(pickle.dumps(err))):
             assert type(twin) is type(err) and str(twin) == str(err) and vars(twin) == vars(err)
+
+
+class _LosesOneReply:
+    """Fault injection: the next write batch runs (or not), then its connection 'breaks'."""
+
+    def __init__(self, backend: PostgresBackend, *, run_it: bool) -> None:
+        self.backend = backend
+        self.run_it = run_it
+        self.armed = True
+        self.real = backend._writer_connection
+
+    async def __call__(self) -> object:
+        conn = await self.real()
+        if not self.armed:
+            return conn
+        self.armed = False
+        fault = self
+
+        class Breaking:
+            async def fetch(self, sql: str, *args: object) -> object:
+                if fault.run_it:
+                    await conn.fetch(sql, *args)
+                raise asyncpg.exceptions.ConnectionDoesNotExistError("connection lost (injected)")
+
+            def terminate(self) -> None:
+                conn.terminate()
+
+            def is_closed(self) -> bool:
+                return bool(conn.is_closed())
+
+        return Breaking()
+
+
+@pytest.mark.parametrize("committed", [True, False])
+async def test_lost_reply_is_resolved_by_batch_id(harness: PostgresHarness, committed: bool) -> None:
+    b = await harness.open(f"lost_{int(committed)}")
+    try:
+        await b.create("/l/exists", b"0")
+        base = await b.current_revision()
+        stream = b.watch("/l/", base)
+        b._writer_connection = _LosesOneReply(b, run_it=committed)  # type: ignore[method-assign]
+        ops = [b.create("/l/a", b"1"), b.create("/l/exists", b"again"), b.create("/l/b", b"2")]
+        await asyncio.sleep(0)  # let all three queue, so they go in one batch
+        results = await asyncio.gather(*ops, return_exceptions=True)
+        if committed:
+            a, exists, bb = results
+            assert isinstance(a, KeyValue) and isinstance(bb, KeyValue)
+            assert (a.mod_revision, bb.mod_revision) == (base + 1, base + 2)
+            assert isinstance(exists, Unavailable)  # not written; why is not known
+            events = await collect(stream, base + 2)
+            assert [e.kv for e in events] == [a, bb]
+        else:
+            assert all(isinstance(r, Unavailable) for r in results)
+            assert await b.current_revision() == base
+        # The writer goes on with a new connection.
+        c = await b.create("/l/c", b"3")
+        assert c.mod_revision == await b.current_revision()
+        await aclose(stream)
+    finally:
+        await b.close()

@@ -13,13 +13,15 @@ fill, no timeouts, and a rolled-back transaction leaves no hole (its counter upd
 too). The same row is why the revision never goes backwards across restarts: it is stored, not
 derived from the log, which compaction may leave empty.
 
-The price of that lock is that writes from all servers are serialised. Each server therefore
-group-commits, like the SQLite backend: one writer task per server takes whatever writes queued
-up while the previous transaction ran (up to ``batch_max``) and applies them in one transaction
-of five round trips (BEGIN, lock, read the keys, one statement that writes everything, COMMIT),
-so the lock is held for one commit per batch rather than per write. Checks (exists, not found,
-expected revision) run inside the locked transaction, so they are exact: optimistic concurrency
-for callers, no conflicts between transactions.
+The price of that lock is that writes from all servers are serialised, so it must be held as
+briefly as possible. Each server group-commits, like the SQLite backend: one writer task per
+server takes whatever writes queued up while the previous batch ran (up to ``batch_max``, on
+distinct keys) and sends them in one call of the server-side function ``write_batch`` (see
+``_pg_sql``), which takes the lock, checks and applies every op in one set-based statement, and
+commits: one round trip per batch. The lock is held for one commit per batch, and never while
+an API server's event loop is busy elsewhere. Checks (exists, not found, expected revision) run
+after the lock is taken, so they are exact: optimistic concurrency for callers, and no conflicts
+or retries between transactions.
 
 **Watches.** Each server keeps one :class:`~setpoint.store.fanout.WatchHub` fed in revision
 order. Its own commits are published at once when they follow what the hub has; everything else
@@ -39,8 +41,8 @@ longer than the history kept), its watchers end with :class:`Compacted` and resu
 
 **Errors.** A lost connection, PostgreSQL restarting or refusing connections, any database
 error: :class:`Unavailable`, which callers may retry. Connections are re-opened on the next use.
-A batch whose COMMIT was cut off is looked up by transaction id (``pg_xact_status``) once the
-backend reconnects, so a write that did commit is acknowledged as such.
+A batch whose reply was cut off is looked up by its id once the backend reconnects, so a write
+that did commit is acknowledged as such.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ import asyncio
 import builtins
 import contextlib
 import logging
+import uuid
 from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
@@ -283,12 +286,22 @@ class PostgresBackend(Backend):
         return await self._write(DELETE, key, b"", expected_revision)
 
     async def _writer(self) -> None:
+        """Group commit: whatever queued up while the previous batch ran, up to ``batch_max`` ops
+        on distinct keys (an op on a key already in the batch waits for the next one, since
+        ``write_batch`` checks every op against the state before the batch)."""
+        held: _Op | None = None
         stopping = False
-        while not stopping:
-            op = await self._queue.get()
+        while not stopping or held is not None:
+            op = held if held is not None else await self._queue.get()
+            held = None
             ops: list[_Op] = []
+            keys: set[str] = set()
             while op is not None:
+                if op.key in keys:
+                    held = op
+                    break
                 ops.append(op)
+                keys.add(op.key)
                 if len(ops) >= self._batch_max or self._queue.empty():
                     break
                 op = self._queue.get_nowait()
@@ -319,116 +332,88 @@ class PostgresBackend(Backend):
             conn = self._writer_conn = await self._connect()
         return conn
 
+    def _drop_writer_connection(self) -> None:
+        if self._writer_conn is not None:
+            self._writer_conn.terminate()
+            self._writer_conn = None
+
     async def _commit(self, ops: list[_Op]) -> None:
-        outcomes: list[KeyValue | StoreError] = []
-        events: list[Event] = []
-        xid: str | None = None
-        committing = False
+        batch = uuid.uuid4()
+        sent = False
         try:
             conn = await self._writer_connection()
-            tx = conn.transaction()
-            await tx.start()
-            try:
-                base, xid = await conn.fetchrow(self.sql.lock)
-                outcomes, events, args = await self._apply(conn, ops, base)
-                if events:
-                    await conn.execute(self.sql.apply, *args)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await tx.rollback()
-                raise
-            committing = True
-            await tx.commit()
+            sent = True
+            rows = await conn.fetch(
+                self.sql.write_batch,
+                batch,
+                [op.kind for op in ops],
+                [op.key for op in ops],
+                [op.value for op in ops],
+                [op.expected for op in ops],
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if committing and xid is not None and await self._committed_anyway(xid):
-                log.info("%s: a commit whose reply was lost did commit", self._where)
-            else:
-                error = self._unavailable("writing", exc)
+            self._drop_writer_connection()
+            error = self._unavailable("writing", exc)
+            found = await self._lost_reply(batch, ops, error) if sent else None
+            if found is None:
                 self._settle(ops, [error] * len(ops))
-                with contextlib.suppress(Exception):
-                    if self._writer_conn is not None:
-                        self._writer_conn.terminate()
-                self._writer_conn = None
                 return
+            outcomes, events = found
+        else:
+            outcomes, events = self._outcomes(ops, rows)
         self._settle(ops, outcomes)
         if events:
             self._publish_own(events)
         if self.on_commit is not None:
             self.on_commit(len(ops))
 
-    async def _committed_anyway(self, xid: str) -> bool:
-        """After a failed COMMIT: did the transaction commit after all? Asked on a new connection."""
-        if self._writer_conn is not None:
-            self._writer_conn.terminate()
-            self._writer_conn = None
-        try:
-            conn = await self._writer_connection()
-            status = await conn.fetchval(self.sql.xact_status, xid)
-        except Exception:
-            return False
-        return bool(status == "committed")
-
-    async def _apply(
-        self, conn: Any, ops: list[_Op], base: int
-    ) -> tuple[list[KeyValue | StoreError], list[Event], tuple[Any, ...]]:
-        """Check and apply ``ops`` in order against the locked present; returns the outcomes,
-        the events and the arguments of the statement that writes them."""
-        keys = list({op.key: None for op in ops})
-        deleting = list({op.key: None for op in ops if op.kind == DELETE})
-        # key -> (create_revision, mod_revision, value or None when not needed)
-        state: dict[str, tuple[int, int, bytes | None] | None] = dict.fromkeys(keys)
-        for key, create_rev, mod_rev, value in await conn.fetch(self.sql.current_rows, keys, deleting):
-            state[key] = (create_rev, mod_rev, value)
-        rev = base
+    @staticmethod
+    def _outcomes(ops: list[_Op], rows: list[Any]) -> tuple[list[KeyValue | StoreError], list[Event]]:
         outcomes: list[KeyValue | StoreError] = []
         events: list[Event] = []
-        for op in ops:
-            key = op.key
-            cur = state[key]
-            if op.kind == CREATE:
-                if cur is not None:
-                    outcomes.append(KeyExists(key))
-                    continue
-                rev += 1
-                kv = KeyValue(key, op.value, rev, rev)
-                state[key] = (rev, rev, op.value)
-                event = Event("PUT", kv)
+        for op, (_, outcome, create_rev, mod_rev, old) in zip(ops, rows, strict=True):
+            if outcome == 0:
+                kv = KeyValue(op.key, op.value, create_rev, mod_rev)
+                events.append(Event("PUT", kv))
+            elif outcome == 1:
+                kv = KeyValue(op.key, bytes(old), create_rev, mod_rev)
+                events.append(Event("DELETE", kv))
             else:
-                if cur is None:
-                    outcomes.append(KeyNotFound(key))
-                    continue
-                create_rev, mod_rev, value = cur
-                if op.expected and op.expected != mod_rev:
-                    outcomes.append(RevisionMismatch(key, op.expected, mod_rev))
-                    continue
-                rev += 1
-                if op.kind == UPDATE:
-                    kv = KeyValue(key, op.value, create_rev, rev)
-                    state[key] = (create_rev, rev, op.value)
-                    event = Event("PUT", kv)
+                error: StoreError
+                if outcome == 2:
+                    error = KeyExists(op.key)
+                elif outcome == 3:
+                    error = KeyNotFound(op.key)
                 else:
-                    kv = KeyValue(key, value or b"", create_rev, rev)
-                    state[key] = None
-                    event = Event("DELETE", kv)
+                    error = RevisionMismatch(op.key, op.expected, mod_rev)
+                outcomes.append(error)
+                continue
             outcomes.append(kv)
-            events.append(event)
-        live = [(k, s) for k, s in state.items() if s is not None]
-        gone = [k for k, s in state.items() if s is None]
-        args = (
-            [e.kv.mod_revision for e in events],
-            [e.kv.key for e in events],
-            [e.type == "DELETE" for e in events],
-            [e.kv.create_revision for e in events],
-            [e.kv.value for e in events],
-            [k for k, _ in live],
-            [s[0] for _, s in live],
-            [s[1] for _, s in live],
-            gone,
-            rev,
-        )
-        return outcomes, events, args
+        return outcomes, events
+
+    async def _lost_reply(
+        self, batch: uuid.UUID, ops: list[_Op], error: Unavailable
+    ) -> tuple[list[KeyValue | StoreError], list[Event]] | None:
+        """The connection broke with a batch in flight: did it commit? Asked on a new connection
+        (``batch_committed`` waits for the revision lock, so the old transaction has ended by
+        then). If it did, its ops are acknowledged from the log; the ops it did not write get
+        ``error``, since why they failed is not recorded."""
+        try:
+            conn = await self._writer_connection()
+            found = await conn.fetchrow(self.sql.batch_committed, batch)
+            if found is None:
+                return None
+            rows = await conn.fetch(self.sql.batch_rows, found[0], found[1])
+        except Exception:
+            self._drop_writer_connection()
+            return None
+        log.info("%s: a batch whose reply was lost did commit (revisions %d-%d)", self._where, found[0], found[1])
+        events = [_event(*row) for row in rows]
+        by_key = {e.kv.key: e for e in events}
+        outcomes: list[KeyValue | StoreError] = [by_key[op.key].kv if op.key in by_key else error for op in ops]
+        return outcomes, events
 
     # -- publishing --------------------------------------------------------------------------
 
@@ -521,6 +506,7 @@ class PostgresBackend(Backend):
                     await conn.execute(self.sql.sweep_superseded, swept, hi)
                     await conn.execute(self.sql.sweep_deletes, swept, hi)
                     await conn.execute(self.sql.set_swept, hi)
+                    await conn.execute(self.sql.sweep_batches, hi)
 
     # -- reads ------------------------------------------------------------------------------
 

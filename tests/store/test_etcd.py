@@ -123,3 +123,29 @@ async def test_two_clients_one_revision_sequence(etcd_harness: EtcdHarness) -> N
     finally:
         await a.close()
         await b.close()
+
+
+async def test_quiet_watch_is_renewed_without_losing_its_place(etcd_harness: EtcdHarness) -> None:
+    """A watch stream silent for watch_idle seconds is replaced by a new one from the last
+    revision received (a dead connection could otherwise hang it for good)."""
+    from .conformance import wait_until
+
+    await etcd_harness.open("idle")
+    cluster = etcd_harness.clusters["idle"]
+    b = EtcdBackend(cluster.endpoints, watch_idle=0.2)
+    await b.start()
+    try:
+        first = await b.create("/i/a", b"1")
+        stream = b.watch("/i/", 0)
+        assert [e.kv for e in await anext(stream)] == [first]
+        pending = asyncio.ensure_future(anext(stream))
+
+        async def renewed() -> bool:
+            return b.watch_streams_opened >= 3
+
+        await wait_until(renewed, "the quiet stream to be renewed twice")
+        second = await b.create("/i/b", b"2")
+        assert [e.kv for e in await asyncio.wait_for(pending, 10)] == [second]
+        await aclose(stream)
+    finally:
+        await b.close()

@@ -123,6 +123,7 @@ class EtcdBackend(Backend):
         watch_buffer: int = 10_000,
         request_timeout: float = 10.0,
         max_connections: int = 64,
+        watch_idle: float = 30.0,
         on_commit: Callable[[int], None] | None = None,
     ) -> None:
         if not endpoints:
@@ -137,6 +138,8 @@ class EtcdBackend(Backend):
         self._watch_buffer = watch_buffer
         self._timeout = request_timeout
         self._max_connections = max_connections
+        self._watch_idle = watch_idle
+        self.watch_streams_opened = 0  # etcd watch requests made (for tests and metrics)
         self._index = 0  # the endpoint requests go to first
         self._state = "new"
         self._client: _http.Client | None = None
@@ -434,28 +437,42 @@ class EtcdBackend(Backend):
                 await pump
 
     async def _pump(self, hub: WatchHub, prefix: str, after: int) -> None:
-        """Read one etcd watch into ``hub`` until the subscriber goes away or the stream ends."""
+        """Read etcd watches into ``hub`` until the subscriber goes away or etcd fails.
+
+        A stream silent for ``watch_idle`` seconds is replaced by a new one from the last revision
+        received: a connection that died without a word would otherwise hang for good, and a
+        quiet store costs one request per interval. A member that cannot be reached is skipped
+        for the next one. Anything else ends the watch (Unavailable; the consumer resumes)."""
         assert self._watch_client is not None
         p = prefix.encode()
-        request = {
-            "create_request": {
-                "key": _b64(p or b"\0"),
-                "range_end": _b64(prefix_end(p)),
-                "start_revision": after + 2,
-                "prev_kv": True,
-            }
-        }
         error: StoreError | None = None
         last = after
+        unreachable = 0
+        timeout = httpx.Timeout(self._timeout, read=self._watch_idle)
+        # "hasleader": etcd ends the watch if its member loses the leader (a partitioned member
+        # would otherwise keep the stream open and silent); the gateway passes it on as metadata.
+        headers = {"Content-Type": "application/json", "Grpc-Metadata-hasleader": "true"}
         try:
-            for attempt in range(len(self.endpoints)):
-                endpoint = self.endpoints[(self._index + attempt) % len(self.endpoints)]
+            while True:
+                endpoint = self.endpoints[self._index % len(self.endpoints)]
+                request = {
+                    "create_request": {
+                        "key": _b64(p or b"\0"),
+                        "range_end": _b64(prefix_end(p)),
+                        "start_revision": last + 2,
+                        "prev_kv": True,
+                    }
+                }
+                self.watch_streams_opened += 1
                 try:
-                    stream = self._watch_client.stream("POST", endpoint + "/v3/watch", content=_enc.encode(request))
+                    stream = self._watch_client.stream(
+                        "POST", endpoint + "/v3/watch", content=_enc.encode(request), headers=headers, timeout=timeout
+                    )
                     async with stream as r:
                         if r.status_code != 200:
                             body = await r.aread()
                             raise _EtcdError(r.status_code, body.decode(errors="replace"))
+                        unreachable = 0
                         async for line in r.aiter_lines():
                             if not line.strip():
                                 continue
@@ -468,23 +485,28 @@ class EtcdBackend(Backend):
                                     self._compacted = max(self._compacted, compact - 1)
                                     error = Compacted(after, self._compacted)
                                 else:
-                                    error = Unavailable(f"{self._where}: etcd cancelled a watch: {result}")
+                                    reason = result.get("cancel_reason", "")
+                                    error = Unavailable(f"{self._where}: etcd ended a watch: {reason}")
                                 return
                             raw_events = result.get("events")
                             if not raw_events:
                                 continue
-                            events = [_event(raw) for raw in raw_events]
-                            events = [e for e in events if e.revision > last]
+                            events = [e for e in map(_event, raw_events) if e.revision > last]
                             if events:
                                 last = events[-1].revision
                                 hub.publish(events)
                                 if not len(hub):
                                     return  # the subscriber overflowed or left
-                    error = Unavailable(f"{self._where}: the watch stream ended")
+                    error = Unavailable(f"{self._where}: etcd ended a watch stream")
                     return
+                except httpx.ReadTimeout:
+                    continue  # silent for too long: watch again from the last revision received
                 except httpx.ConnectError as exc:
-                    error = self._unavailable("watching", exc)
-                    continue
+                    unreachable += 1
+                    self._index = (self._index + 1) % len(self.endpoints)
+                    if unreachable >= len(self.endpoints):
+                        error = self._unavailable("watching", exc)
+                        return
         except (httpx.HTTPError, _EtcdError, msgspec.DecodeError) as exc:
             error = self._unavailable("watching", exc)
         finally:

@@ -107,3 +107,20 @@ async def test_the_simulator_counts_what_a_careless_client_would_do_twice() -> N
 async def test_control_api_refuses_nonsense(bad: dict[str, Any]) -> None:
     async with Simulator(DeviceHub()) as sim, httpx.AsyncClient(base_url=sim.url) as http:
         assert (await http.post("/_sim/faults", json=bad)).status_code == 400
+
+
+def test_the_example_manifest_is_what_the_devices_accept() -> None:
+    """examples/home/home.yaml parses to string keys (a bare YAML `on` would be a boolean) and
+    every device of the demo hub accepts its settings."""
+    from setpoint_home.resources import home_resources
+
+    home = yaml.safe_load((DOC.parents[1] / "examples" / "home" / "home.yaml").read_text())
+    hub = DeviceHub()
+    for id, type_ in DEMO_DEVICES.items():
+        hub.add(id, type_)
+    wanted = home_resources(home)
+    assert set(wanted) == set(DEMO_DEVICES)
+    for id, spec in wanted.items():
+        assert all(isinstance(k, str) for k in spec["settings"]), spec
+        assert spec["type"] == hub.devices[id].type
+        assert hub.devices[id].validate(spec["settings"]) is None, (id, spec)

@@ -153,6 +153,9 @@ class PostgresBackend(Backend):
         self._chunk = compaction_chunk
         self._poll_interval = poll_interval
         self._connect_timeout = connect_timeout
+        # Client-side bound on every statement: a connection that died without a word (the
+        # server's host gone) fails the call instead of hanging it.
+        self._command_timeout = statement_timeout + 5
         self._server_settings = {
             "application_name": "setpoint",
             "statement_timeout": str(int(statement_timeout * 1000)),
@@ -188,7 +191,10 @@ class PostgresBackend(Backend):
 
     async def _connect(self) -> Any:
         return await asyncpg.connect(
-            self.dsn, timeout=self._connect_timeout, server_settings=self._server_settings
+            self.dsn,
+            timeout=self._connect_timeout,
+            command_timeout=self._command_timeout,
+            server_settings=self._server_settings,
         )
 
     async def start(self) -> None:
@@ -210,6 +216,7 @@ class PostgresBackend(Backend):
                 min_size=1,
                 max_size=self._pool_size,
                 timeout=self._connect_timeout,
+                command_timeout=self._command_timeout,
                 server_settings=self._server_settings,
             )
         except StoreError:

@@ -13,6 +13,11 @@ Failures are classified, because they call for different reactions:
 - :class:`NotReady`: the subsystem said "not now" (busy, warming up, locked): retry later.
 - :class:`Permanent`: retrying cannot help (bad input, unsupported): stop, mark the object
   failed, raise an alert.
+
+How long to keep retrying is the driver's ``retry_policy`` (:mod:`setpoint.drivers.retry`).
+Drivers are found as plugins through entry points (:mod:`setpoint.drivers.plugins`), and one that
+lives in another process is reached through the REST bridge (:mod:`setpoint.drivers.rest`).
+See docs/writing-a-driver.md.
 """
 
 from __future__ import annotations
@@ -73,7 +78,8 @@ class OperationId:
 
 
 class Driver(Protocol[ObservedT]):
-    """What a reconciler needs from a subsystem, for one kind of object."""
+    """What a reconciler needs from a subsystem, for one kind of object. Optionally also a
+    ``retry_policy`` attribute (a :class:`~setpoint.drivers.retry.RetryPolicy`)."""
 
     name: str
 

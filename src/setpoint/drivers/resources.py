@@ -151,7 +151,7 @@ def combine(errors: Mapping[str, DriverError], done: Mapping[str, RemoteResource
         message, error_class=cls.error_class, errors=errors, done=done,
         retry_after=min(retry_afters) if retry_afters else None,
         uncertain=any(e.uncertain for e in errors.values()),
-        reason=chosen[0][1].reason if len(chosen) == 1 else f"{len(errors)}ResourcesFailed",
+        reason=chosen[0][1].reason if len(chosen) == 1 else "ResourcesFailed",
     )
 
 

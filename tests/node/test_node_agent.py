@@ -111,9 +111,12 @@ def processset(name: str, replicas: int, node: str | None = "n1", **spec: Any) -
 
 
 async def converged_with(client: Client, name: str, replicas: int) -> bool:
+    """Converged, with exactly ``replicas`` live processes, and the status reporting those very ones."""
     obj = await client.get(PROCESSSETS, name, namespace="default")
+    live = processes_of(obj["metadata"]["uid"])
+    reported = {p.get("pid") for p in obj.get("status", {}).get("processes", []) if p.get("state") == "Running"}
     return (is_converged(obj) and obj["status"].get("readyReplicas") == replicas
-            and len(processes_of(obj["metadata"]["uid"])) == replicas)
+            and len(live) == replicas and reported == set(live))
 
 
 async def test_scale_drift_and_delete(cluster: tuple[ServerProcess, Path], admin: Client) -> None:

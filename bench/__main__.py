@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 import msgspec
 
-from bench import latency, loadgen, procs, profile, report, sqlite_raw
+from bench import agent, latency, loadgen, procs, profile, report, sqlite_raw
 from bench.cpu import CpuWindow
 from bench.rawhttp import build_request, fetch
 
@@ -119,7 +119,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     default=os.environ.get("BENCH_PROFILE_NATIVE", "1") not in ("", "0"),
                     help="py-spy --native: C frames too (GC, write(2), msgspec, sqlite); default on")
     ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""),
-                    help="comma list of parts: loadgen,sqlite,ceiling,etcd,setpoint")
+                    help="comma list of parts: loadgen,sqlite,ceiling,etcd,setpoint,agent")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("BENCH_OUT", RESULTS)))
     ap.add_argument("--tmp-dir", default=os.environ.get("BENCH_TMPDIR"),
                     help="where data directories go (default: the system temp dir)")
@@ -151,7 +151,7 @@ class Bench:
         self.generator: str | None = None
         self.stack = contextlib.ExitStack()
         self.parts = {p.strip() for p in args.only.split(",") if p.strip()} or {
-            "loadgen", "sqlite", "ceiling", "etcd", "setpoint"}
+            "loadgen", "sqlite", "ceiling", "etcd", "setpoint", "agent"}
         self.seq = 0
 
     def log(self, msg: str) -> None:
@@ -475,6 +475,9 @@ class Bench:
             gc_lines = [ln.strip() for ln in sp.output if ln.startswith("gc: ")]
             if gc_lines:  # BENCH_GC_REPORT=1 with --setpoint-uvloop
                 self.results.setdefault("setpoint", {})["gc"] = gc_lines[-1]
+        if "agent" in p:
+            with self.section("agent"):
+                agent.run(self, WIDGET_CRD)
         if "backends" in p or not self.a.only:  # setpoint over each store: bench/store_backends.py
             from bench import store_backends
             with self.section("backends"):

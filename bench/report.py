@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from bench import agent
+
 # From /work/shared/ARCHITECTURE.md, "Reference figures on this machine kind".
 REFERENCE = {
     "trivial": "15k req/s",
@@ -137,6 +139,7 @@ def markdown(r: dict[str, Any]) -> str:
                          f"{d['seconds']:.3f} s · {d['bytes'] / 1e6:.2f} MB", "",
                          f"median of 3: {', '.join(f'{x:.3f}' for x in d['seconds_all'])} s; "
                          f"{d['items']:,} items", ""))
+    rows += agent.rows(r)
     launch = ("bench/setpoint_uvloop.py (loop forced to uvloop)"
               if _get(meta, "settings", "setpoint_uvloop") else "`setpoint serve` as shipped")
     out = [

@@ -493,3 +493,11 @@ def test_usage_and_connection_errors(server: ServerProcess, tmp_path: Path) -> N
     r = subprocess.run([sys.executable, "-m", "setpoint", "get", "widgets", "--kubeconfig", str(dead)],
                        capture_output=True, text=True, timeout=30, env=ENV)
     assert r.returncode == 1 and "cannot connect" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_yaml_only_keys_are_read_as_kubectl_reads_them() -> None:
+    from setpoint.cli.objects import _parse
+
+    (m,) = _parse("apiVersion: v1\nkind: X\nmetadata: {name: a}\nspec:\n  on: 3\n  day: 2026-01-01\n", "s",
+                  json_only=False)
+    assert m.obj["spec"] == {"true": 3, "day": "2026-01-01"}

@@ -372,9 +372,27 @@ def read_manifests(paths: Iterable[str]) -> list[Manifest]:
     return out
 
 
+def _as_json(value: Any) -> Any:
+    """What kubectl sends for a YAML document: YAML 1.1 reads a bare ``on:`` key as a boolean and
+    dates as dates; JSON has only string keys, so they become "true", "2026-01-01" and so on."""
+    if isinstance(value, dict):
+        return {_key(k): _as_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_json(v) for v in value]
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def _key(key: Any) -> str:
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    return "null" if key is None else str(key)
+
+
 def _parse(text: str, source: str, *, json_only: bool) -> list[Manifest]:
     try:
-        docs: list[Any] = [json.loads(text)] if json_only else list(yaml.safe_load_all(text))
+        docs: list[Any] = [json.loads(text)] if json_only else [_as_json(d) for d in yaml.safe_load_all(text)]
     except (yaml.YAMLError, ValueError) as e:
         raise usage_error(f"{source}: cannot parse: {e}") from None
     out: list[Manifest] = []

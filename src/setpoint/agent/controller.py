@@ -169,6 +169,7 @@ class Controller:
             inf.add_handler(on_add=enqueue, on_update=_on_new(enqueue), on_delete=enqueue)
             self._secondary.append(inf)
         self._not_ready: dict[str, int] = {}
+        self._own_writes: dict[str, Object] = {}  # key -> the status we last wrote
         self._given_up: dict[str, Any] = {}  # key -> the generation we stopped retrying at
         self._stopping = False
 
@@ -190,7 +191,13 @@ class Controller:
         self.queue.add(object_key(obj))
 
     def _enqueue_update(self, old: Object, new: Object) -> None:
-        self.queue.add(object_key(new))
+        key = object_key(new)
+        written = self._own_writes.get(key)
+        if written is not None and new.get("status") == written and _only_status_changed(old, new):
+            # The echo of our own status write: nothing new to act on (it would cost a second,
+            # no-op reconcile per change). It may arrive before the write's response does.
+            return
+        self.queue.add(key)
 
     def _mapped(self, mapper: Callable[[Object], list[str]]) -> Callable[[Object], None]:
         def enqueue(obj: Object) -> None:
@@ -257,6 +264,7 @@ class Controller:
             self.queue.forget(key)
             self._not_ready.pop(key, None)
             self._given_up.pop(key, None)
+            self._own_writes.pop(key, None)
             self.retries.forget(key)
             await self.deleted(key)
             return
@@ -362,7 +370,13 @@ class Controller:
             return
         ns, name = split_key(object_key(obj))
         body = {"metadata": {"resourceVersion": obj["metadata"]["resourceVersion"]}, "status": status}
-        await self.client.patch(self.resource, name, body, namespace=ns or None, subresource="status")
+        key = object_key(obj)
+        self._own_writes[key] = status
+        try:
+            await self.client.patch(self.resource, name, body, namespace=ns or None, subresource="status")
+        except BaseException:
+            self._own_writes.pop(key, None)
+            raise
         self.stats.status_writes += 1
 
     async def _add_finalizer(self, obj: Object) -> Object:
@@ -401,6 +415,14 @@ def _classify(error: BaseException) -> tuple[ErrorClass, str, str, float | None]
             return ErrorClass.PERMANENT, type(error).__name__, str(error), None
         return ErrorClass.TRANSIENT, type(error).__name__, str(error), None
     return ErrorClass.TRANSIENT, type(error).__name__, str(error) or type(error).__name__, None
+
+
+def _only_status_changed(old: Object, new: Object) -> bool:
+    def rest(obj: Object) -> Object:
+        meta = {k: v for k, v in (obj.get("metadata") or {}).items() if k not in ("resourceVersion", "managedFields")}
+        return {**{k: v for k, v in obj.items() if k != "status"}, "metadata": meta}
+
+    return rest(old) == rest(new)
 
 
 def _on_new(enqueue: Callable[[Object], None]) -> Callable[[Object, Object], None]:

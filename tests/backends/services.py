@@ -262,6 +262,18 @@ class EtcdCluster:
                 return m
         return None
 
+    def make_leader(self, m: EtcdMember) -> None:
+        """Hand the leadership to ``m`` (etcd's move-leader), and wait until it has it."""
+        status = self.status(m)
+        assert status is not None
+        target = status["header"]["member_id"]
+        leader = wait_for(self.leader, "a leader", 30)
+        if leader is not m:
+            r = httpx.post(leader.url + "/v3/maintenance/transfer-leadership",
+                           json={"targetID": target}, timeout=10)
+            r.raise_for_status()
+        wait_for(lambda: self.leader() is m, f"{m.name} to lead", 30)
+
     def healthy(self) -> bool:
         live = [m for m in self.members if m.proc is not None and m.proc.poll() is None]
         if not live or self.leader() is None:

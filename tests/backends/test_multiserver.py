@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from setpoint.agent.informer import Backoff, Informer
-from setpoint.client import Client, ClientConfig
+from setpoint.client import Client, ClientConfig, ClientError
 from setpoint.store import KeyValue, StoreError
 from setpoint.store.etcd import EtcdBackend
 from tests.agent.support import WIDGETS, eventually
@@ -245,4 +245,72 @@ async def test_etcd_leader_stopped_during_writes(tmp_path: Path) -> None:
         finally:
             await check.close()
     finally:
+        cluster.stop()
+
+
+async def test_etcd_leader_stopped_under_two_servers(tmp_path: Path) -> None:
+    """Two servers over a three-member etcd whose leader is also the member their watch streams
+    are on; it is killed during writes through both servers. Every acknowledged write is stored,
+    and a watcher through a server sees every stored object once, in revision order."""
+    cluster = EtcdCluster(tmp_path / "etcd3", size=3).start()
+    await asyncio.to_thread(cluster.make_leader, cluster.members[0])  # the first endpoint listed
+    servers = Servers(tmp_path / "data", cluster.url).start()
+    try:
+        ns = "leader"
+        servers.ensure_namespace(ns)
+        token = servers.token
+        acked: dict[str, int] = {}
+        stop = asyncio.Event()
+        watcher = client(servers, [servers.urls[1]])
+        rv = (await watcher.list(WIDGETS, namespace=ns)).resource_version
+        seen: list[tuple[str, int]] = []
+
+        async def watch() -> None:  # until cancelled; resumes after its last event
+            while True:
+                after = str(seen[-1][1]) if seen else rv
+                try:
+                    async with watcher.watch(WIDGETS, namespace=ns, resource_version=after, idle_timeout=10) as ev:
+                        async for e in ev:
+                            if e.type == "ADDED":
+                                seen.append((e.name, int(e.resource_version)))
+                except ClientError:
+                    await asyncio.sleep(0.05)  # back off before watching again
+
+        async def writer(n: int, url: str) -> None:
+            async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as c:
+                i = 0
+                while not stop.is_set():
+                    name = f"w{n}-{i}"
+                    try:
+                        r = await c.post(f"/apis/example.com/v1/namespaces/{ns}/widgets", json=widget(name))
+                    except httpx.TransportError:
+                        continue
+                    if r.status_code == 201:
+                        acked[name] = int(r.json()["metadata"]["resourceVersion"])
+                    elif r.status_code not in (409, 503, 504):
+                        raise AssertionError(f"unexpected {r.status_code}: {r.text}")
+                    i += 1
+
+        watching = asyncio.create_task(watch())
+        tasks = [asyncio.create_task(writer(n, servers.urls[n % 2])) for n in range(8)]
+        await eventually(lambda: len(acked) > 200, 30, "writes before the leader goes")
+        before = len(acked)
+        await asyncio.to_thread(cluster.stop_member, cluster.members[0], signal.SIGKILL)
+        await eventually(lambda: len(acked) > before + 200, 60, "writes after the leader went")
+        stop.set()
+        await asyncio.gather(*tasks)
+        async with httpx.AsyncClient(base_url=servers.urls[1], headers={"Authorization": f"Bearer {token}"},
+                                     timeout=30) as c:
+            r = await c.get(f"/apis/example.com/v1/namespaces/{ns}/widgets")
+            stored = {o["metadata"]["name"]: int(o["metadata"]["resourceVersion"]) for o in r.json()["items"]}
+        lost = [k for k, v in acked.items() if stored.get(k) != v]
+        assert not lost, f"{len(lost)} acknowledged writes lost"
+        await eventually(lambda: len(seen) >= len(stored), 60, "the watcher to see every stored object")
+        watching.cancel()
+        revs = [r for _, r in seen]
+        assert revs == sorted(revs) and len(set(revs)) == len(revs), "an event was repeated or reordered"
+        assert dict(seen) == stored
+        await watcher.aclose()
+    finally:
+        servers.stop()
         cluster.stop()

@@ -314,3 +314,44 @@ async def test_etcd_leader_stopped_under_two_servers(tmp_path: Path) -> None:
     finally:
         servers.stop()
         cluster.stop()
+
+
+async def test_compacted_history_is_410_on_every_server(tmp_path: Path, shared_store: str) -> None:
+    """Servers compacting a short history: a watch or read from a compacted revision gets 410
+    Gone through either server, and a list from the present works."""
+    servers = Servers(tmp_path / "data", shared_store, args=["--history-revisions", "20", "--history-seconds", "0",
+                                                             "--compact-interval", "0.2"]).start()
+    try:
+        ns = "compacted"
+        servers.ensure_namespace(ns)
+        a, b = (client(servers, [u]) for u in servers.urls)
+        try:
+            first = await a.create(WIDGETS, widget("first"), namespace=ns)
+            old = first["metadata"]["resourceVersion"]
+            for i in range(60):
+                await (a if i % 2 else b).create(WIDGETS, widget(f"w{i}"), namespace=ns)
+            path = f"/apis/example.com/v1/namespaces/{ns}/widgets"
+            token = servers.token
+            async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as h:
+
+                async def gone_everywhere() -> bool:
+                    for url in servers.urls:
+                        r = await h.get(url + path, params={"resourceVersion": old, "resourceVersionMatch": "Exact"})
+                        if r.status_code != 410:
+                            return False
+                    return True
+
+                await eventually(gone_everywhere, 30, "the first revision to be compacted on every server")
+                for url in servers.urls:
+                    async with h.stream("GET", url + path, params={"watch": "1", "resourceVersion": old}) as r:
+                        if r.status_code == 200:  # the error comes as the stream's one event
+                            line = await anext(r.aiter_lines())
+                            assert '"code":410' in line, line
+                        else:
+                            assert r.status_code == 410
+            assert len((await b.list(WIDGETS, namespace=ns)).items) == 61
+        finally:
+            await a.aclose()
+            await b.aclose()
+    finally:
+        servers.stop()

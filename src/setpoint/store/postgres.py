@@ -168,6 +168,7 @@ class PostgresBackend(Backend):
         self._write_slots = asyncio.Semaphore(max_pending_writes)
         self._writer_task: asyncio.Task[None] | None = None
         self._tailer_task: asyncio.Task[None] | None = None
+        self._resume_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._published = asyncio.Event()  # set whenever the hub's revision moves
         self._compacted = 0  # the newest compacted revision this server knows of
@@ -208,7 +209,7 @@ class PostgresBackend(Backend):
                 version = await conn.fetchval(self.sql.version)
                 if version != 1:
                     raise Unavailable(f"{self._where}: unknown schema version {version}")
-                revision, compacted, _ = await conn.fetchrow(self.sql.state)
+                revision, compacted, swept = await conn.fetchrow(self.sql.state)
             finally:
                 await conn.close()
             self._pool = await asyncpg.create_pool(
@@ -230,8 +231,8 @@ class PostgresBackend(Backend):
         self._state = _OPEN
         self._writer_task = asyncio.create_task(self._writer(), name="setpoint-pg-writer")
         self._tailer_task = asyncio.create_task(self._tailer(), name="setpoint-pg-tailer")
-        if compacted > _:  # an interrupted compaction: finish it in the background
-            asyncio.get_running_loop().create_task(self._resume_compaction())
+        if compacted > swept:  # an interrupted compaction: finish it in the background
+            self._resume_task = asyncio.create_task(self._resume_compaction(), name="setpoint-pg-compaction")
 
     async def _resume_compaction(self) -> None:
         with contextlib.suppress(StoreError):
@@ -250,10 +251,11 @@ class PostgresBackend(Backend):
         self._queue.put_nowait(None)  # the writer commits what is queued before it, then stops
         if self._writer_task is not None:
             await self._writer_task
-        if self._tailer_task is not None:
-            self._tailer_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._tailer_task
+        for task in (self._tailer_task, self._resume_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         self._hub.close(Unavailable(f"{self._where} is closed"))
         if self._writer_conn is not None:
             with contextlib.suppress(Exception):

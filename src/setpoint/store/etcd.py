@@ -263,11 +263,15 @@ class EtcdBackend(Backend):
 
     async def _find_compacted(self, current: int) -> int:
         """etcd tells the compacted revision only to a watch it cancels; find it by probing reads
-        (a binary search, so a few dozen requests at most) above what is already known."""
-        lo = self._compacted + 1  # etcd revision known not to be past the compaction point... maybe
+        (a binary search, so a few dozen requests at most) above what is already known.
+
+        etcd's compaction point E is its oldest readable revision; setpoint's compacted revision
+        is E - 1 in setpoint's numbering (etcd's E - 1 is setpoint's E - 2, gone; setpoint's
+        E - 1 is etcd's E, readable in etcd but compacted by the contract)."""
+        lo = self._compacted + 1  # etcd's number for the compaction point known so far
         if await self._readable(lo):
             return self._compacted
-        hi = current  # the current revision is always readable
+        hi = current  # etcd's current revision is always readable
         while lo + 1 < hi:  # invariant: lo is compacted, hi is readable
             mid = (lo + hi) // 2
             if await self._readable(mid):

@@ -82,6 +82,33 @@ async def test_slow_watcher_is_cut_off_and_fast_one_is_not(cache: WatchCache) ->
     assert [e["object"]["metadata"]["name"] for e in resumed] == [f"s{i}" for i in range(1, 60)]  # type: ignore[index]
 
 
+async def test_cut_off_watcher_gets_every_queued_line_before_it_ends(cache: WatchCache) -> None:
+    start = cache.revision
+    slow = cache.watch(PREFIX, PREFIX, None, start)
+    await cache.backend.create(f"{PREFIX}ns/q0", obj("q0"))
+    got = [await anext(slow)]
+    for i in range(1, 60):  # far more than the watcher's queue holds
+        await cache.backend.create(f"{PREFIX}ns/q{i}", obj(f"q{i}"))
+    await cache.wait_for(start + 60, 10)
+    with pytest.raises(WatcherClosed):
+        async with asyncio.timeout(10):
+            async for item in slow:
+                got.append(item)
+    names = [json.loads(line)["object"]["metadata"]["name"] for line, _ in got if line]
+    assert names == [f"q{i}" for i in range(len(names))]  # no line lost before the cut
+    last = got[-1][1]
+    while len(names) < 60:  # resume, as a client does, until caught up (each cut loses nothing)
+        with contextlib.suppress(WatcherClosed):
+            async with contextlib.aclosing(cache.watch(PREFIX, PREFIX, None, last)) as it:
+                async with asyncio.timeout(10):
+                    async for line, rev in it:
+                        names.append(json.loads(line)["object"]["metadata"]["name"])
+                        last = rev
+                        if len(names) == 60:
+                            break
+    assert names == [f"q{i}" for i in range(60)]
+
+
 async def test_resume_older_than_the_window_reads_the_store(cache: WatchCache) -> None:
     start = cache.revision
     for i in range(120):  # more than the window of 50

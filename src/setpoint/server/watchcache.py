@@ -112,7 +112,11 @@ class CacheWatcher:
         self.prefix = prefix
         self.key_prefix = key_prefix
         self.predicate = predicate
-        self.queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue(capacity)
+        # One slot more than the capacity, kept for the closing sentinel: a watcher cut off
+        # with a full queue still gets every line before it, so resuming from the last one it
+        # was sent loses nothing.
+        self.capacity = capacity
+        self.queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue(capacity + 1)
         self.closed_reason: str | None = None
 
     def offer(self, ev: CacheEvent) -> None:
@@ -134,21 +138,18 @@ class CacheWatcher:
                 etype = "DELETED"
             else:
                 return
-        try:
-            self.queue.put_nowait((watch_line(etype, ev.obj.raw), ev.revision))
-        except asyncio.QueueFull:
+        if self.queue.qsize() >= self.capacity:
             self.cache.watchers_cut += 1
             self.close("the watcher fell behind and was cut off; resume from the last resourceVersion")
+            return
+        self.queue.put_nowait((watch_line(etype, ev.obj.raw), ev.revision))
 
     def close(self, reason: str) -> None:
         if self.closed_reason is None:
             self.closed_reason = reason
             self.cache._unregister(self)
-            # Wake the consumer even when the queue is full: drop the oldest pending line; the
-            # consumer stops at the sentinel anyway, and resumes from the last revision it sent.
-            if self.queue.full():
-                with contextlib.suppress(asyncio.QueueEmpty):
-                    self.queue.get_nowait()
+            # The consumer sends what is queued, then stops at the sentinel; the client resumes
+            # from the last revision it was sent.
             self.queue.put_nowait(None)
 
 

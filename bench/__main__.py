@@ -486,6 +486,10 @@ class Bench:
             from bench import southbound
             with self.section("southbound"):
                 self.results["southbound"] = southbound.run(self)
+        if "clients" in p or not self.a.only:  # the kubernetes client and kopf as informers: bench/clients.py
+            from bench import clients
+            with self.section("clients"):
+                self.results["clients"] = clients.run(self, WIDGET_CRD)
         self.results["ratios"], self.results["targets"] = report.ratios(self.results)
 
 

@@ -128,6 +128,12 @@ class ResourceHandlers:
         if rtype.plural == "namespaces":
             info.namespace = ""
         verb = info.verb
+        if verb == "get":
+            return await self.get(request, info, rtype)
+        if verb == "list":
+            return await self.list(request, info, rtype)
+        if verb == "watch":
+            return await self.watch(request, info, rtype)
         if request.scope["query_string"] and verb in ("create", "update", "patch"):
             q = request.query_params
             fv = q.get("fieldValidation")
@@ -136,34 +142,26 @@ class ResourceHandlers:
                     raise BadRequest(f'fieldValidation "{fv}" is invalid: must be one of Ignore, Warn or Strict')
                 info.field_validation = fv
             info.field_manager = q.get("fieldManager", "")
-        if verb in ("update", "patch"):
+        if verb == "create":
+            if info.name and not info.subresource:
+                raise NotFound("the server could not find the requested resource")
+            response = await self.create(request, info, rtype)
+        elif verb == "update":
             info.user_agent = request.headers.get("user-agent", "")
-        response = await self._dispatch(request, info, rtype, verb)
+            response = await self.update(request, info, rtype)
+        elif verb == "patch":
+            info.user_agent = request.headers.get("user-agent", "")
+            response = await self.patch(request, info, rtype)
+        elif verb == "delete":
+            response = await self.delete(request, info, rtype)
+        elif verb == "deletecollection":
+            response = await self.delete_collection(request, info, rtype)
+        else:
+            raise APIError(f"verb {verb} is not supported")
         if info.warnings:
             for w in info.warnings:
                 response.headers.append("Warning", w)
         return response
-
-    async def _dispatch(self, request: Request, info: RequestInfo, rtype: ResourceType, verb: str) -> Response:
-        if verb == "get":
-            return await self.get(request, info, rtype)
-        if verb == "list":
-            return await self.list(request, info, rtype)
-        if verb == "watch":
-            return await self.watch(request, info, rtype)
-        if verb == "create":
-            if info.name and not info.subresource:
-                raise NotFound("the server could not find the requested resource")
-            return await self.create(request, info, rtype)
-        if verb == "update":
-            return await self.update(request, info, rtype)
-        if verb == "patch":
-            return await self.patch(request, info, rtype)
-        if verb == "delete":
-            return await self.delete(request, info, rtype)
-        if verb == "deletecollection":
-            return await self.delete_collection(request, info, rtype)
-        raise APIError(f"verb {verb} is not supported")
 
     # ---- helpers ------------------------------------------------------------------------------
 

@@ -304,3 +304,24 @@ def test_reapply_builtin_kinds_client_side(k: Kubectl) -> None:
     ns["metadata"]["labels"] = {"team": "a"}
     assert "configured" in k.apply(ns)
     assert k.json("get", "ns", name)["metadata"]["labels"]["team"] == "a"
+
+
+def test_table_response_shape(tls_server: ServerProcess, k: Kubectl) -> None:
+    k.apply(widget("t1", 4))
+    accept = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+    base = f"/apis/example.com/v1/namespaces/{k.namespace}/widgets"
+    with http(tls_server) as c:
+        t = c.get(base, headers={"Accept": accept}).json()
+        assert t["kind"] == "Table" and t["apiVersion"] == "meta.k8s.io/v1"
+        assert [col["name"] for col in t["columnDefinitions"]] == ["Name", "Size", "Color", "Ready", "Age"]
+        assert t["columnDefinitions"][0]["format"] == "name" and t["columnDefinitions"][2]["priority"] == 1
+        row = next(r for r in t["rows"] if r["cells"][0] == "t1")
+        assert row["cells"][1:4] == [4, "blue", None]
+        assert row["object"]["kind"] == "PartialObjectMetadata" and row["object"]["metadata"]["name"] == "t1"
+        assert t["metadata"]["resourceVersion"]
+        one = c.get(f"{base}/t1", params={"includeObject": "Object"}, headers={"Accept": accept}).json()
+        assert one["rows"][0]["object"]["spec"]["size"] == 4
+        none = c.get(f"{base}/t1", params={"includeObject": "None"}, headers={"Accept": accept}).json()
+        assert "object" not in none["rows"][0]
+        # Without the Table media type, the same request is the plain object.
+        assert c.get(f"{base}/t1").json()["kind"] == "Widget"

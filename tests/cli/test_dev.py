@@ -29,7 +29,7 @@ def test_dev_brings_up_server_controllers_agent_and_example(tmp_path: Path) -> N
             assert time.monotonic() < deadline, out.read_text()
             time.sleep(0.1)  # reading another process's output: nothing to wait on but the file
         text = out.read_text()
-        assert re.search(r"setpoint is running at http://127\.0\.0\.1:\d+", text)
+        assert re.search(r"setpoint is running at https://127\.0\.0\.1:\d+", text)
         assert "ProcessSet/web" in text
         kubeconfig = tmp_path / "sp" / "kubeconfig.yaml"
         deadline = time.monotonic() + 60
@@ -42,6 +42,12 @@ def test_dev_brings_up_server_controllers_agent_and_example(tmp_path: Path) -> N
             assert time.monotonic() < deadline, r.stdout + r.stderr
             time.sleep(0.2)
         assert obj["status"]["readyReplicas"] == 2 and obj["spec"]["nodeName"] == "local"
+        # kubectl works with the kubeconfig as written (it sends tokens over TLS only).
+        kubectl = Path(sys.executable).parent / "kubectl"
+        if kubectl.exists():
+            r = subprocess.run([str(kubectl), "--kubeconfig", str(kubeconfig), "get", "processsets", "web",
+                                "-o", "jsonpath={.status.readyReplicas}"], capture_output=True, text=True)
+            assert r.returncode == 0 and r.stdout == "2", r.stderr
         pids = [p["pid"] for p in obj["status"]["processes"]]
     finally:
         proc.send_signal(signal.SIGINT)

@@ -54,7 +54,8 @@ def dev(
     server_log.write_bytes(b"")
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        procs.append(_spawn(["serve", "--data-dir", str(data_dir), "--log-level", "info"], server_log))
+        procs.append(_spawn(["serve", "--data-dir", str(data_dir), "--log-level", "info", "--tls-self-signed"],
+                            server_log))
         url = _wait_for_url(server_log, procs[0])
         admin = data_dir / "kubeconfig.yaml"
         node_config = data_dir / f"kubeconfig-node-{node}.yaml"
@@ -117,7 +118,8 @@ async def _apply(kubeconfig: Path, docs: list[dict[str, Any]]) -> list[str]:
 def _announce(url: str, kubeconfig: Path, applied: list[str], logs: Path) -> None:
     config = yaml.safe_load(kubeconfig.read_text())
     token = config["users"][0]["user"]["token"]
-    console.print(f"setpoint is running at [bold]{url}[/bold]", highlight=False)
+    console.print(f"setpoint is running at [bold]{url}[/bold] (TLS with its own certificate, trusted by the "
+                  "kubeconfig)", highlight=False)
     console.print(f"kubeconfig: {kubeconfig}   logs: {logs}/", highlight=False)
     if applied:
         console.print(f"applied: {', '.join(applied)} (two web servers on node local)", highlight=False)
@@ -125,6 +127,7 @@ def _announce(url: str, kubeconfig: Path, applied: list[str], logs: Path) -> Non
     console.print(f"  setpoint get processsets --kubeconfig {kubeconfig}", highlight=False)
     console.print(f"  setpoint apply --wait -f examples/processset.yaml --kubeconfig {kubeconfig}"
                   "   # after changing replicas: 2 -> 3", highlight=False)
-    console.print(f"  curl -s -H 'Authorization: Bearer {token}' "
+    console.print(f"  kubectl --kubeconfig {kubeconfig} get processsets -w", highlight=False)
+    console.print(f"  curl -s --cacert {kubeconfig.parent / 'tls.crt'} -H 'Authorization: Bearer {token}' "
                   f"{url}/apis/setpoint.dev/v1alpha1/namespaces/default/processsets/web", highlight=False)
     console.print("Ctrl-C stops everything.", highlight=False)

@@ -59,6 +59,9 @@ def serve(
         "postgresql://user@host:port/db[?schema=name], etcd://host:port[,host:port...]."))] = "",
     tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    tls_self_signed: Annotated[bool, typer.Option(
+        help="Serve HTTPS with a certificate made for this server (DATA_DIR/tls.crt), trusted by the "
+             "kubeconfig it writes. kubectl needs TLS: it never sends a token over plain HTTP.")] = False,
     insecure: Annotated[bool, typer.Option(
         help="Allow plain HTTP on a non-loopback address.")] = False,
     token_file: Annotated[Path | None, typer.Option(
@@ -89,9 +92,14 @@ def serve(
     host, _, port_s = listen.rpartition(":") if listen else ("127.0.0.1", "", "")
     host = host.strip("[]") or "127.0.0.1"
     port = int(port_s) if port_s else None
-    tls = tls_cert is not None and tls_key is not None
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("--tls-cert and --tls-key go together", param_hint="--tls-cert")
+    if tls_self_signed and tls_cert is None:
+        from setpoint.server.tls import ensure_self_signed
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        tls_cert, tls_key = ensure_self_signed(data_dir, host)
+    tls = tls_cert is not None and tls_key is not None
     if not _is_loopback(host) and not tls and not insecure:
         console.print(f"[red]refusing to serve plain HTTP on {host}[/red]: bearer tokens would cross the "
                       "network in clear text. Give --tls-cert/--tls-key, or --insecure if you mean it.")

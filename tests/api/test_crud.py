@@ -292,3 +292,27 @@ def test_every_bundled_crd_is_valid() -> None:
 
     kinds = {resource_type_from_crd(crd, compile_schema).kind for crd in bundled_crds()}
     assert {"ProcessSet", "Node"} <= kinds
+
+
+def test_concurrent_patches_without_resource_version_all_land(server: ServerProcess, namespace: str) -> None:
+    import asyncio
+
+    async def main() -> list[int]:
+        async with server.client() as c:
+            await c.post(wpath(namespace), json=widget("hot"))
+            sem = asyncio.Semaphore(32)
+
+            async def bump(i: int) -> int:
+                async with sem:
+                    r = await c.patch(wpath(namespace, "hot"),
+                                      content=f'{{"metadata":{{"annotations":{{"a{i}":"x"}}}}}}'.encode(),
+                                      headers={"Content-Type": "application/merge-patch+json"})
+                    return r.status_code
+
+            return await asyncio.gather(*(bump(i) for i in range(300)))
+
+    codes = asyncio.run(main())
+    assert set(codes) == {200}, sorted(set(codes))
+    with server.sync_client() as c:
+        annotations = c.get(wpath(namespace, "hot")).json()["metadata"]["annotations"]
+    assert all(f"a{i}" in annotations for i in range(300))

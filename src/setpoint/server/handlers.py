@@ -65,7 +65,9 @@ from setpoint.store import (
 log = logging.getLogger(__name__)
 
 JSON_MEDIA = "application/json"
-MAX_CONFLICT_RETRIES = 8
+# A write without a client precondition (a patch, a finalizer change) retries on a fresh read
+# until it lands, as Kubernetes does; the bound only stops a pathological livelock.
+MAX_CONFLICT_RETRIES = 200
 NAMESPACE_KEY_PREFIX = "/registry/core/namespaces/"
 
 

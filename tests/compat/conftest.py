@@ -1,7 +1,7 @@
 """Real Kubernetes clients against a real ``setpoint serve``: kubectl, the official Python client, kopf.
 
 kubectl (like every client-go program) sends bearer tokens only over TLS, so these servers run
-with a throwaway self-signed certificate; the kubeconfig ``setpoint serve`` writes trusts it.
+with ``--tls-self-signed``; the kubeconfig ``setpoint serve`` writes trusts that certificate.
 """
 
 from __future__ import annotations
@@ -31,20 +31,9 @@ BAD_STDERR = ("Warning", "warning", "couldn't get", "failed to download openapi"
               "unable to retrieve", "the server could not find")
 
 
-def make_cert(directory: Path) -> tuple[Path, Path]:
-    cert, key = directory / "tls.crt", directory / "tls.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=setpoint",
-         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
-        check=True, capture_output=True)
-    return cert, key
-
-
 def start_tls_server(directory: Path, *args: str) -> ServerProcess:
-    cert, key = make_cert(directory)
-    data = directory / "data"
-    return ServerProcess(data, args=["--tls-cert", str(cert), "--tls-key", str(key), *args]).start()
+    """A server with the certificate ``serve --tls-self-signed`` makes (DATA_DIR/tls.crt)."""
+    return ServerProcess(directory / "data", args=["--tls-self-signed", *args]).start()
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ def k(kubectl: Kubectl) -> Kubectl:
 
 @pytest.fixture(scope="module")
 def c(tls_server: ServerProcess) -> Iterator[httpx.Client]:
-    ca = ssl.create_default_context(cafile=str(tls_server.data_dir.parent / "tls.crt"))
+    ca = ssl.create_default_context(cafile=str(tls_server.data_dir / "tls.crt"))
     with httpx.Client(base_url=tls_server.url, headers=tls_server.headers, verify=ca, timeout=30) as client:
         yield client
 

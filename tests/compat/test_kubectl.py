@@ -38,7 +38,7 @@ def k(kubectl: Kubectl) -> Kubectl:
 
 
 def http(server: ServerProcess) -> httpx.Client:
-    ca = ssl.create_default_context(cafile=str(server.data_dir.parent / "tls.crt"))
+    ca = ssl.create_default_context(cafile=str(server.data_dir / "tls.crt"))
     return httpx.Client(base_url=server.url, headers=server.headers, verify=ca, timeout=30)
 
 

@@ -50,10 +50,11 @@ def test_dev_brings_up_server_controllers_agent_and_example(tmp_path: Path) -> N
             assert r.returncode == 0 and r.stdout == "2", r.stderr
         pids = [p["pid"] for p in obj["status"]["processes"]]
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)  # it gives its children 10 s to stop, then kills them
     # Everything it started has stopped; the example's processes keep running (they belong to
     # the node, not to the agent process) until the ProcessSet is deleted or the agent cleans up.
     assert proc.returncode in (0, 1, 130)
+    assert "stopping" in out.read_text()
     for pid in pids:
         os.kill(pid, signal.SIGKILL)

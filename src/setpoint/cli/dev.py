@@ -28,15 +28,20 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen[bytes]:
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+def _stop(procs: list[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
+    """SIGTERM to all at once; whatever has not exited within ``grace`` seconds is killed."""
+    import time
+
     for p in reversed(procs):
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace
     for p in reversed(procs):
         try:
-            p.wait(timeout=10)
+            p.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             p.kill()
+            p.wait()
 
 
 @app.command()
@@ -47,6 +52,10 @@ def dev(
     node: Annotated[str, typer.Option(help="The demo agent's node name.")] = "local",
 ) -> None:
     """Run the control plane, a controller-manager and one agent, and apply an example."""
+    # Ctrl-C and SIGTERM both stop everything in order, even when started with SIGINT ignored
+    # (as a background job of a non-interactive shell is).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     data_dir.mkdir(parents=True, exist_ok=True)
     logs = data_dir / "logs"
     logs.mkdir(exist_ok=True)
@@ -78,6 +87,10 @@ def dev(
         console.print("stopping…")
     finally:
         _stop(procs)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _wait_for_url(log: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> str:

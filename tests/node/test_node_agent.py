@@ -59,10 +59,10 @@ class Agent:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = state_dir.parent / f"agent-{node}.log"
 
-    def start(self) -> Agent:
+    def start(self, *extra: str) -> Agent:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "setpoint", "agent", "--node", self.node, "--kubeconfig", str(self.kubeconfig),
-             "--state-dir", str(self.state_dir), "--heartbeat", "0.5", "--lease-duration", "3"],
+             "--state-dir", str(self.state_dir), "--heartbeat", "0.5", "--lease-duration", "3", *extra],
             stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
         return self
 
@@ -316,3 +316,24 @@ async def test_scheduler_spreads_and_avoids_lost_nodes(
         for uid in uids:
             for pid in processes_of(uid):
                 os.kill(pid, signal.SIGKILL)
+
+
+async def test_agent_with_several_servers_uses_the_one_that_answers(
+    cluster: tuple[ServerProcess, Path], admin: Client
+) -> None:
+    import socket
+
+    srv, tmp = cluster
+    with socket.socket() as s:  # a port nothing listens on: the first server is "down"
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    agent = Agent(srv, "n1", tmp / "agent").start("--server", dead, "--server", srv.url)
+    uid = ""
+    try:
+        ps = await admin.create(PROCESSSETS, processset("multi", 2), namespace="default")
+        uid = ps["metadata"]["uid"]
+        await eventually(lambda: converged_with(admin, "multi", 2), timeout=30, what="converged via the second server")
+    finally:
+        agent.kill()
+        for pid in processes_of(uid) if uid else []:
+            os.kill(pid, signal.SIGKILL)

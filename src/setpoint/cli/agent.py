@@ -16,11 +16,24 @@ KubeconfigOpt = Annotated[Path | None, typer.Option(
     help="kubeconfig to use (default: $KUBECONFIG, ~/.kube/config, .setpoint/kubeconfig.yaml).")]
 
 
-def _client_config(kubeconfig: Path | None):  # type: ignore[no-untyped-def]
+ServersOpt = Annotated[list[str] | None, typer.Option(
+    "--server", help="An API server URL; repeat it to list several servers of one control plane, "
+                     "tried in order (overrides the kubeconfig's server).")]
+
+
+def _client_config(kubeconfig: Path | None, servers: list[str] | None = None):  # type: ignore[no-untyped-def]
+    """The kubeconfig's credentials, optionally against several servers: an agent whose server
+    dies reconnects to the next and resumes its watches from the last resourceVersion."""
+    import dataclasses
+
     from setpoint.client import ClientConfig, ConfigError
 
     try:
-        return ClientConfig.from_kubeconfig(kubeconfig)
+        config = ClientConfig.from_kubeconfig(kubeconfig)
+        if servers:
+            fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name != "servers"}
+            config = ClientConfig(servers, **fields)
+        return config
     except ConfigError as e:
         console.print(f"[red]{e}[/red]")
         raise typer.Exit(2) from None
@@ -39,6 +52,7 @@ def _run(coro_factory) -> None:  # type: ignore[no-untyped-def]
 def agent(
     node: Annotated[str, typer.Option(help="The node name this agent registers as.")] = "",
     kubeconfig: KubeconfigOpt = None,
+    server: ServersOpt = None,
     state_dir: Annotated[Path | None, typer.Option(
         help="Where the agent keeps process state (default: .setpoint/agent-NODE).")] = None,
     workers: Annotated[int, typer.Option(help="Concurrent reconciles.")] = 4,
@@ -54,7 +68,7 @@ def agent(
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     node = node or socket.gethostname()
-    config = _client_config(kubeconfig)
+    config = _client_config(kubeconfig, server)
     directory = state_dir or Path(".setpoint") / f"agent-{node}"
 
     async def main() -> None:
@@ -69,6 +83,7 @@ def agent(
 @app.command("controller-manager")
 def controller_manager(
     kubeconfig: KubeconfigOpt = None,
+    server: ServersOpt = None,
     identity: Annotated[str, typer.Option(help="This replica's name in leader election.")] = "",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
@@ -78,7 +93,7 @@ def controller_manager(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    config = _client_config(kubeconfig)
+    config = _client_config(kubeconfig, server)
     ident = identity or f"{socket.gethostname()}-{os.getpid()}"
 
     async def main() -> None:

@@ -9,7 +9,6 @@ a bounded queue, and dropped (with a counter) when the queue is full.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 from collections import OrderedDict
@@ -17,6 +16,7 @@ from typing import Any
 
 from setpoint.agent.conditions import now_micro, now_rfc3339
 from setpoint.client import Client, ClientError, NotFound, Resource
+from setpoint.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,8 @@ class EventRecorder:
             self._task = asyncio.create_task(self._run(), name=f"events-{self.component}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def event(self, obj: Object, type_: str, reason: str, message: str) -> None:
         """Record an event about ``obj`` (``type_`` is "Normal" or "Warning"); never blocks."""

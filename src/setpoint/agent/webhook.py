@@ -23,6 +23,7 @@ import httpx
 import msgspec
 
 from setpoint.agent.alerts import Alert
+from setpoint.tasks import cancel_and_wait
 
 log = logging.getLogger("setpoint.alerts")
 
@@ -79,11 +80,8 @@ class WebhookAlertSink:
     async def aclose(self, timeout: float = 5.0) -> None:
         """Post what is queued (up to ``timeout`` seconds), then stop."""
         await self.drain(timeout)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         async with httpx.AsyncClient(timeout=self._timeout, headers=self._headers,

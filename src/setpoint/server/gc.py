@@ -31,6 +31,7 @@ from setpoint.server.errors import APIError, NotFound
 from setpoint.server.paths import RequestInfo
 from setpoint.server.resources import ResourceType
 from setpoint.store import StoreError
+from setpoint.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from setpoint.server.handlers import ResourceHandlers
@@ -78,11 +79,8 @@ class GarbageCollector:
         self._task = asyncio.create_task(self._run(), name="garbage-collector")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def wake(self) -> None:
         self._wake.set()

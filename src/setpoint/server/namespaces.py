@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from setpoint.server.errors import APIError
 from setpoint.server.objects import decode_stored, for_storage
 from setpoint.store import KeyNotFound, RevisionMismatch, StoreError
+from setpoint.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from setpoint.server.handlers import ResourceHandlers
@@ -53,11 +54,8 @@ class NamespaceFinalizer:
         self._task = asyncio.create_task(self._run(), name="namespace-finalizer")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

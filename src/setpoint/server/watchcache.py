@@ -24,6 +24,7 @@ import msgspec
 
 from setpoint.server.objects import decode_stored, encode
 from setpoint.store import Backend, Compacted, Event, KeyValue, StoreError
+from setpoint.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 _decoder = msgspec.json.Decoder()
@@ -180,11 +181,8 @@ class WatchCache:
         self._task = asyncio.create_task(self._run(), name="watch-cache")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         self.close_watchers("the server is shutting down")
 
     def close_watchers(self, reason: str) -> None:

@@ -96,6 +96,7 @@ class ResourceHandlers:
         self.registry = registry
         self.idem = idempotency_cache
         self.settings = settings
+        self._namespace_state: dict[str, tuple[int, bool]] = {}  # namespace -> (revision, terminating)
         cache.add_hook(f"/registry/{CRD_GROUP}/customresourcedefinitions/", self._crd_event)
 
     # ---- CRDs ---------------------------------------------------------------------------------
@@ -221,11 +222,21 @@ class ResourceHandlers:
         return decode_stored(kv) if kv is not None else None
 
     async def _require_namespace(self, namespace: str) -> None:
-        ns = await self._namespace_obj(namespace)
-        if ns is None:
-            raise NotFound(f'namespaces "{namespace}" not found', details_name=namespace,
-                           details_kind="namespaces")
-        if ns["metadata"].get("deletionTimestamp"):
+        cached = self.cache.get(NAMESPACE_KEY_PREFIX + namespace)
+        seen = self._namespace_state.get(namespace)
+        if cached is not None and seen is not None and seen[0] == cached.revision:
+            terminating = seen[1]  # every create checks its namespace: don't decode it each time
+        else:
+            ns = cached.obj if cached is not None else await self._namespace_obj(namespace)
+            if ns is None:
+                raise NotFound(f'namespaces "{namespace}" not found', details_name=namespace,
+                               details_kind="namespaces")
+            terminating = bool(ns["metadata"].get("deletionTimestamp"))
+            if cached is not None:
+                if len(self._namespace_state) > 10_000:
+                    self._namespace_state.clear()
+                self._namespace_state[namespace] = (cached.revision, terminating)
+        if terminating:
             raise Forbidden(
                 f"unable to create new content in namespace {namespace} because it is being terminated",
                 details_name=namespace, details_kind="namespaces",

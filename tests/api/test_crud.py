@@ -26,6 +26,9 @@ def test_default_namespace_and_discovery(c: httpx.Client, namespace: str) -> Non
     res = c.get("/apis/example.com/v1").json()
     assert {r["name"] for r in res["resources"]} == {"widgets", "widgets/status"}
     assert c.get("/version").json()["major"] == "1"
+    legacy = c.get("/api").json()
+    assert legacy["kind"] == "APIVersions" and legacy["versions"] == ["v1"]
+    assert {r["name"] for r in c.get("/api/v1").json()["resources"]} >= {"namespaces", "events"}
 
 
 def test_crd_is_servable_at_once(c: httpx.Client, namespace: str) -> None:

@@ -116,6 +116,12 @@ def test_openapi_documents_follow_crds(tls_server: ServerProcess, k: Kubectl) ->
         root2 = c.get("/openapi/v3").json()["paths"]
         assert "apis/example.net/v1" in root2
         assert "net.example.v1.Gizmo" in c.get("/openapi/v2").json()["definitions"]
+        # A changed schema is in the documents at once too.
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["shine"] = {
+            "type": "boolean"}
+        k.apply(crd)
+        gizmo_gv = c.get(c.get("/openapi/v3").json()["paths"]["apis/example.net/v1"]["serverRelativeURL"]).json()
+        assert "shine" in gizmo_gv["components"]["schemas"]["net.example.v1.Gizmo"]["properties"]["spec"]["properties"]
         k("delete", "crd", crd["metadata"]["name"], namespaced=False)
         assert "apis/example.net/v1" not in c.get("/openapi/v3").json()["paths"]
 
@@ -164,7 +170,18 @@ def test_apply_client_side_and_get_formats(k: Kubectl) -> None:
     assert k("get", "wd", "-l", "nothing=here").strip() == ""
 
 
-def test_table_for_every_kind(k: Kubectl) -> None:
+def test_table_for_every_kind(tls_server: ServerProcess, k: Kubectl) -> None:
+    table = {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"}
+    paths = ("/api/v1/namespaces", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
+             "/apis/coordination.k8s.io/v1/leases", "/api/v1/events", "/apis/setpoint.dev/v1alpha1/nodes",
+             "/apis/setpoint.dev/v1alpha1/processsets", "/apis/example.com/v1/widgets")
+    with http(tls_server) as c:
+        for path in paths:
+            body = c.get(path, headers=table).json()
+            assert body["kind"] == "Table" and body["apiVersion"] == "meta.k8s.io/v1", (path, body)
+            first = body["columnDefinitions"][0]["name"]
+            assert first == ("Last Seen" if path.endswith("/events") else "Name"), (path, first)  # as Kubernetes
+            assert all(len(row["cells"]) == len(body["columnDefinitions"]) for row in body["rows"]), path
     for resource in ("namespaces", "customresourcedefinitions", "leases", "events", "nodes",
                      "processsets", "widgets"):
         out = k("get", resource, "-A")

@@ -179,3 +179,25 @@ async def test_driver_observes_after_an_uncertain_put(scripted: Scripted) -> Non
     assert done["n.kettle"].phase == "Ready"
     assert [m for m, *_ in scripted.seen] == ["GET", "PUT", "GET"]
     assert driver.stats.uncertain == 1 and driver.stats.confirmed_after_uncertain == 1
+
+
+async def test_connection_lost_after_sending_is_uncertain() -> None:
+    """The driver read the whole request and hung up: it may have acted."""
+    received = asyncio.Event()
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        received.set()
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with bridge(f"http://127.0.0.1:{port}") as b:
+            with pytest.raises(Transient) as info:
+                await b.put("kettle", {"on": True}, Owner("u"), OP)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert received.is_set()
+    assert info.value.uncertain, info.value.reason

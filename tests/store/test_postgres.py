@@ -246,8 +246,22 @@ async def test_concurrent_first_start(harness: PostgresHarness) -> None:
             await b.close()
 
 
-def test_asyncpg_is_the_driver() -> None:
-    assert asyncpg.__version__
+async def test_notifications_wake_watchers_on_another_server(harness: PostgresHarness) -> None:
+    """With the safety-net poll an hour away, only LISTEN/NOTIFY can bring B a write made on A."""
+    a = await harness.open("notify", poll_interval=3600.0)
+    b = await harness.open("notify", poll_interval=3600.0)
+    try:
+        stream = b.watch("/n/", await b.current_revision())
+        try:
+            kv = await a.create("/n/1", b"x")
+            async with asyncio.timeout(10):
+                events = await collect(stream, kv.mod_revision)
+            assert [e.kv for e in events] == [kv]
+        finally:
+            await aclose(stream)
+    finally:
+        await a.close()
+        await b.close()
 
 
 async def test_compaction_holds_no_lock_writers_need(harness: PostgresHarness, postgres: PostgresServer) -> None:
@@ -382,7 +396,6 @@ async def test_lost_reply_is_resolved_by_batch_id(harness: PostgresHarness, comm
         stream = b.watch("/l/", base)
         b._writer_connection = _LosesOneReply(b, run_it=committed)  # type: ignore[method-assign]
         ops = [b.create("/l/a", b"1"), b.create("/l/exists", b"again"), b.create("/l/b", b"2")]
-        await asyncio.sleep(0)  # let all three queue, so they go in one batch
         results = await asyncio.gather(*ops, return_exceptions=True)
         if committed:
             a, exists, bb = results

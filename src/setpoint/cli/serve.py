@@ -86,6 +86,7 @@ def serve(
     from setpoint.server.app import Server, ServerOptions
     from setpoint.server.bootstrap import ensure_policy, ensure_tokens, write_kubeconfig
     from setpoint.server.handlers import Settings
+    from setpoint.server.protocol import protocol_for
     from setpoint.store import open_backend
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -139,7 +140,7 @@ def serve(
     gc.set_threshold(20_000, 50, 100)
     server = Server(backend, options)
     config = uvicorn.Config(
-        server.app, loop="uvloop", http="httptools", lifespan="on", access_log=False, interface="asgi3",
+        server.app, loop="uvloop", http=protocol_for(server), lifespan="on", access_log=False, interface="asgi3",
         log_level=log_level, timeout_graceful_shutdown=3,
         # setpoint does not trust X-Forwarded-* headers (no proxy-aware logic), so skip the middleware.
         proxy_headers=False,

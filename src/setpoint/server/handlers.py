@@ -11,6 +11,7 @@ import asyncio
 import base64
 import copy
 import logging
+import re
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -69,6 +70,18 @@ JSON_MEDIA = "application/json"
 # until it lands, as Kubernetes does; the bound only stops a pathological livelock.
 MAX_CONFLICT_RETRIES = 200
 NAMESPACE_KEY_PREFIX = "/registry/core/namespaces/"
+
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def warning_header(text: str) -> str:
+    """A ``Warning: 299`` header value (RFC 7234) as kube-apiserver sends it. The text names
+    fields from the request body, which may hold any character: control characters are escaped
+    (a raw newline would end the header block) and so is what is not ASCII."""
+    text = text.replace("\\", "\\\\").replace('"', '\\"')
+    text = _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return '299 - "' + text.encode("ascii", "backslashreplace").decode("ascii") + '"'
 
 
 def json_response(body: Any, status: int = 200) -> Response:
@@ -265,7 +278,7 @@ class ResourceHandlers:
             raise BadRequest("strict decoding error: " + ", ".join(texts))
         if info.warnings is None:
             info.warnings = []
-        info.warnings.extend('299 - "' + t.replace('"', '\\"') + '"' for t in texts)
+        info.warnings.extend(warning_header(t) for t in texts)
 
     def _with_version(self, obj: dict[str, Any], rtype: ResourceType, version: str) -> dict[str, Any]:
         if version != rtype.storage_version:

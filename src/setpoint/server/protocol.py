@@ -1,0 +1,118 @@
+"""The HTTP/1.1 connection protocol: uvicorn's httptools protocol, with whole API responses
+written in one piece.
+
+Why: on the create path a fifth of the server's CPU went into the response, not the work:
+Starlette turning the response into two ASGI messages, uvicorn checking each header of each
+message, and two ``write(2)`` calls (status line and headers, then the body), each a trip
+through the TCP stack that wakes the client. An API response whose body is already complete
+(everything but watch streams) is written here as one buffer, straight from the
+``Response``, without the ASGI messages. Requests are still parsed by uvicorn; streaming
+responses, health, metrics and OpenAPI still go through ASGI.
+
+uvicorn takes a protocol class for ``Config(http=...)``; this one overrides the single hook
+where a parsed request becomes a task (``_start_asgi_task``). Should a uvicorn release drop
+that hook, :func:`protocol_for` returns uvicorn's own protocol and everything still works,
+only slower (``tests/api/test_protocol.py`` notices).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import re
+from typing import Any, cast
+
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from setpoint.server.app import API_PREFIXES, Server
+
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # what may not appear in a header value
+
+
+def _status_line(code: int) -> bytes:
+    try:
+        phrase = http.HTTPStatus(code).phrase
+    except ValueError:
+        phrase = ""
+    return f"HTTP/1.1 {code} {phrase}\r\n".encode("latin-1")
+
+
+_STATUS_LINES = {code: _status_line(code) for code in range(100, 600)}
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+class APIProtocol(HttpToolsProtocol):
+    """One connection. ``api`` is set on the subclass :func:`protocol_for` makes."""
+
+    api: Server
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        # ``app`` is uvicorn's 503 responder when over the concurrency limit: leave that to it.
+        if app is not self.app or not cycle.scope["path"].startswith(API_PREFIXES):
+            super()._start_asgi_task(cycle, app)
+            return
+        task = self.loop.create_task(self._answer(cycle))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    async def _answer(self, cycle: RequestResponseCycle) -> None:
+        """What uvicorn's ``run_asgi`` does for the API path, without the ASGI messages."""
+        scope = cast(Scope, cycle.scope)
+        receive, send = cast(Receive, cycle.receive), cast(Send, cycle.send)
+        try:
+            response = await self.api.endpoint(Request(scope, receive, send))
+            if isinstance(response, StreamingResponse) or response.background is not None:
+                await response(scope, receive, send)
+            else:
+                await self._write_whole(cycle, response)
+        except BaseException as exc:
+            self.logger.error("Exception in ASGI application\n", exc_info=exc)
+            if not cycle.response_started:
+                await cycle.send_500_response()
+            else:
+                self.transport.close()
+        else:
+            if not cycle.response_complete and not cycle.disconnected:
+                self.logger.error("ASGI callable returned without completing response.")
+                self.transport.close()
+        finally:
+            cycle.on_response = lambda: None
+
+    async def _write_whole(self, cycle: RequestResponseCycle, response: Response) -> None:
+        if cycle.flow.write_paused and not cycle.disconnected:
+            await cycle.flow.drain()  # the client is not reading: wait, don't buffer without bound
+        if cycle.disconnected:
+            return
+        status = response.status_code
+        parts: list[bytes | memoryview] = [_STATUS_LINES.get(status) or _status_line(status)]
+        for name, value in self.server_state.default_headers:
+            parts += (name, b": ", value, b"\r\n")
+        for name, value in response.raw_headers:
+            if _BAD_VALUE.search(value):
+                # Response splitting: a header value must never end the header block.
+                raise RuntimeError(f"invalid value for HTTP header {name!r}")
+            if name == b"connection" and b"close" in value.lower():
+                cycle.keep_alive = False
+                continue
+            parts += (name, b": ", value, b"\r\n")
+        parts.append(b"\r\n" if cycle.keep_alive else b"connection: close\r\n\r\n")
+        if cycle.scope["method"] != "HEAD" and status not in _NO_BODY_STATUS:
+            parts.append(response.body)
+        cycle.response_started = True
+        cycle.waiting_for_100_continue = False
+        self.transport.write(b"".join(parts))
+        cycle.response_complete = True
+        cycle.message_event.set()
+        if not cycle.keep_alive:
+            self.transport.close()
+        cycle.on_response()
+
+
+def protocol_for(server: Server) -> type[asyncio.Protocol] | str:
+    """The ``http`` argument for ``uvicorn.Config`` that serves ``server``."""
+    if not callable(getattr(HttpToolsProtocol, "_start_asgi_task", None)):
+        return "httptools"
+    return type("APIProtocol", (APIProtocol,), {"api": server})

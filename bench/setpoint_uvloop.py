@@ -10,7 +10,9 @@ it changes nothing. It is also the place for experiments on the server process:
 
 - ``BENCH_GC_THRESHOLD=a,b,c``: ``gc.set_threshold(a, b, c)`` before serving;
 - ``BENCH_GC_REPORT=1``: time every garbage collection and print a summary line
-  (``gc: gen0 n=... total=...ms max=...ms ...``, cumulative) every 2 s or so.
+  (``gc: gen0 n=... total=...ms max=...ms ...``, cumulative) every 2 s or so;
+- ``BENCH_EXPERIMENT=file.py``: run that file first, in the server process, to patch something
+  for an A/B comparison against the unpatched server.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import runpy
 import sys
 import time
 from collections.abc import Coroutine
@@ -61,6 +64,8 @@ if __name__ == "__main__":
         gc.set_threshold(*(int(x) for x in os.environ["BENCH_GC_THRESHOLD"].split(",")))
     if os.environ.get("BENCH_GC_REPORT"):
         _gc_report()
+    if os.environ.get("BENCH_EXPERIMENT"):
+        runpy.run_path(os.environ["BENCH_EXPERIMENT"])
     from setpoint.cli import main
 
     sys.argv[0] = "setpoint"

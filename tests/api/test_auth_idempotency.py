@@ -147,9 +147,15 @@ def test_metrics(server: ServerProcess, namespace: str) -> None:
     with server.sync_client() as c:
         c.post(wpath(namespace), json=widget("m"))
         c.get(wpath(namespace, "m"))
+        for i in range(3):  # made-up paths must not add a time series each
+            assert c.get(f"/apis/made.up{i}/v1/namespaces/{namespace}/things{i}").status_code == 404
+            assert c.get(f"/apis/made.up{i}/v1").status_code == 404
         text = c.get("/metrics").text
     assert ('setpoint_request_duration_seconds_count{code="201",group="example.com",'
             'resource="widgets",verb="CREATE"}') in text
+    assert "made.up" not in text and "things" not in text
+    assert ('setpoint_request_duration_seconds_count{code="404",group="unknown",'
+            'resource="unknown",verb="LIST"}') in text
     assert "setpoint_store_write_batch_size_count" in text
     assert "setpoint_watchers" in text and "setpoint_watch_cache_events_total" in text
     assert httpx.get(server.url + "/metrics").status_code == 401

@@ -49,6 +49,7 @@ from setpoint.server.negotiation import DISCOVERY_V2_MEDIA, wants_aggregated_dis
 from setpoint.server.objects import decode_stored, for_storage, new_uid, now
 from setpoint.server.openapi import OpenAPI
 from setpoint.server.paths import parse_request
+from setpoint.server.requests import APIRequest
 from setpoint.server.resources import CRD_GROUP, Registry, builtin_types
 from setpoint.server.schema import compile_schema
 from setpoint.server.watchcache import WatchCache
@@ -81,6 +82,7 @@ class Server:
         self.backend = backend
         self.options = options
         self.metrics = Metrics()
+        self._latency: dict[tuple[str, str, str, int], Any] = {}  # label values -> histogram child
         self.registry = Registry(builtin_types(compile_schema))
         self.cache = WatchCache(backend, window=options.watch_cache_window,
                                 watcher_queue=options.watcher_queue)
@@ -120,7 +122,7 @@ class Server:
         """The ASGI entry point. API requests, the hot path, go straight to :meth:`endpoint`;
         Starlette's router and middleware serve the rest (health, metrics, lifespan)."""
         if scope["type"] == "http" and scope["path"].startswith(API_PREFIXES):
-            request = Request(scope, receive, send)
+            request = APIRequest(scope, receive, send)
             response = await self.endpoint(request)
             await response(scope, receive, send)
             return
@@ -283,9 +285,24 @@ class Server:
             return self._error(InternalError(
                 f"an error on the server ({type(e).__name__}) has prevented the request from succeeding"))
         finally:
-            self.metrics.request_latency.labels(
-                info.verb.upper(), info.group, info.resource or "", str(code)
-            ).observe(time.perf_counter() - started)
+            key = (info.verb, info.group, info.resource, code)
+            child = self._latency.get(key)
+            if child is None:
+                child = self._latency_child(info, code)
+                if len(self._latency) < 4096:
+                    self._latency[key] = child
+            child.observe(time.perf_counter() - started)
+
+    def _latency_child(self, info: Any, code: int) -> Any:
+        """The histogram child for a request. Group and resource come from the URL: ones the
+        server does not serve are labelled "unknown", so that requests for made-up paths
+        cannot add time series without bound."""
+        group, resource = info.group, info.resource or ""
+        if resource and self.registry.by_group_resource(group, resource) is None:
+            group = resource = "unknown"
+        elif group and not resource and group not in self.registry.groups():
+            group = "unknown"
+        return self.metrics.request_latency.labels(info.verb.upper(), group, resource, str(code))
 
     def _error(self, e: APIError) -> Response:
         response = json_response(e.status(), e.code)

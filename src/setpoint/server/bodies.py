@@ -9,6 +9,7 @@ import yaml
 from starlette.requests import Request
 
 from setpoint.server.errors import BadRequest, RequestEntityTooLarge, UnsupportedMediaType
+from setpoint.server.requests import APIRequest
 
 JSON = "application/json"
 YAML = "application/yaml"
@@ -29,6 +30,11 @@ def media_type(request: Request) -> str:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """Read at most ``limit`` bytes; refuse larger bodies before buffering them."""
+    whole = request.whole_body if isinstance(request, APIRequest) else None
+    if whole is not None:
+        if len(whole) > limit:
+            raise RequestEntityTooLarge(f"the request body is {len(whole)} bytes, over the limit of {limit}")
+        return whole
     declared = request.headers.get("content-length")
     if declared is not None:
         try:

@@ -22,12 +22,12 @@ import http
 import re
 from typing import Any, cast
 
-from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from setpoint.server.app import API_PREFIXES, Server
+from setpoint.server.requests import APIRequest
 
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # what may not appear in a header value
 
@@ -63,7 +63,9 @@ class APIProtocol(HttpToolsProtocol):
         scope = cast(Scope, cycle.scope)
         receive, send = cast(Receive, cycle.receive), cast(Send, cycle.send)
         try:
-            response = await self.api.endpoint(Request(scope, receive, send))
+            # Small bodies arrive with their headers: hand them over as they are.
+            whole = None if cycle.more_body else bytes(cycle.body)
+            response = await self.api.endpoint(APIRequest(scope, receive, send, whole))
             if isinstance(response, StreamingResponse) or response.background is not None:
                 await response(scope, receive, send)
             else:

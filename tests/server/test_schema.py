@@ -765,3 +765,21 @@ def test_verdict_and_explanation_agree(value: dict[str, Any]) -> None:
     assert collector.causes == []
     # Shaping a shaped object changes nothing.
     assert v(out) == out
+
+
+@settings(max_examples=300)
+@given(value=_objects)
+def test_shaping_in_place_gives_what_shaping_a_copy_gives(value: dict[str, Any]) -> None:
+    v = compile_schema(WIDGET)
+    mine = copy.deepcopy(value)
+    try:
+        expected = v(value)
+    except Invalid as e:
+        with pytest.raises(Invalid) as again:
+            v(mine, owned=True)
+        assert again.value.causes == e.causes
+        return
+    out = v(mine, owned=True)
+    assert out is mine  # no copy was made...
+    assert out == expected  # ...and the result is the same, key order included
+    assert json.dumps(out) == json.dumps(expected)

@@ -274,7 +274,7 @@ class ResourceHandlers:
         if validator is not None:
             if info is not None and info.field_validation in ("Strict", "Warn"):
                 self._check_unknown_fields(validator, obj, info)
-            obj = validator(obj)
+            obj = validator(obj, owned=True)
         causes = validate_metadata(obj, name_is_label=rtype.name_is_label)
         if rtype.plural == "customresourcedefinitions":
             resource_type_from_crd(obj, compile_schema)  # raises Invalid naming the field
@@ -842,8 +842,10 @@ class ResourceHandlers:
         api_version = rtype.api_version(info.version)
 
         def mutate(old: dict[str, Any]) -> dict[str, Any]:
-            return managedfields.apply(old, config, manager, api_version, schema, info.subresource,
-                                       rtype.status_subresource, force)
+            # A copy per attempt: the result may share parts of ``config``, which validation
+            # then shapes in place, and a conflict retry must start from the request as sent.
+            return managedfields.apply(old, copy.deepcopy(config), manager, api_version, schema,
+                                       info.subresource, rtype.status_subresource, force)
 
         create = None if info.subresource else managedfields.apply(
             None, config, manager, api_version, schema, "", rtype.status_subresource, force)

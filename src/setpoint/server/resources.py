@@ -10,11 +10,15 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from setpoint.server.errors import Invalid
 
-Validator = Callable[[dict[str, Any]], dict[str, Any]]
+
+class Validator(Protocol):
+    """A compiled schema (``setpoint.server.schema.Validator``): shapes and checks an object."""
+
+    def __call__(self, obj: dict[str, Any], *, owned: bool = False) -> dict[str, Any]: ...
 
 CRD_GROUP = "apiextensions.k8s.io"
 

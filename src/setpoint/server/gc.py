@@ -35,6 +35,7 @@ from setpoint.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from setpoint.server.handlers import ResourceHandlers
+    from setpoint.server.watchcache import CachedObject
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +115,18 @@ class GarbageCollector:
             self._pending.add(key)
         self._wake.set()
 
-    def _on_event(self, etype: str, key: str, obj: dict[str, Any]) -> None:
+    def _on_event(self, etype: str, key: str, cached: CachedObject) -> None:
+        owners = self._owners_of.get(key, ())
+        if not owners and not self._foreground:
+            # Most writes concern no owner at all: tell so from the bytes, without decoding.
+            if etype == "DELETED":
+                if not self._dependents:
+                    return
+            elif not cached.mentions(b'"ownerReferences"') and not cached.mentions(b'"deletionTimestamp"'):
+                return
+        obj = cached.obj
         meta = obj["metadata"]
         uid = meta.get("uid", "")
-        owners = self._owners_of.get(key, ())
         if etype == "DELETED":
             self._index(key, {"metadata": {}})
             self._foreground.pop(uid, None)

@@ -20,6 +20,7 @@ from setpoint.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from setpoint.server.handlers import ResourceHandlers
+    from setpoint.server.watchcache import CachedObject
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,10 @@ class NamespaceFinalizer:
         else:
             self._terminating.discard(name)
 
-    def _on_any_event(self, etype: str, key: str, obj: dict[str, Any]) -> None:
+    def _on_any_event(self, etype: str, key: str, cached: CachedObject) -> None:
         # The last object of a terminating namespace going away lets the namespace go now,
         # not at the next timer tick.
-        if etype == "DELETED" and self._terminating and obj["metadata"].get("namespace") in self._terminating:
+        if etype == "DELETED" and self._terminating and cached.obj["metadata"].get("namespace") in self._terminating:
             self._wake.set()
 
     def start(self) -> None:

@@ -40,33 +40,54 @@ def resource_prefix(key: str) -> str:
 
 
 class CachedObject:
-    """One object as the cache keeps it: its encoded JSON only.
+    """One object as the cache keeps it: bytes only.
 
     Keeping decoded dicts for every object would make each full garbage collection walk the
     whole cache (pauses of half a second at 10^5 objects); bytes are invisible to the collector.
-    ``obj`` decodes on demand, except while an event is being dispatched, when the dict that was
-    just decoded is pinned so that every watcher's selector shares it.
+    The object is kept as the store returned it until someone reads it: ``raw`` (the served
+    form, with its resourceVersion) is made on first use, so an event nobody watches costs no
+    decoding and no encoding. ``obj`` decodes on demand, except while an event is being
+    dispatched, when the decoded dict is pinned so that every watcher's selector shares it.
     """
 
-    __slots__ = ("_obj", "key", "raw", "revision")
+    __slots__ = ("_bytes", "_obj", "_served", "key", "revision")
 
-    def __init__(self, key: str, obj: dict[str, Any], revision: int, *, pin: bool = False) -> None:
+    def __init__(self, key: str, stored: bytes, revision: int) -> None:
         self.key = key
         self.revision = revision
-        self.raw = encode(obj)
-        self._obj: dict[str, Any] | None = obj if pin else None
+        self._bytes = stored
+        self._served = False  # _bytes still lacks the resourceVersion
+        self._obj: dict[str, Any] | None = None
+
+    @property
+    def raw(self) -> bytes:
+        """The object's JSON as the API serves it."""
+        if not self._served:
+            self._bytes = encode(self._decode())
+            self._served = True
+        return self._bytes
 
     @property
     def obj(self) -> dict[str, Any]:
         """The object (a fresh dict unless pinned: callers may not keep or change it)."""
         if self._obj is not None:
             return self._obj
-        decoded: dict[str, Any] = _decoder.decode(self.raw)
+        return self._decode()
+
+    def _decode(self) -> dict[str, Any]:
+        decoded: dict[str, Any] = _decoder.decode(self._bytes)
+        if not self._served:
+            decoded["metadata"]["resourceVersion"] = str(self.revision)
         return decoded
+
+    def mentions(self, field: bytes) -> bool:
+        """Whether ``field`` (a quoted JSON key) may occur in the object: False means it does
+        not, without decoding it."""
+        return field in self._bytes
 
     def pin(self) -> None:
         if self._obj is None:
-            self._obj = _decoder.decode(self.raw)
+            self._obj = self._decode()
 
     def unpin(self) -> None:
         self._obj = None
@@ -76,12 +97,13 @@ class CacheEvent:
     __slots__ = ("key", "obj", "prefix", "prev", "revision", "type")
 
     def __init__(
-        self, revision: int, type: str, key: str, obj: CachedObject, prev: CachedObject | None
+        self, revision: int, type: str, key: str, obj: CachedObject, prev: CachedObject | None,
+        prefix: str,
     ) -> None:
         self.revision = revision
         self.type = type
         self.key = key
-        self.prefix = resource_prefix(key)
+        self.prefix = prefix
         self.obj = obj
         self.prev = prev
 
@@ -166,7 +188,7 @@ class WatchCache:
         self._objects: dict[str, dict[str, CachedObject]] = {}
         self._watchers: dict[str, set[CacheWatcher]] = {}
         self._hooks: dict[str, list[EventHook]] = {}
-        self._all_hooks: list[Callable[[str, str, dict[str, Any]], None]] = []
+        self._all_hooks: list[Callable[[str, str, CachedObject], None]] = []
         self._task: asyncio.Task[None] | None = None
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self.ready = asyncio.Event()
@@ -195,10 +217,11 @@ class WatchCache:
         """Call ``hook(type, obj, prev)`` for every event under ``prefix`` (e.g. CRDs)."""
         self._hooks.setdefault(prefix, []).append(hook)
 
-    def add_event_hook(self, hook: Callable[[str, str, dict[str, Any]], None]) -> None:
-        """Call ``hook(type, key, obj)`` for every event of every kind (the garbage collector's
-        index of owner references). Not called for the state loaded at start: a user that needs
-        it reads it from the cache once started."""
+    def add_event_hook(self, hook: Callable[[str, str, CachedObject], None]) -> None:
+        """Call ``hook(type, key, cached)`` for every event of every kind (the garbage
+        collector's index of owner references). Such a hook sees every write: it should look at
+        ``cached.mentions(...)`` before decoding ``cached.obj``. Not called for the state loaded
+        at start: a user that needs it reads it from the cache once started."""
         self._all_hooks.append(hook)
 
     async def _load(self) -> None:
@@ -210,7 +233,7 @@ class WatchCache:
                                            start_after=start_after)
             revision = page.revision
             for kv in page.items:
-                co = CachedObject(kv.key, decode_stored(kv), kv.mod_revision)
+                co = CachedObject(kv.key, kv.value, kv.mod_revision)
                 objects.setdefault(resource_prefix(kv.key), {})[kv.key] = co
             if not page.more or not page.items:
                 break
@@ -244,43 +267,50 @@ class WatchCache:
                 await asyncio.sleep(0.1)  # back off before re-subscribing to a failing store
 
     def _apply(self, batch: list[Event]) -> None:
+        objects, ring, ring_revs = self._objects, self._ring, self._ring_revs
         for ev in batch:
             kv = ev.kv
-            prefix = resource_prefix(kv.key)
-            bucket = self._objects.setdefault(prefix, {})
-            prev = bucket.get(kv.key)
-            co = CachedObject(kv.key, decode_stored(kv), kv.mod_revision, pin=True)
+            key = kv.key
+            prefix = resource_prefix(key)
+            bucket = objects.get(prefix)
+            if bucket is None:
+                bucket = objects[prefix] = {}
+            prev = bucket.get(key)
+            co = CachedObject(key, kv.value, kv.mod_revision)
             if ev.type == "DELETE":
-                bucket.pop(kv.key, None)
+                bucket.pop(key, None)
                 etype = "DELETED"
             else:
-                bucket[kv.key] = co
+                bucket[key] = co
                 etype = "ADDED" if ev.created or prev is None else "MODIFIED"
-            cev = CacheEvent(kv.mod_revision, etype, kv.key, co, prev)
-            self._ring.append(cev)
-            self._ring_revs.append(cev.revision)
-            if len(self._ring) > self.window:
-                old = self._ring.popleft()
-                self._ring_revs.popleft()
-                self.floor = old.revision
+            cev = CacheEvent(kv.mod_revision, etype, key, co, prev, prefix)
+            ring.append(cev)
+            ring_revs.append(cev.revision)
+            if len(ring) > self.window:
+                ring_revs.popleft()
+                self.floor = ring.popleft().revision
             self.revision = kv.mod_revision
             self.events_total += 1
             watchers = self._watchers.get(prefix)
+            hooks = self._hooks.get(prefix)
+            if watchers or hooks:
+                co.pin()  # decoded once, shared by every selector and hook
+                if prev is not None and (hooks or any(w.predicate is not None for w in watchers or ())):
+                    prev.pin()  # selector transitions need the previous state
             if watchers:
-                if prev is not None and any(w.predicate is not None for w in watchers):
-                    prev.pin()  # selector transitions need the previous state, decoded once
                 for w in list(watchers):
                     w.offer(cev)
-            for hook in self._hooks.get(prefix, ()):
-                try:
-                    hook(etype, co.obj, prev.obj if prev else None)
-                except Exception:
-                    log.exception("watch cache hook failed for %s", kv.key)
+            if hooks:
+                for hook in hooks:
+                    try:
+                        hook(etype, co.obj, prev.obj if prev else None)
+                    except Exception:
+                        log.exception("watch cache hook failed for %s", key)
             for any_hook in self._all_hooks:
                 try:
-                    any_hook(etype, kv.key, co.obj)
+                    any_hook(etype, key, co)
                 except Exception:
-                    log.exception("watch cache hook failed for %s", kv.key)
+                    log.exception("watch cache hook failed for %s", key)
             co.unpin()
             if prev is not None:
                 prev.unpin()

@@ -413,6 +413,31 @@ class BackendConformance:
         assert sum(isinstance(r, KeyExists) for r in creates) == 19
         assert await backend.current_revision() == kv.mod_revision + 2
 
+    async def test_concurrent_creates_some_of_existing_keys(self, backend: Backend) -> None:
+        """Creates sent together (a batch, where the store groups writes) of which a few meet
+        an existing key: exactly those fail, the others land, and no revision is skipped."""
+        for i in range(0, 40, 8):
+            await backend.create(f"/mix/{i}", b"old")
+        base = await backend.current_revision()
+        stream = backend.watch("/mix/", base)
+        try:
+            results = await asyncio.gather(
+                *(backend.create(f"/mix/{i}", b"new") for i in range(40)), return_exceptions=True
+            )
+            for i, r in enumerate(results):
+                if i % 8 == 0:
+                    assert isinstance(r, KeyExists), (i, r)
+                else:
+                    assert isinstance(r, KeyValue) and r.value == b"new", (i, r)
+            landed = [r for r in results if isinstance(r, KeyValue)]
+            assert sorted(r.mod_revision for r in landed) == list(range(base + 1, base + 36))
+            assert all(r.create_revision == r.mod_revision for r in landed)
+            events = await collect(stream, base + 35)
+            assert_contiguous(events, base, base + 35)
+            assert (await backend.get("/mix/8")).value == b"old"  # type: ignore[union-attr]
+        finally:
+            await aclose(stream)
+
     async def test_slow_watcher_overflows_fast_one_does_not(self, backend: Backend, harness: Harness) -> None:
         base = await backend.current_revision()
         slow = backend.watch("/o/", base)

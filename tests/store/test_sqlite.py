@@ -16,6 +16,9 @@ import pytest
 
 from setpoint.store import (
     Backend,
+    KeyExists,
+    KeyValue,
+    RevisionMismatch,
     SQLiteBackend,
     Unavailable,
     open_backend,
@@ -89,6 +92,71 @@ async def test_group_commit_batches_concurrent_writes(tmp_path: Path) -> None:
         assert await backend.current_revision() == 305
     finally:
         await backend.close()
+
+
+async def test_one_key_written_many_times_at_once(store: SQLiteBackend) -> None:
+    """Writes to one key sent together go into one batch and take effect in the order sent:
+    each sees the ones before it, as if they had been sent one by one."""
+    kv = await store.create("/seq/k", b"0")
+    results = await asyncio.gather(
+        store.update("/seq/k", b"1", expected_revision=kv.mod_revision),
+        store.update("/seq/k", b"2", expected_revision=kv.mod_revision),  # stale by now
+        store.delete("/seq/k"),
+        store.create("/seq/k", b"3"),
+        store.create("/seq/k", b"4"),  # exists again
+        store.update("/seq/k", b"5"),
+        return_exceptions=True,
+    )
+    one, stale, gone, again, exists, five = results
+    assert isinstance(one, KeyValue) and one.mod_revision == kv.mod_revision + 1
+    assert isinstance(stale, RevisionMismatch)
+    assert isinstance(gone, KeyValue) and gone.value == b"1" and gone.mod_revision == one.mod_revision + 1
+    assert isinstance(again, KeyValue) and again.create_revision == again.mod_revision == gone.mod_revision + 1
+    assert isinstance(exists, KeyExists)
+    assert isinstance(five, KeyValue) and five.create_revision == again.mod_revision
+    assert await store.get("/seq/k") == five
+    assert await store.current_revision() == five.mod_revision == kv.mod_revision + 4
+    assert store.stats.max_batch >= 6  # they did share a batch
+
+
+V1_SCHEMA = """
+CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE log (revision INTEGER PRIMARY KEY, key TEXT NOT NULL, deleted INTEGER NOT NULL,
+                  create_revision INTEGER NOT NULL, value BLOB NOT NULL);
+CREATE INDEX log_key_revision ON log (key, revision);
+CREATE TABLE current (key TEXT PRIMARY KEY, create_revision INTEGER NOT NULL,
+                      mod_revision INTEGER NOT NULL) WITHOUT ROWID;
+INSERT INTO meta VALUES ('revision', 2), ('compacted', 0), ('swept', 0), ('schema', 1);
+INSERT INTO log VALUES (1, '/v1/a', 0, 1, X'61'), (2, '/v1/b', 0, 2, X'62');
+INSERT INTO current VALUES ('/v1/a', 1, 1), ('/v1/b', 2, 2);
+"""
+
+
+async def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "v1.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(V1_SCHEMA)
+    conn.close()
+    backend = SQLiteBackend(path)
+    await backend.start()
+    try:
+        assert (await backend.get("/v1/a")) == KeyValue("/v1/a", b"a", 1, 1)
+        await backend.update("/v1/a", b"A", expected_revision=1)
+        await backend.delete("/v1/b")
+        await backend.create("/v1/c", b"c")
+        with pytest.raises(KeyExists):
+            await backend.create("/v1/a", b"again")
+        assert await backend.current_revision() == 5
+    finally:
+        await backend.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("SELECT value FROM meta WHERE name = 'schema'").fetchone()[0] == 2
+        assert conn.execute("SELECT value FROM meta WHERE name = 'revision'").fetchone()[0] == 5
+        assert conn.execute("SELECT key, create_revision, mod_revision FROM current ORDER BY key").fetchall() == [
+            ("/v1/a", 1, 3), ("/v1/c", 5, 5)]
+    finally:
+        conn.close()
 
 
 async def test_pending_writes_are_bounded(tmp_path: Path) -> None:

@@ -138,6 +138,11 @@ def serve(
     # A request allocates a few hundred container objects; with the default threshold (700)
     # the collector would run several times per request.
     gc.set_threshold(20_000, 50, 100)
+    # The store's writer thread needs the interpreter lock for a moment per batch (to take the
+    # queued writes and to hand back the results). With the default 5 ms switch interval it
+    # got it only when the event loop went idle, so commits waited on the loop and the loop on
+    # commits; at 0.2 ms the writer keeps the disk busy while the loop keeps the CPU busy.
+    sys.setswitchinterval(0.0002)
     server = Server(backend, options)
     config = uvicorn.Config(
         server.app, loop="uvloop", http=protocol_for(server), lifespan="on", access_log=False, interface="asgi3",

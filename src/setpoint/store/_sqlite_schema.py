@@ -32,7 +32,7 @@ from pathlib import Path
 
 from setpoint.store.backend import Event, KeyValue, Unavailable
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -52,8 +52,27 @@ CREATE TABLE IF NOT EXISTS current (
     create_revision INTEGER NOT NULL,
     mod_revision INTEGER NOT NULL
 ) WITHOUT ROWID;
+-- A write is one row in log; these keep current and the revision counter in step with it
+-- inside the same statement, so that a batch of writes is one INSERT (version 2).
+-- A create that meets an existing key fails the whole statement (the writer relies on it).
+CREATE TRIGGER IF NOT EXISTS log_create AFTER INSERT ON log
+WHEN NEW.deleted = 0 AND NEW.create_revision = NEW.revision BEGIN
+    INSERT INTO current VALUES (NEW.key, NEW.create_revision, NEW.revision);
+END;
+CREATE TRIGGER IF NOT EXISTS log_update AFTER INSERT ON log
+WHEN NEW.deleted = 0 AND NEW.create_revision != NEW.revision BEGIN
+    UPDATE current SET mod_revision = NEW.revision WHERE key = NEW.key;
+END;
+CREATE TRIGGER IF NOT EXISTS log_delete AFTER INSERT ON log WHEN NEW.deleted != 0 BEGIN
+    DELETE FROM current WHERE key = NEW.key;
+END;
+CREATE TRIGGER IF NOT EXISTS log_revision AFTER INSERT ON log BEGIN
+    UPDATE meta SET value = NEW.revision WHERE name = 'revision';
+END;
 INSERT OR IGNORE INTO meta (name, value) VALUES
-    ('revision', 0), ('compacted', 0), ('swept', 0), ('schema', 1);
+    ('revision', 0), ('compacted', 0), ('swept', 0), ('schema', 2);
+-- Version 1 differed only by the triggers, created above.
+UPDATE meta SET value = 2 WHERE name = 'schema' AND value = 1;
 """
 
 BUSY_TIMEOUT_MS = 10_000

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import queue
 import sqlite3
@@ -27,7 +28,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from setpoint.store._sqlite_schema import (
     BUSY_TIMEOUT_MS,
@@ -48,6 +49,7 @@ from setpoint.store.backend import (
 )
 
 CREATE, UPDATE, DELETE = 0, 1, 2
+_T = TypeVar("_T")
 
 # Check the WAL file's size every this many commits; checkpoint it fully when it is too big.
 _WAL_CHECK_EVERY = 256
@@ -97,6 +99,104 @@ class WriterListener(Protocol):
     def batch_done(self, batch: Batch) -> None: ...
     def compaction_done(self, job: CompactJob, error: StoreError | None) -> None: ...
     def writer_stopped(self) -> None: ...
+
+
+# Statements with one placeholder group per row: at most this many rows each (SQLite allows
+# 32,766 variables; a log row takes 5).
+_ROWS_PER_STATEMENT = 1000
+
+
+def _chunks(items: list[_T], size: int = _ROWS_PER_STATEMENT) -> list[list[_T]]:
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _plan_batch(
+    conn: sqlite3.Connection, ops: list[WriteOp], base: int
+) -> tuple[list[KeyValue | StoreError], list[Event], list[tuple[int, str, int, int, bytes]]]:
+    """Check ``ops`` in order against the stored state; return each op's outcome, the events and
+    the log rows that carry them out (revisions from ``base + 1``).
+
+    Why this way: pysqlite lets go of the interpreter lock for every statement step and must
+    get it back afterwards, which under load means waiting for the event loop's thread. Three
+    statements per write made a batch of 16 take ~2 ms, mostly waiting, while the event loop sat
+    idle for want of answers. Here a batch costs two statements whatever its size: one reads
+    the current state of every key it touches, and one INSERT of all its log rows, which the
+    schema's triggers turn into the ``current`` and revision updates.
+    """
+    keys = list(dict.fromkeys(op.key for op in ops))
+    state: dict[str, tuple[int, int] | None] = {}  # key -> (create_revision, mod_revision)
+    for chunk in _chunks(keys):
+        marks = ",".join("?" * len(chunk))
+        doc = conn.execute(
+            "SELECT json_group_array(json_array(key, create_revision, mod_revision)) FROM current"
+            f" WHERE key IN ({marks})", chunk,
+        ).fetchone()[0]
+        for key, create_rev, mod_rev in json.loads(doc):
+            state[key] = (create_rev, mod_rev)
+    # A delete reports the value it removes: for a key not written earlier in the batch, the
+    # stored value of its current revision.
+    stored: dict[int, bytes] = {}
+    wanted = [cur[1] for op in ops if op.kind == DELETE and (cur := state.get(op.key)) is not None]
+    for revs in _chunks(list(dict.fromkeys(wanted))):
+        marks = ",".join("?" * len(revs))
+        stored.update(conn.execute(f"SELECT revision, value FROM log WHERE revision IN ({marks})", revs))
+    written: dict[str, bytes] = {}  # a key's value after the ops so far in this batch
+    outcomes: list[KeyValue | StoreError] = []
+    events: list[Event] = []
+    rows: list[tuple[int, str, int, int, bytes]] = []
+    rev = base
+    for op in ops:
+        key = op.key
+        cur = state.get(key)
+        if op.kind == CREATE:
+            if cur is not None:
+                outcomes.append(KeyExists(key))
+                continue
+            rev += 1
+            rows.append((rev, key, 0, rev, op.value))
+            state[key] = (rev, rev)
+            written[key] = op.value
+            kv = KeyValue(key, op.value, rev, rev)
+            outcomes.append(kv)
+            events.append(Event("PUT", kv))
+            continue
+        if cur is None:
+            outcomes.append(KeyNotFound(key))
+            continue
+        create_rev, mod_rev = cur
+        if op.expected and op.expected != mod_rev:
+            outcomes.append(RevisionMismatch(key, op.expected, mod_rev))
+            continue
+        rev += 1
+        if op.kind == UPDATE:
+            rows.append((rev, key, 0, create_rev, op.value))
+            state[key] = (create_rev, rev)
+            written[key] = op.value
+            kv = KeyValue(key, op.value, create_rev, rev)
+            events.append(Event("PUT", kv))
+        else:
+            value = written.pop(key) if key in written else stored[mod_rev]
+            rows.append((rev, key, 1, create_rev, value))
+            state[key] = None
+            kv = KeyValue(key, value, create_rev, rev)
+            events.append(Event("DELETE", kv))
+        outcomes.append(kv)
+    return outcomes, events, rows
+
+
+def _only_new_keys(ops: list[WriteOp]) -> bool:
+    """Whether the batch is the common one, creates of distinct keys, that goes in one
+    statement without reading first (a key that exists already fails the whole statement
+    through the schema's create trigger, and the batch is then checked op by op)."""
+    if len(ops) > _ROWS_PER_STATEMENT or any(op.kind != CREATE for op in ops):
+        return False
+    return len({op.key for op in ops}) == len(ops)
+
+
+def _insert_log(conn: sqlite3.Connection, rows: list[tuple[int, str, int, int, bytes]]) -> None:
+    for chunk in _chunks(rows):
+        conn.execute("INSERT INTO log VALUES " + ",".join(["(?,?,?,?,?)"] * len(chunk)),
+                     [v for row in chunk for v in row])
 
 
 _STOP = object()
@@ -242,21 +342,28 @@ class Writer:
         try:
             conn = self._connection()
             base = rev = self.revision
-            conn.execute("BEGIN IMMEDIATE")
-            for op in ops:
+            rows: list[tuple[int, str, int, int, bytes]] | None = None
+            if _only_new_keys(ops):
+                rows = [(base + i, op.key, 0, base + i, op.value) for i, op in enumerate(ops, 1)]
+                rev = rows[-1][0]
                 try:
-                    event = self._apply(conn, op, rev + 1)
-                except StoreError as exc:
-                    outcomes.append(exc)
-                    continue
-                rev += 1
-                outcomes.append(event.kv)
-                events.append(event)
-            if rev == base:
-                conn.execute("ROLLBACK")
-            else:
-                conn.execute("UPDATE meta SET value = ? WHERE name = 'revision'", (rev,))
-                conn.execute("COMMIT")
+                    _insert_log(conn, rows)
+                except sqlite3.IntegrityError:  # a key exists: nothing was written
+                    rows, rev = None, base
+                else:
+                    kvs = [KeyValue(key, value, r, r) for r, key, _, _, value in rows]
+                    outcomes, events, rows = list(kvs), [Event("PUT", kv) for kv in kvs], []
+            if rows is None:
+                # This thread is the only writer, so the state read here holds until the insert.
+                outcomes, events, rows = _plan_batch(conn, ops, base)
+            if rows:
+                rev = rows[-1][0]
+                if len(rows) <= _ROWS_PER_STATEMENT:
+                    _insert_log(conn, rows)  # one statement: its own transaction, durable on return
+                else:
+                    conn.execute("BEGIN IMMEDIATE")
+                    _insert_log(conn, rows)
+                    conn.execute("COMMIT")
         except Exception as exc:
             if not self._committed_anyway(rev):
                 outcomes = [unavailable("writing", self._path, exc) for _ in ops]
@@ -298,32 +405,6 @@ class Writer:
             with contextlib.suppress(sqlite3.Error):
                 self._conn.close()
             self._conn = None
-
-    @staticmethod
-    def _apply(conn: sqlite3.Connection, op: WriteOp, rev: int) -> Event:
-        key = op.key
-        row = conn.execute(
-            "SELECT create_revision, mod_revision FROM current WHERE key = ?", (key,)
-        ).fetchone()
-        if op.kind == CREATE:
-            if row is not None:
-                raise KeyExists(key)
-            conn.execute("INSERT INTO log VALUES (?, ?, 0, ?, ?)", (rev, key, rev, op.value))
-            conn.execute("INSERT INTO current VALUES (?, ?, ?)", (key, rev, rev))
-            return Event("PUT", KeyValue(key, op.value, rev, rev))
-        if row is None:
-            raise KeyNotFound(key)
-        create_rev, mod_rev = row
-        if op.expected and op.expected != mod_rev:
-            raise RevisionMismatch(key, op.expected, mod_rev)
-        if op.kind == UPDATE:
-            conn.execute("INSERT INTO log VALUES (?, ?, 0, ?, ?)", (rev, key, create_rev, op.value))
-            conn.execute("UPDATE current SET mod_revision = ? WHERE key = ?", (rev, key))
-            return Event("PUT", KeyValue(key, op.value, create_rev, rev))
-        value = conn.execute("SELECT value FROM log WHERE revision = ?", (mod_rev,)).fetchone()[0]
-        conn.execute("INSERT INTO log VALUES (?, ?, 1, ?, ?)", (rev, key, create_rev, value))
-        conn.execute("DELETE FROM current WHERE key = ?", (key,))
-        return Event("DELETE", KeyValue(key, value, create_rev, rev))
 
     # -- compaction ---------------------------------------------------------------------------
 

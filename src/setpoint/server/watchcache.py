@@ -63,7 +63,7 @@ class CachedObject:
     def raw(self) -> bytes:
         """The object's JSON as the API serves it."""
         if not self._served:
-            self._bytes = encode(self._decode())
+            self._bytes = encode(self._obj if self._obj is not None else self._decode())
             self._served = True
         return self._bytes
 

@@ -478,7 +478,7 @@ class ResourceHandlers:
             raws = [co.raw for co in items]
         else:
             raws = [encode(self._with_version(dict(co.obj), rtype, version)) for co in items]
-        return self._list_response(request, rtype, version, revision, raws, [co.obj for co in items])
+        return self._list_response(request, rtype, version, revision, raws, None)
 
     async def _list_from_store(
         self, request: Request, rtype: ResourceType, version: str, key_prefix: str,

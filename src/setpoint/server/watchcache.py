@@ -346,6 +346,11 @@ class WatchCache:
 
     # ---- reads -----------------------------------------------------------------------------
 
+    def objects(self, prefix: str) -> list[CachedObject]:
+        """Every object of one resource type, in no particular order (cheaper than
+        :meth:`list` when order does not matter)."""
+        return list(self._objects.get(prefix, {}).values())
+
     def list(self, prefix: str, key_prefix: str) -> list[CachedObject]:
         bucket = self._objects.get(prefix, {})
         if key_prefix == prefix:

@@ -193,8 +193,6 @@ class GarbageCollector:
                 if not (co.mentions(b'"ownerReferences"') or (co.mentions(b'"deletionTimestamp"') and (
                         co.mentions(foreground) or co.mentions(orphan)))):
                     continue
-                if cache.get(co.key) is not co:
-                    continue  # changed or gone since the sweep began: its event was indexed
                 obj = co.obj
                 self._index(co.key, obj)
                 self._pending.add(co.key)

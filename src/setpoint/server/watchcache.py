@@ -17,7 +17,7 @@ import bisect
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -39,73 +39,102 @@ def resource_prefix(key: str) -> str:
     return f"/{parts[1]}/{parts[2]}/{parts[3]}/"
 
 
-class CachedObject:
-    """One object as the cache keeps it: bytes only.
+# What the cache keeps of an object: ``(data, revision, served)``, where ``data`` is its JSON
+# with the resourceVersion in (``served``) or as the store returned it, without. An exact tuple
+# of bytes, int and bool: the garbage collector stops tracking such a tuple the first time it
+# sees it. Objects of a class are tracked for good, and with one per object and one per event a
+# busy cache made every collection walk hundreds of thousands of them (pauses of up to ~0.8 s).
+Entry = tuple[bytes, int, bool]
+# An event in the window: (revision, type, key, prefix, entry, previous entry or None); also an
+# exact tuple of untracked things, so also untracked.
+Record = tuple[int, str, str, str, Entry, "Entry | None"]
 
-    Keeping decoded dicts for every object would make each full garbage collection walk the
-    whole cache (pauses of half a second at 10^5 objects); bytes are invisible to the collector.
-    The object is kept as the store returned it until someone reads it: ``raw`` (the served
-    form, with its resourceVersion) is made on first use, so an event nobody watches costs no
-    decoding and no encoding. ``obj`` decodes on demand, except while an event is being
-    dispatched, when the decoded dict is pinned so that every watcher's selector shares it.
+
+def _decoded(entry: Entry) -> dict[str, Any]:
+    data, revision, served = entry
+    obj: dict[str, Any] = _decoder.decode(data)
+    if not served:
+        obj["metadata"]["resourceVersion"] = str(revision)
+    return obj
+
+
+def _served(entry: Entry) -> bytes:
+    return entry[0] if entry[2] else encode(_decoded(entry))
+
+
+class CachedObject:
+    """An object of the cache as readers get it: made on demand from its entry.
+
+    ``raw`` (the JSON the API serves) is made on first use and written back to the cache, so an
+    object nobody reads costs no decoding and no encoding. ``obj`` decodes on demand: callers
+    may not keep or change the dict, which may be shared while an event is being dispatched.
     """
 
-    __slots__ = ("_bytes", "_obj", "_served", "key", "revision")
+    __slots__ = ("_bucket", "_entry", "_obj", "key")
 
-    def __init__(self, key: str, stored: bytes, revision: int) -> None:
+    def __init__(self, key: str, entry: Entry, bucket: dict[str, Entry] | None = None,
+                 obj: dict[str, Any] | None = None) -> None:
         self.key = key
-        self.revision = revision
-        self._bytes = stored
-        self._served = False  # _bytes still lacks the resourceVersion
-        self._obj: dict[str, Any] | None = None
+        self._entry = entry
+        self._bucket = bucket
+        self._obj = obj
+
+    @property
+    def revision(self) -> int:
+        return self._entry[1]
 
     @property
     def raw(self) -> bytes:
-        """The object's JSON as the API serves it."""
-        if not self._served:
-            self._bytes = encode(self._obj if self._obj is not None else self._decode())
-            self._served = True
-        return self._bytes
+        entry = self._entry
+        if entry[2]:
+            return entry[0]
+        raw = encode(self._obj) if self._obj is not None else _served(entry)
+        self._entry = (raw, entry[1], True)
+        if self._bucket is not None and self._bucket.get(self.key) is entry:
+            self._bucket[self.key] = self._entry
+        return raw
 
     @property
     def obj(self) -> dict[str, Any]:
-        """The object (a fresh dict unless pinned: callers may not keep or change it)."""
-        if self._obj is not None:
-            return self._obj
-        return self._decode()
-
-    def _decode(self) -> dict[str, Any]:
-        decoded: dict[str, Any] = _decoder.decode(self._bytes)
-        if not self._served:
-            decoded["metadata"]["resourceVersion"] = str(self.revision)
-        return decoded
+        return self._obj if self._obj is not None else _decoded(self._entry)
 
     def mentions(self, field: bytes) -> bool:
         """Whether ``field`` (a quoted JSON key) may occur in the object: False means it does
         not, without decoding it."""
-        return field in self._bytes
+        return field in self._entry[0]
 
-    def pin(self) -> None:
+
+class _Delivery:
+    """One event on its way to the watchers and hooks: its line and dicts made once, shared."""
+
+    __slots__ = ("_obj", "_prev", "_raw", "record")
+
+    def __init__(self, record: Record) -> None:
+        self.record = record
+        self._raw: bytes | None = None
+        self._obj: dict[str, Any] | None = None
+        self._prev: dict[str, Any] | None = None
+
+    @property
+    def raw(self) -> bytes:
+        if self._raw is None:
+            self._raw = encode(self._obj) if self._obj is not None else _served(self.record[4])
+        return self._raw
+
+    @property
+    def obj(self) -> dict[str, Any]:
         if self._obj is None:
-            self._obj = self._decode()
+            self._obj = _decoded(self.record[4])
+        return self._obj
 
-    def unpin(self) -> None:
-        self._obj = None
-
-
-class CacheEvent:
-    __slots__ = ("key", "obj", "prefix", "prev", "revision", "type")
-
-    def __init__(
-        self, revision: int, type: str, key: str, obj: CachedObject, prev: CachedObject | None,
-        prefix: str,
-    ) -> None:
-        self.revision = revision
-        self.type = type
-        self.key = key
-        self.prefix = prefix
-        self.obj = obj
-        self.prev = prev
+    @property
+    def prev(self) -> dict[str, Any] | None:
+        entry = self.record[5]
+        if entry is None:
+            return None
+        if self._prev is None:
+            self._prev = _decoded(entry)
+        return self._prev
 
 
 def watch_line(type: str, raw: bytes) -> bytes:
@@ -142,14 +171,15 @@ class CacheWatcher:
         self.queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue(capacity + 1)
         self.closed_reason: str | None = None
 
-    def offer(self, ev: CacheEvent) -> None:
-        if self.closed_reason is not None or not ev.key.startswith(self.key_prefix):
+    def offer(self, d: _Delivery) -> None:
+        revision, etype, key = d.record[0], d.record[1], d.record[2]
+        if self.closed_reason is not None or not key.startswith(self.key_prefix):
             return
-        etype = ev.type
         pred = self.predicate
         if pred is not None:
-            new_ok = pred(ev.obj.obj)
-            old_ok = ev.prev is not None and pred(ev.prev.obj)
+            new_ok = pred(d.obj)
+            prev = d.prev
+            old_ok = prev is not None and pred(prev)
             if etype == "DELETED":
                 if not new_ok:
                     return
@@ -165,7 +195,7 @@ class CacheWatcher:
             self.cache.watchers_cut += 1
             self.close("the watcher fell behind and was cut off; resume from the last resourceVersion")
             return
-        self.queue.put_nowait((watch_line(etype, ev.obj.raw), ev.revision))
+        self.queue.put_nowait((watch_line(etype, d.raw), revision))
 
     def close(self, reason: str) -> None:
         if self.closed_reason is None:
@@ -183,9 +213,9 @@ class WatchCache:
         self.watcher_queue = watcher_queue
         self.revision = 0
         self.floor = 0  # every event with revision > floor is in the ring
-        self._ring: deque[CacheEvent] = deque()
+        self._ring: deque[Record] = deque()
         self._ring_revs: deque[int] = deque()
-        self._objects: dict[str, dict[str, CachedObject]] = {}
+        self._objects: dict[str, dict[str, Entry]] = {}
         self._watchers: dict[str, set[CacheWatcher]] = {}
         self._hooks: dict[str, list[EventHook]] = {}
         self._all_hooks: list[Callable[[str, str, CachedObject], None]] = []
@@ -225,7 +255,7 @@ class WatchCache:
         self._all_hooks.append(hook)
 
     async def _load(self) -> None:
-        objects: dict[str, dict[str, CachedObject]] = {}
+        objects: dict[str, dict[str, Entry]] = {}
         start_after = ""
         revision = 0
         while True:
@@ -233,8 +263,7 @@ class WatchCache:
                                            start_after=start_after)
             revision = page.revision
             for kv in page.items:
-                co = CachedObject(kv.key, kv.value, kv.mod_revision)
-                objects.setdefault(resource_prefix(kv.key), {})[kv.key] = co
+                objects.setdefault(resource_prefix(kv.key), {})[kv.key] = (kv.value, kv.mod_revision, False)
             if not page.more or not page.items:
                 break
             start_after = page.items[-1].key
@@ -244,8 +273,8 @@ class WatchCache:
         self._ring.clear()
         self._ring_revs.clear()
         for prefix, hooks in self._hooks.items():
-            for co in objects.get(prefix, {}).values():
-                obj = co.obj
+            for entry in objects.get(prefix, {}).values():
+                obj = _decoded(entry)
                 for hook in hooks:
                     hook("ADDED", obj, None)
         self.ready.set()
@@ -271,49 +300,48 @@ class WatchCache:
         for ev in batch:
             kv = ev.kv
             key = kv.key
+            revision = kv.mod_revision
             prefix = resource_prefix(key)
             bucket = objects.get(prefix)
             if bucket is None:
                 bucket = objects[prefix] = {}
             prev = bucket.get(key)
-            co = CachedObject(key, kv.value, kv.mod_revision)
+            entry: Entry = (kv.value, revision, False)
             if ev.type == "DELETE":
                 bucket.pop(key, None)
                 etype = "DELETED"
             else:
-                bucket[key] = co
+                bucket[key] = entry
                 etype = "ADDED" if ev.created or prev is None else "MODIFIED"
-            cev = CacheEvent(kv.mod_revision, etype, key, co, prev, prefix)
-            ring.append(cev)
-            ring_revs.append(cev.revision)
+            record: Record = (revision, etype, key, prefix, entry, prev)
+            ring.append(record)
+            ring_revs.append(revision)
             if len(ring) > self.window:
                 ring_revs.popleft()
-                self.floor = ring.popleft().revision
-            self.revision = kv.mod_revision
+                self.floor = ring.popleft()[0]
+            self.revision = revision
             self.events_total += 1
             watchers = self._watchers.get(prefix)
             hooks = self._hooks.get(prefix)
-            if watchers or hooks:
-                co.pin()  # decoded once, shared by every selector and hook
-                if prev is not None and (hooks or any(w.predicate is not None for w in watchers or ())):
-                    prev.pin()  # selector transitions need the previous state
+            if not (watchers or hooks or self._all_hooks):
+                continue
+            d = _Delivery(record)
             if watchers:
                 for w in list(watchers):
-                    w.offer(cev)
+                    w.offer(d)
             if hooks:
                 for hook in hooks:
                     try:
-                        hook(etype, co.obj, prev.obj if prev else None)
+                        hook(etype, d.obj, d.prev)
                     except Exception:
                         log.exception("watch cache hook failed for %s", key)
-            for any_hook in self._all_hooks:
-                try:
-                    any_hook(etype, key, co)
-                except Exception:
-                    log.exception("watch cache hook failed for %s", key)
-            co.unpin()
-            if prev is not None:
-                prev.unpin()
+            if self._all_hooks:
+                cached = CachedObject(key, entry, None, d._obj)
+                for any_hook in self._all_hooks:
+                    try:
+                        any_hook(etype, key, cached)
+                    except Exception:
+                        log.exception("watch cache hook failed for %s", key)
         self._notify()
 
     def _notify(self) -> None:
@@ -346,22 +374,31 @@ class WatchCache:
 
     # ---- reads -----------------------------------------------------------------------------
 
-    def objects(self, prefix: str) -> list[CachedObject]:
-        """Every object of one resource type, in no particular order (cheaper than
-        :meth:`list` when order does not matter)."""
-        return list(self._objects.get(prefix, {}).values())
+    def objects(self, prefix: str) -> Iterator[CachedObject]:
+        """Every object of one resource type, in no particular order and made one at a time
+        (cheaper than :meth:`list` when order does not matter). An object changed between two
+        steps is seen as it is then; one removed is skipped."""
+        bucket = self._objects.get(prefix, {})
+        for key in list(bucket):  # keys only: strings, nothing for the collector to track
+            entry = bucket.get(key)
+            if entry is not None:
+                yield CachedObject(key, entry, bucket)
 
     def list(self, prefix: str, key_prefix: str) -> list[CachedObject]:
         bucket = self._objects.get(prefix, {})
         if key_prefix == prefix:
-            items = list(bucket.values())
+            keys = list(bucket)
         else:
-            items = [co for k, co in bucket.items() if k.startswith(key_prefix)]
-        items.sort(key=lambda co: co.key)
-        return items
+            keys = [k for k in bucket if k.startswith(key_prefix)]
+        keys.sort()
+        return [CachedObject(k, bucket[k], bucket) for k in keys]
 
     def get(self, key: str) -> CachedObject | None:
-        return self._objects.get(resource_prefix(key), {}).get(key)
+        bucket = self._objects.get(resource_prefix(key))
+        if bucket is None:
+            return None
+        entry = bucket.get(key)
+        return None if entry is None else CachedObject(key, entry, bucket)
 
     def count(self, prefix: str) -> int:
         return len(self._objects.get(prefix, {}))
@@ -381,9 +418,9 @@ class WatchCache:
             return w
         start = bisect.bisect_right(self._ring_revs, after)
         for i in range(start, len(self._ring)):
-            ev = self._ring[i]
-            if ev.prefix == prefix:
-                w.offer(ev)
+            record = self._ring[i]
+            if record[3] == prefix:
+                w.offer(_Delivery(record))
         if w.closed_reason is None:
             self._watchers.setdefault(prefix, set()).add(w)
         return w

@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from setpoint.server.watchcache import CachedObject
 
 log = logging.getLogger(__name__)
-_SWEEP_SLICE = 2_000  # objects looked at between two turns of the event loop
 
 FOREGROUND = "foregroundDeletion"
 ORPHAN = "orphan"
@@ -180,19 +179,17 @@ class GarbageCollector:
         """Look at every object that has owners or is being deleted by the collector's rules.
 
         Every object of every kind passes through here, hundreds of thousands on a big server:
-        the test is on the stored bytes (no decoding), and the loop gets its turn every few
-        thousand objects, so a sweep never holds up requests.
+        the cache finds candidates in the stored bytes without decoding, and spreads the scan
+        over time, so that a sweep does not show in request or watch latencies.
         """
         self._overflow = False
         cache = self.handlers.cache
         foreground, orphan = f'"{FOREGROUND}"'.encode(), f'"{ORPHAN}"'.encode()
+        needles = (b'"ownerReferences"', b'"deletionTimestamp"')
         for rtype in self.handlers.registry.all():
-            for i, co in enumerate(cache.objects(rtype.key_prefix)):
-                if i % _SWEEP_SLICE == _SWEEP_SLICE - 1:
-                    await asyncio.sleep(0)
-                if not (co.mentions(b'"ownerReferences"') or (co.mentions(b'"deletionTimestamp"') and (
-                        co.mentions(foreground) or co.mentions(orphan)))):
-                    continue
+            async for co in cache.scan(rtype.key_prefix, needles):
+                if not (co.mentions(b'"ownerReferences"') or co.mentions(foreground) or co.mentions(orphan)):
+                    continue  # being deleted, but not by a rule of the collector
                 obj = co.obj
                 self._index(co.key, obj)
                 self._pending.add(co.key)

@@ -17,7 +17,7 @@ import bisect
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -374,15 +374,24 @@ class WatchCache:
 
     # ---- reads -----------------------------------------------------------------------------
 
-    def objects(self, prefix: str) -> Iterator[CachedObject]:
-        """Every object of one resource type, in no particular order and made one at a time
-        (cheaper than :meth:`list` when order does not matter). An object changed between two
-        steps is seen as it is then; one removed is skipped."""
+    async def scan(self, prefix: str, needles: tuple[bytes, ...], *, slice_size: int = 200,
+                   pause: float = 0.001) -> AsyncIterator[CachedObject]:
+        """The objects of one resource type whose JSON holds any of ``needles``, found without
+        decoding anything. For background work over the whole cache (hundreds of thousands
+        of objects): it pauses ``pause`` seconds every ``slice_size`` objects, so that a scan
+        spreads over time instead of crowding the event loop's turns."""
         bucket = self._objects.get(prefix, {})
-        for key in list(bucket):  # keys only: strings, nothing for the collector to track
+        for i, key in enumerate(list(bucket)):  # keys only: strings, nothing for the collector
+            if i % slice_size == slice_size - 1:
+                await asyncio.sleep(pause)
             entry = bucket.get(key)
-            if entry is not None:
-                yield CachedObject(key, entry, bucket)
+            if entry is None:
+                continue
+            data = entry[0]
+            for needle in needles:
+                if needle in data:
+                    yield CachedObject(key, entry, bucket)
+                    break
 
     def list(self, prefix: str, key_prefix: str) -> list[CachedObject]:
         bucket = self._objects.get(prefix, {})
@@ -469,7 +478,9 @@ class WatchCache:
                             break
         try:
             while True:
-                if tick is None:
+                if tick is None or not w.queue.empty():
+                    # Returns at once when lines are queued: a watcher behind a busy loop
+                    # catches up in one turn, not a turn (and a timer) per line.
                     item = await w.queue.get()
                 else:
                     try:

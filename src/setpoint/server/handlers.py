@@ -881,49 +881,53 @@ class ResourceHandlers:
         create_body: dict[str, Any] | None = None,
     ) -> tuple[int, bytes]:
         key = rtype.key(info.namespace, info.name)
+        # The first attempt starts from the watch cache, as kube-apiserver's GuaranteedUpdate
+        # does: the write carries the revision it started from, so the store refuses it if that
+        # was stale. Anything decided without writing (not found, a conflict, a refusal, a
+        # no-op, a dry run) is decided again from the store, never from the cache alone.
+        from_cache = True
+        old: dict[str, Any] | None
         for _ in range(MAX_CONFLICT_RETRIES):
-            kv = await self.backend.get(key)
-            if kv is None:
-                if create_body is not None:
+            if from_cache:
+                from_cache = False
+                cached = self.cache.get(key)
+                if cached is None:
+                    continue
+                old, rev, trial = cached.obj, cached.revision, True
+            else:
+                kv = await self.backend.get(key)
+                old, rev, trial = (decode_stored(kv), kv.mod_revision, False) if kv else (None, 0, False)
+            try:
+                new = self._updated(info, rtype, mutate, expected, key, old, rev, create_body is not None)
+            except APIError:
+                if trial:
+                    continue
+                raise
+            if new is None or old is None or new == old or dry_run:
+                if trial:
+                    continue
+                if old is None:  # create_body is set: the object is created
                     create_info = RequestInfo(path=info.path, verb="create", resource_request=True,
                                               group=info.group, version=info.version,
                                               namespace=info.namespace, resource=info.resource,
                                               user=info.user, field_validation=info.field_validation,
                                               field_manager=info.field_manager, apply=info.apply)
                     create_info.warnings = info.warnings
+                    assert create_body is not None
                     return await self._create(copy.deepcopy(create_body), create_info, rtype,
                                               dry_run, None)
-                raise self.not_found(rtype, info.name)
-            if expected is not None and expected != kv.mod_revision:
-                raise self.conflict(rtype, info.name)
-            old = decode_stored(kv)
-            new = mutate(copy.deepcopy(old))
-            node = node_of(info.user)
-            if node is not None:
-                admit_node_write(node, info.verb, rtype, info.namespace, info.name, info.subresource, old, new)
-            new_rv = new["metadata"].get("resourceVersion")
-            if new_rv not in (None, "") and str(new_rv) != str(kv.mod_revision):
-                raise self.conflict(rtype, info.name)
-            self._check_type_meta(new, rtype, info.version)
-            if new["metadata"].get("name") != info.name:
-                raise BadRequest("metadata.name is immutable")
-            self._check_namespace(new, rtype, info.namespace)
-            new = self._prepare_update(rtype, info, old, new)
-            new["apiVersion"] = rtype.api_version()
-            new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
-            if new == old:
-                return 200, encode(self._with_version(old, rtype, info.version))
-            self._track(rtype, info, old, new)
-            if dry_run:
+                assert new is not None
+                if new == old:
+                    return 200, encode(self._with_version(old, rtype, info.version))
                 return 200, encode(self._with_version(new, rtype, info.version))
             meta = new["metadata"]
             try:
                 if meta.get("deletionTimestamp") and not meta.get("finalizers"):
-                    gone = await self.backend.delete(key, kv.mod_revision)
+                    gone = await self.backend.delete(key, rev)
                     self._after_delete(rtype, new)
                     meta["resourceVersion"] = str(gone.mod_revision)
                     return 200, encode(self._with_version(new, rtype, info.version))
-                kv2 = await self.backend.update(key, for_storage(new), kv.mod_revision)
+                kv2 = await self.backend.update(key, for_storage(new), rev)
             except RevisionMismatch:
                 if expected is not None:
                     raise self.conflict(rtype, info.name) from None
@@ -935,6 +939,36 @@ class ResourceHandlers:
                 self._crd_event("MODIFIED", new, old)
             return 200, encode(self._with_version(new, rtype, info.version))
         raise self.conflict(rtype, info.name)
+
+    def _updated(
+        self, info: RequestInfo, rtype: ResourceType, mutate: Callable[[dict[str, Any]], dict[str, Any]],
+        expected: int | None, key: str, old: dict[str, Any] | None, rev: int, may_create: bool,
+    ) -> dict[str, Any] | None:
+        """The object ``mutate`` makes of ``old`` (at revision ``rev``), checked and prepared
+        for writing; None when there is no object and the request may create it."""
+        if old is None:
+            if may_create:
+                return None
+            raise self.not_found(rtype, info.name)
+        if expected is not None and expected != rev:
+            raise self.conflict(rtype, info.name)
+        new = mutate(copy.deepcopy(old))
+        node = node_of(info.user)
+        if node is not None:
+            admit_node_write(node, info.verb, rtype, info.namespace, info.name, info.subresource, old, new)
+        new_rv = new["metadata"].get("resourceVersion")
+        if new_rv not in (None, "") and str(new_rv) != str(rev):
+            raise self.conflict(rtype, info.name)
+        self._check_type_meta(new, rtype, info.version)
+        if new["metadata"].get("name") != info.name:
+            raise BadRequest("metadata.name is immutable")
+        self._check_namespace(new, rtype, info.namespace)
+        new = self._prepare_update(rtype, info, old, new)
+        new["apiVersion"] = rtype.api_version()
+        new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
+        if new != old:
+            self._track(rtype, info, old, new)
+        return new
 
     def _prepare_update(
         self, rtype: ResourceType, info: RequestInfo, old: dict[str, Any], new: dict[str, Any]

@@ -159,6 +159,32 @@ async def test_a_version_1_store_is_upgraded_in_place(tmp_path: Path) -> None:
         conn.close()
 
 
+async def test_a_batch_bigger_than_one_statement_is_one_transaction(tmp_path: Path) -> None:
+    """Over 1,000 rows a batch takes several INSERT statements: still all or nothing, still one
+    revision each, with checks op by op when a key exists."""
+    backend = SQLiteBackend(tmp_path / "big.db", batch_max=5000, max_pending_writes=5000)
+    await backend.start()
+    try:
+        await backend.create("/big/7", b"old")
+        results = await asyncio.gather(
+            *(backend.create(f"/big/{i}", b"x") for i in range(2500)), return_exceptions=True)
+        assert backend.stats.max_batch > 1000
+        assert isinstance(results[7], KeyExists)
+        landed = [r for r in results if isinstance(r, KeyValue)]
+        assert len(landed) == 2499
+        assert sorted(r.mod_revision for r in landed) == list(range(2, 2501))
+        assert await backend.current_revision() == 2500
+    finally:
+        await backend.close()
+    reopened = SQLiteBackend(tmp_path / "big.db")
+    await reopened.start()
+    try:
+        page = await reopened.list("/big/", limit=5000)
+        assert len(page.items) == 2500 and page.revision == 2500
+    finally:
+        await reopened.close()
+
+
 async def test_pending_writes_are_bounded(tmp_path: Path) -> None:
     backend = SQLiteBackend(tmp_path / "bounded.db", max_pending_writes=4, max_pending_reads=2)
     await backend.start()

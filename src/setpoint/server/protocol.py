@@ -18,13 +18,12 @@ only slower (``tests/api/test_protocol.py`` notices).
 from __future__ import annotations
 
 import asyncio
-import http
 import re
 from typing import Any, cast
 
 from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from setpoint.server.app import API_PREFIXES, Server
 from setpoint.server.requests import APIRequest
@@ -32,15 +31,6 @@ from setpoint.server.requests import APIRequest
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # what may not appear in a header value
 
 
-def _status_line(code: int) -> bytes:
-    try:
-        phrase = http.HTTPStatus(code).phrase
-    except ValueError:
-        phrase = ""
-    return f"HTTP/1.1 {code} {phrase}\r\n".encode("latin-1")
-
-
-_STATUS_LINES = {code: _status_line(code) for code in range(100, 600)}
 _NO_BODY_STATUS = frozenset({204, 304})
 
 
@@ -89,7 +79,7 @@ class APIProtocol(HttpToolsProtocol):
         if cycle.disconnected:
             return
         status = response.status_code
-        parts: list[bytes | memoryview] = [_STATUS_LINES.get(status) or _status_line(status)]
+        parts: list[bytes | memoryview] = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             parts += (name, b": ", value, b"\r\n")
         for name, value in response.raw_headers:

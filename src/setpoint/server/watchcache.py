@@ -329,6 +329,8 @@ class WatchCache:
             if watchers:
                 for w in list(watchers):
                     w.offer(d)
+                if d._raw is not None and bucket.get(key) is entry:
+                    bucket[key] = (d._raw, revision, True)  # encoded once, for lists too
             if hooks:
                 for hook in hooks:
                     try:

@@ -111,10 +111,11 @@ def _chunks(items: list[_T], size: int = _ROWS_PER_STATEMENT) -> list[list[_T]]:
 
 
 def _plan_batch(
-    conn: sqlite3.Connection, ops: list[WriteOp], base: int
+    conn: sqlite3.Connection, ops: list[WriteOp], base: int, *, read: bool = True
 ) -> tuple[list[KeyValue | StoreError], list[Event], list[tuple[int, str, int, int, bytes]]]:
     """Check ``ops`` in order against the stored state; return each op's outcome, the events and
-    the log rows that carry them out (revisions from ``base + 1``).
+    the log rows that carry them out (revisions from ``base + 1``). ``read=False`` takes every
+    key for absent without looking (see :func:`_only_new_keys`).
 
     Why this way: pysqlite lets go of the interpreter lock for every statement step and must
     get it back afterwards, which under load means waiting for the event loop's thread. Three
@@ -123,7 +124,7 @@ def _plan_batch(
     the current state of every key it touches, and one INSERT of all its log rows, which the
     schema's triggers turn into the ``current`` and revision updates.
     """
-    keys = list(dict.fromkeys(op.key for op in ops))
+    keys = list(dict.fromkeys(op.key for op in ops)) if read else []
     state: dict[str, tuple[int, int] | None] = {}  # key -> (create_revision, mod_revision)
     for chunk in _chunks(keys):
         marks = ",".join("?" * len(chunk))
@@ -194,9 +195,16 @@ def _only_new_keys(ops: list[WriteOp]) -> bool:
 
 
 def _insert_log(conn: sqlite3.Connection, rows: list[tuple[int, str, int, int, bytes]]) -> None:
-    for chunk in _chunks(rows):
+    """Write the rows: one statement, which is its own transaction and durable on return, or
+    one transaction of several statements for batches too big for one."""
+    chunks = _chunks(rows)
+    if len(chunks) > 1:
+        conn.execute("BEGIN IMMEDIATE")
+    for chunk in chunks:
         conn.execute("INSERT INTO log VALUES " + ",".join(["(?,?,?,?,?)"] * len(chunk)),
                      [v for row in chunk for v in row])
+    if len(chunks) > 1:
+        conn.execute("COMMIT")
 
 
 _STOP = object()
@@ -342,28 +350,21 @@ class Writer:
         try:
             conn = self._connection()
             base = rev = self.revision
-            rows: list[tuple[int, str, int, int, bytes]] | None = None
-            if _only_new_keys(ops):
-                rows = [(base + i, op.key, 0, base + i, op.value) for i, op in enumerate(ops, 1)]
+            # Creates of new keys go without reading first; should a key exist after all, the
+            # statement fails, nothing is written, and the batch is checked op by op (this
+            # thread is the only writer, so the state read then holds until the insert).
+            for read in ((False, True) if _only_new_keys(ops) else (True,)):
+                rev = base
+                outcomes, events, rows = _plan_batch(conn, ops, base, read=read)
+                if not rows:
+                    break
                 rev = rows[-1][0]
                 try:
                     _insert_log(conn, rows)
-                except sqlite3.IntegrityError:  # a key exists: nothing was written
-                    rows, rev = None, base
-                else:
-                    kvs = [KeyValue(key, value, r, r) for r, key, _, _, value in rows]
-                    outcomes, events, rows = list(kvs), [Event("PUT", kv) for kv in kvs], []
-            if rows is None:
-                # This thread is the only writer, so the state read here holds until the insert.
-                outcomes, events, rows = _plan_batch(conn, ops, base)
-            if rows:
-                rev = rows[-1][0]
-                if len(rows) <= _ROWS_PER_STATEMENT:
-                    _insert_log(conn, rows)  # one statement: its own transaction, durable on return
-                else:
-                    conn.execute("BEGIN IMMEDIATE")
-                    _insert_log(conn, rows)
-                    conn.execute("COMMIT")
+                    break
+                except sqlite3.IntegrityError:
+                    if read:
+                        raise
         except Exception as exc:
             if not self._committed_anyway(rev):
                 outcomes = [unavailable("writing", self._path, exc) for _ in ops]

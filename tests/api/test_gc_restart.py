@@ -45,3 +45,25 @@ def test_dependents_created_before_a_restart_are_collected_after_it(tmp_path: Pa
             assert kept.status_code == 200 and kept.json()["metadata"]["uid"] == plain["metadata"]["uid"]
     finally:
         srv.stop()
+
+
+def test_a_cluster_scoped_dependent_of_a_namespaced_owner_is_left_alone(
+        server: ServerProcess, namespace: str) -> None:
+    with server.sync_client() as c:
+        owner = c.post(wpath(namespace), json=widget("ns-owner")).json()
+        ref = {"apiVersion": "example.com/v1", "kind": "Widget", "name": "ns-owner",
+               "uid": owner["metadata"]["uid"]}
+        ns_name = f"{namespace}-dep"
+        r = c.post("/api/v1/namespaces", json={"apiVersion": "v1", "kind": "Namespace",
+                                               "metadata": {"name": ns_name, "ownerReferences": [ref]}})
+        assert r.status_code == 201, r.text
+        # A dependent whose owner truly is gone, created after: once the collector has taken
+        # it, it has looked at the namespace too.
+        dangling = widget("gc-barrier")
+        dangling["metadata"]["ownerReferences"] = [
+            {**ref, "name": "never", "uid": "00000000-0000-4000-8000-000000000000"}]
+        assert c.post(wpath(namespace), json=dangling).status_code == 201
+        wait_until(lambda: c.get(wpath(namespace, "gc-barrier")).status_code == 404,
+                   timeout=15, what="the dangling dependent collected")
+        got = c.get(f"/api/v1/namespaces/{ns_name}")
+        assert got.status_code == 200 and not got.json()["metadata"].get("deletionTimestamp")

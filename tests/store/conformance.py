@@ -162,6 +162,20 @@ class BackendConformance:
         assert revs == list(range(base + 1, base + 21))
         assert await backend.current_revision() == base + 20
 
+    async def test_reads_of_keys_with_nul_find_nothing(self, backend: Backend) -> None:
+        """A NUL can reach a read from a URL (``%00``); no stored key holds one, so the read
+        finds nothing, on every backend, rather than failing."""
+        kv = await backend.create("/nul/a", b"x")
+        assert await backend.get("/nul/a\x00") is None
+        assert await backend.get("/nul/a\x00", kv.mod_revision) is None
+        for prefix in ("/nul/\x00", "/nul/a\x00/"):
+            page = await backend.list(prefix)
+            assert page.items == [] and page.revision == await backend.current_revision()
+            assert (await backend.list(prefix, revision=kv.mod_revision)).items == []
+        # A start_after holding NUL bounds the keys after it as the text before the NUL does.
+        page = await backend.list("/nul/", start_after="/nul/\x00zzz")
+        assert [item.key for item in page.items] == ["/nul/a"]
+
     async def test_values_are_opaque_bytes(self, backend: Backend) -> None:
         # Values are opaque bytes: arbitrary binary content must round-trip.
         blob = bytes(range(256)) * 40

@@ -242,6 +242,10 @@ class GarbageCollector:
         rtype = self._owner_type(ref)
         if rtype is None or not isinstance(ref.get("name"), str):
             return "unknown"  # a kind this server does not serve: never a reason to delete
+        if rtype.namespaced and not namespace:
+            # A cluster-scoped dependent cannot name a namespaced owner (Kubernetes reports
+            # such a reference and leaves the dependent alone).
+            return "unknown"
         co = self.handlers.cache.get(rtype.key(namespace if rtype.namespaced else "", ref["name"]))
         if co is None:
             return "gone"

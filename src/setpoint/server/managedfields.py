@@ -239,13 +239,17 @@ class Entry:
 
 
 def decode_entries(obj: dict[str, Any]) -> list[Entry]:
-    out = []
-    for e in obj.get("metadata", {}).get("managedFields") or []:
+    """The entries as stored. Writes validate them, but objects stored before that check may
+    hold anything: what is not an entry is skipped, and so is the path of the object itself
+    (a top-level ``"."``), which no field operation can use."""
+    managed = obj.get("metadata", {}).get("managedFields")
+    out: list[Entry] = []
+    for e in managed if isinstance(managed, list) else []:
         if not isinstance(e, dict) or not isinstance(e.get("manager"), str):
             continue
+        fields = {p for p in from_fields_v1(e.get("fieldsV1")) if p}
         out.append(Entry(e["manager"], str(e.get("operation", "Update")), str(e.get("apiVersion", "")),
-                         str(e.get("subresource", "")), from_fields_v1(e.get("fieldsV1")),
-                         str(e.get("time", ""))))
+                         str(e.get("subresource", "")), fields, str(e.get("time", ""))))
     return out
 
 

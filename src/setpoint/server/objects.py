@@ -6,6 +6,7 @@ resourceVersion, so it is filled in when an object is read rather than stored tw
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -182,6 +183,38 @@ def validate_metadata(obj: dict[str, Any], *, name_is_label: bool) -> list[tuple
                     if not isinstance(ref.get(req), str) or not ref.get(req):
                         causes.append(("FieldValueRequired", "Required value",
                                        f"metadata.ownerReferences[{i}].{req}"))
+    causes.extend(_managed_fields_causes(meta.get("managedFields")))
+    return causes
+
+
+def _managed_fields_causes(managed: Any) -> list[tuple[str, str, str]]:
+    """kube-apiserver's ValidateManagedFields: later writes read these entries back, so a
+    malformed one must be refused here rather than break them."""
+    if managed is None:
+        return []
+    if not isinstance(managed, list):
+        return [("FieldValueInvalid", "Invalid value: must be a list", "metadata.managedFields")]
+    causes: list[tuple[str, str, str]] = []
+    for i, entry in enumerate(managed):
+        field = f"metadata.managedFields[{i}]"
+        if not isinstance(entry, dict):
+            causes.append(("FieldValueInvalid", "Invalid value: must be an object", field))
+            continue
+        if not entry:
+            continue  # managedFields: [{}] is how a client asks for the fields to be reset
+        if entry.get("operation") not in ("Apply", "Update"):
+            causes.append(("FieldValueNotSupported",
+                           f'Unsupported value: {json.dumps(entry.get("operation"))}: supported values: '
+                           '"Apply", "Update"', f"{field}.operation"))
+        if entry.get("fieldsType", "FieldsV1") != "FieldsV1":
+            causes.append(("FieldValueNotSupported",
+                           f'Unsupported value: {json.dumps(entry.get("fieldsType"))}: supported values: '
+                           '"FieldsV1"', f"{field}.fieldsType"))
+        for name in ("manager", "apiVersion", "subresource", "time"):
+            if name in entry and not isinstance(entry[name], str):
+                causes.append(("FieldValueInvalid", "Invalid value: must be a string", f"{field}.{name}"))
+        if "fieldsV1" in entry and not isinstance(entry["fieldsV1"], dict):
+            causes.append(("FieldValueInvalid", "Invalid value: must be an object", f"{field}.fieldsV1"))
     return causes
 
 

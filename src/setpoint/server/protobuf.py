@@ -59,7 +59,10 @@ def _fields(data: bytes) -> Iterator[tuple[int, int | bytes]]:
 def _str(v: int | bytes) -> str:
     if not isinstance(v, bytes):
         raise BadRequest("error decoding protobuf: expected a string")
-    return v.decode()
+    try:
+        return v.decode()
+    except UnicodeDecodeError:
+        raise BadRequest("error decoding protobuf: a string is not valid UTF-8") from None
 
 
 def _map_entry(v: int | bytes) -> tuple[str, str]:

@@ -103,6 +103,15 @@ def prefix_end(prefix: str) -> str | None:
     return None
 
 
+def _key_range(prefix: str) -> tuple[str, str | None]:
+    """The bounds of the keys under ``prefix`` as PostgreSQL text can take them. Text cannot
+    hold NUL, and no stored key holds one (writes refuse it), so a prefix with NUL selects
+    nothing, as it does on the other backends, instead of failing the query."""
+    if "\x00" in prefix:
+        return "\x01", "\x01"
+    return prefix, prefix_end(prefix)
+
+
 def _event(revision: int, key: str, deleted: bool, create_revision: int, value: bytes) -> Event:
     return Event("DELETE" if deleted else "PUT", KeyValue(key, bytes(value), create_revision, revision))
 
@@ -563,7 +572,10 @@ class PostgresBackend(Backend):
     async def get(self, key: str, revision: int = 0) -> KeyValue | None:
         if revision < 0:
             raise ValueError("revision must not be negative")
-        _check_key(key)
+        if "\x00" in key:
+            key = ""  # no stored key holds NUL (nor is empty): reads as absent, like elsewhere
+        else:
+            _check_key(key)
         if revision == 0:
             rows = await self._fetch(self.sql.get_now, key)
             if not rows:
@@ -582,7 +594,8 @@ class PostgresBackend(Backend):
     ) -> ListResult:
         if limit < 0 or revision < 0:
             raise ValueError("limit and revision must not be negative")
-        end = prefix_end(prefix)
+        prefix, end = _key_range(prefix)
+        start_after = start_after.partition("\x00")[0]  # the same bound for keys without NUL
         n = limit + 1 if limit > 0 else None
         if revision == 0:
             rows = await self._fetch(self.sql.list_now, prefix, start_after, end, n)
@@ -601,7 +614,7 @@ class PostgresBackend(Backend):
     # -- watch ------------------------------------------------------------------------------
 
     async def _history(self, prefix: str, after: int, until: int, limit: int) -> builtins.list[Event]:
-        rows = await self._fetch(self.sql.history, after, until, prefix, prefix_end(prefix), limit)
+        rows = await self._fetch(self.sql.history, after, until, *_key_range(prefix), limit)
         compacted = rows[0][0]
         if after < compacted:
             self._compacted = max(self._compacted, compacted)

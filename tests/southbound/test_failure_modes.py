@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from setpoint_home.resources import HOMES
 
+from setpoint.drivers.resources import Owner, RemoteResource
 from tests.servers import ServerProcess
 from tests.southbound.support import (
     DEVICES,
@@ -199,3 +200,23 @@ async def test_deletion_and_orphans(server: ServerProcess, transport: str) -> No
         state = await r.state()
         assert state["devices"]["shed-kettle"]["spec"] is not None  # never ours
         assert {d: effects(state)[d] for d in EXPECTED_EFFECTS} == EXPECTED_EFFECTS  # deletion moved nothing
+
+
+async def test_an_owner_that_appears_while_the_driver_lists_keeps_its_resources(
+        server: ServerProcess, transport: str) -> None:
+    """The sweep lists the subsystem against the owners it knows; one created meanwhile (with
+    its first resource) is no orphan."""
+    async with rig(server, transport) as r:
+        await eventually(lambda: r.ctl.informer.has_synced, what="the controller's informer synced")
+        listed = r.driver.orphans
+
+        async def listing_while_an_owner_appears(live: set[str]) -> list[RemoteResource]:
+            found = await listed(live)
+            uid = (await r.create_home())["metadata"]["uid"]
+            assert uid not in live
+            await eventually(lambda: uid in {o["metadata"]["uid"] for o in r.ctl.informer.list()},
+                             what="the informer sees the new Home")
+            return [*found, RemoteResource(id="attic-fan", owner=Owner(uid=uid, kind="Home"))]
+
+        r.driver.orphans = listing_while_an_owner_appears  # type: ignore[method-assign]
+        assert await r.ctl.sweep_orphans() == []

@@ -59,6 +59,7 @@ from setpoint.client import (
     WatchEvent,
 )
 from setpoint.client.client import Selector, format_selector
+from setpoint.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -299,10 +300,7 @@ class Informer:
             timer.cancel()
         self._resync_timers.clear()
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def __aenter__(self) -> Informer:
         self.start()

@@ -72,8 +72,14 @@ class DriverController(Controller):
         if not self.informer.has_synced or not hasattr(self.driver, "orphans"):
             return []
         live = {str(o["metadata"].get("uid")) for o in self.informer.list()}
+        candidates = await self.driver.orphans(live)
+        # An owner may have appeared (and had its first resource made) while the driver was
+        # listing: ask the informer again, after the listing, before releasing anything.
+        live = {str(o["metadata"].get("uid")) for o in self.informer.list()}
         released = []
-        for resource in await self.driver.orphans(live):
+        for resource in candidates:
+            if resource.owner is not None and resource.owner.uid in live:
+                continue
             log.info("%s: releasing %s: its owner %s no longer exists", self.controller_name,
                      resource.id, resource.owner.uid if resource.owner else "?")
             await self.driver.release(resource)

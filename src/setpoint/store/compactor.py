@@ -17,13 +17,13 @@ the samples it may still need.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
 
 from setpoint.store.backend import Backend, StoreError
+from setpoint.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +61,7 @@ class Compactor:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def _run(self) -> None:
         while True:

@@ -62,6 +62,7 @@ from setpoint.store.backend import (
     Unavailable,
 )
 from setpoint.store.fanout import WatchHub
+from setpoint.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -436,9 +437,7 @@ class EtcdBackend(Backend):
         finally:
             sub.close()
             self._hubs.discard(hub)
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pump
+            await cancel_and_wait(pump)
 
     async def _pump(self, hub: WatchHub, prefix: str, after: int) -> None:
         """Read etcd watches into ``hub`` until the subscriber goes away or etcd fails.

@@ -72,6 +72,7 @@ from setpoint.store.backend import (
     Unavailable,
 )
 from setpoint.store.fanout import WatchHub, watch_stream
+from setpoint.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -261,10 +262,7 @@ class PostgresBackend(Backend):
         if self._writer_task is not None:
             await self._writer_task
         for task in (self._tailer_task, self._resume_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(task)
         self._hub.close(Unavailable(f"{self._where} is closed"))
         if self._writer_conn is not None:
             with contextlib.suppress(Exception):

@@ -176,6 +176,25 @@ class BackendConformance:
         page = await backend.list("/nul/", start_after="/nul/\x00zzz")
         assert [item.key for item in page.items] == ["/nul/a"]
 
+    async def test_one_key_rule_on_every_backend(self, backend: Backend) -> None:
+        """A key is non-empty Unicode text without NUL, on every backend: writes of anything else
+        are refused before they reach the engine, and reads of it find nothing."""
+        kv = await backend.create("/rule/a", b"x")
+        for bad in ("", "/rule/a\x00b", "/rule/\ud800"):
+            with pytest.raises(ValueError):
+                await backend.create(bad, b"x")
+            with pytest.raises(ValueError):
+                await backend.update(bad, b"x")
+            with pytest.raises(ValueError):
+                await backend.delete(bad)
+            assert await backend.get(bad) is None
+            assert await backend.get(bad, kv.mod_revision) is None
+        assert await backend.current_revision() == kv.mod_revision  # nothing was written
+        with pytest.raises(ValueError):
+            await backend.get("/rule/a", -1)
+        with pytest.raises(ValueError):
+            await backend.list("/rule/", limit=-1)
+
     async def test_values_are_opaque_bytes(self, backend: Backend) -> None:
         # Values are opaque bytes: arbitrary binary content must round-trip.
         blob = bytes(range(256)) * 40

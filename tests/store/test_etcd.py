@@ -30,7 +30,7 @@ class EtcdHarness:
 
     async def open(self, name: str = "main") -> EtcdBackend:
         for other, backends in self.backends.items():
-            if other != name and all(b._state == "closed" for b in backends):
+            if other != name and all(b._life.state == "closed" for b in backends):
                 self.clusters[other].stop()
         cluster = self.clusters.get(name)
         if cluster is None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from setpoint.store._sqlite_schema import connect_reader, read_meta, row_event, unavailable
-from setpoint.store.backend import Compacted, Event, FutureRevision, KeyValue, ListResult, StoreError
+from setpoint.store.backend import Compacted, Event, KeyValue, ListResult, StoreError, check_read_revision, prefix_end
 
 ReadFn = Callable[[sqlite3.Connection], Any]
 Settle = Callable[[Any, BaseException | None], None]
@@ -98,20 +98,7 @@ def _snapshot(conn: sqlite3.Connection) -> Iterator[dict[str, int]]:
 
 
 def _check(revision: int, meta: dict[str, int]) -> None:
-    if revision > meta["revision"]:
-        raise FutureRevision(revision, meta["revision"])
-    if revision <= meta["compacted"]:
-        raise Compacted(revision, meta["compacted"])
-
-
-def prefix_end(prefix: str) -> str | None:
-    """The smallest string greater than every string starting with ``prefix`` (None: no bound)."""
-    while prefix:
-        last = ord(prefix[-1])
-        if last < 0x10FFFF:
-            return prefix[:-1] + chr(last + 1)
-        prefix = prefix[:-1]
-    return None
+    check_read_revision(revision, meta["revision"], meta["compacted"])
 
 
 def get(conn: sqlite3.Connection, key: str, revision: int) -> KeyValue | None:

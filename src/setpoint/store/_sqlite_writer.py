@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from setpoint.store._core import Op, WriteOp
 from setpoint.store._sqlite_schema import (
     BUSY_TIMEOUT_MS,
     connect_writer,
@@ -48,26 +49,13 @@ from setpoint.store.backend import (
     Unavailable,
 )
 
-CREATE, UPDATE, DELETE = 0, 1, 2
+CREATE, UPDATE, DELETE = Op.CREATE, Op.UPDATE, Op.DELETE  # module constants: compared per op in the hot loop
 _T = TypeVar("_T")
 
 # Check the WAL file's size every this many commits; checkpoint it fully when it is too big.
 _WAL_CHECK_EVERY = 256
 # How long a full checkpoint may wait for readers (it holds up the write path meanwhile).
 _CHECKPOINT_WAIT_MS = 100
-
-
-class WriteOp:
-    __slots__ = ("expected", "future", "key", "kind", "value")
-
-    def __init__(
-        self, kind: int, key: str, value: bytes, expected: int, future: asyncio.Future[KeyValue]
-    ) -> None:
-        self.kind = kind
-        self.key = key
-        self.value = value
-        self.expected = expected
-        self.future = future
 
 
 class CompactJob:

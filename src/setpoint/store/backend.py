@@ -13,6 +13,11 @@ control plane above it is written once. The semantics follow etcd's MVCC store:
 
 Values are opaque bytes: the store never parses objects, so it cannot disagree with the API layer
 about what an object is.
+
+Keys follow one rule on every backend (:func:`check_key`): a non-empty string of Unicode text
+without NUL. PostgreSQL text cannot hold NUL and etcd keys are UTF-8 bytes, so the narrowest of
+the engines sets the rule for all of them; a key that breaks it is refused on write (ValueError)
+and found nowhere on read, since no stored key can hold it.
 """
 
 from __future__ import annotations
@@ -121,6 +126,65 @@ class WatchOverflow(StoreError):
 
 class Unavailable(StoreError):
     """The store cannot serve right now (closed, restarting, disk error); the call may be retried."""
+
+
+def check_key(key: str) -> None:
+    """Raise ValueError unless ``key`` may be written (see the rule in the module docstring)."""
+    if not isinstance(key, str) or not key:
+        raise ValueError("a key must be a non-empty string")
+    if "\x00" in key:
+        raise ValueError("a key must not contain NUL characters")
+    try:
+        key.encode()
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"key {key!r} is not valid Unicode text") from exc
+
+
+def storable(key: str) -> bool:
+    """Whether ``key`` could be stored at all; reads of any other key find nothing."""
+    try:
+        check_key(key)
+    except ValueError:
+        return False
+    return True
+
+
+def prefix_end(prefix: str) -> str | None:
+    """The smallest string above every string that starts with ``prefix`` (None: no bound).
+
+    Skips the surrogate range, which no storable key holds (and PostgreSQL text cannot), so the
+    bound also encodes to UTF-8, whose byte order is code point order: etcd's byte range end is
+    this string encoded."""
+    while prefix:
+        last = ord(prefix[-1])
+        if last < 0x10FFFF:
+            nxt = last + 1 if not 0xD7FF <= last < 0xE000 else 0xE000
+            return prefix[:-1] + chr(nxt)
+        prefix = prefix[:-1]
+    return None
+
+
+def check_read_revision(revision: int, current: int, compacted: int) -> None:
+    """The guard of every read at a past revision: ahead of the store is FutureRevision, at or
+    below the compacted revision is Compacted."""
+    if revision > current:
+        raise FutureRevision(revision, current)
+    if revision <= compacted:
+        raise Compacted(revision, compacted)
+
+
+def check_watch_start(after_revision: int, current: int, compacted: int) -> None:
+    """The guard of a watch from ``after_revision``: it may start at the compacted revision itself
+    (every event after it is still there), not below it, and not ahead of the store."""
+    if after_revision > current:
+        raise FutureRevision(after_revision, current)
+    if after_revision < compacted:
+        raise Compacted(after_revision, compacted)
+
+
+def check_list_args(revision: int, limit: int = 0) -> None:
+    if limit < 0 or revision < 0:
+        raise ValueError("limit and revision must not be negative")
 
 
 class Backend(abc.ABC):

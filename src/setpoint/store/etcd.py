@@ -48,6 +48,7 @@ import httpx
 import msgspec
 
 from setpoint.store import _etcd_http as _http
+from setpoint.store._core import Lifecycle
 from setpoint.store.backend import (
     Backend,
     Compacted,
@@ -60,6 +61,11 @@ from setpoint.store.backend import (
     RevisionMismatch,
     StoreError,
     Unavailable,
+    check_key,
+    check_list_args,
+    check_watch_start,
+    prefix_end,
+    storable,
 )
 from setpoint.store.fanout import WatchHub
 from setpoint.tasks import cancel_and_wait
@@ -78,15 +84,10 @@ def _unb64(text: str | None) -> bytes:
     return base64.b64decode(text) if text else b""
 
 
-def prefix_end(prefix: bytes) -> bytes:
+def _range_end(prefix: str) -> bytes:
     """etcd's range end for a key prefix (b"\\0": to the end of the key space)."""
-    end = bytearray(prefix)
-    while end:
-        if end[-1] < 0xFF:
-            end[-1] += 1
-            return bytes(end)
-        end.pop()
-    return b"\0"
+    end = prefix_end(prefix)
+    return end.encode() if end is not None else b"\0"
 
 
 def _kv(raw: dict[str, Any]) -> KeyValue:
@@ -142,7 +143,7 @@ class EtcdBackend(Backend):
         self._watch_idle = watch_idle
         self.watch_streams_opened = 0  # etcd watch requests made (for tests and metrics)
         self._index = 0  # the endpoint requests go to first
-        self._state = "new"
+        self._life = Lifecycle(f"etcd store {','.join(self.endpoints)}")
         self._client: _http.Client | None = None
         self._watch_client: httpx.AsyncClient | None = None
         self._compacted = 0
@@ -156,19 +157,18 @@ class EtcdBackend(Backend):
 
     @property
     def _where(self) -> str:
-        return f"etcd store {','.join(self.endpoints)}"
+        return self._life.where
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._state != "new":
-            raise RuntimeError(f"EtcdBackend cannot start when {self._state}")
+        self._life.starting("EtcdBackend")
         self._client = _http.Client(self._timeout, self._max_connections)
         # Watches are long-lived streams: their own pool, no read timeout.
         self._watch_client = httpx.AsyncClient(
             timeout=httpx.Timeout(self._timeout, read=None), limits=httpx.Limits(max_connections=None)
         )
-        self._state = "open"
+        self._life.state = "open"
         try:
             current = await self._etcd_revision()
             self._compacted = await self._find_compacted(current)
@@ -177,22 +177,19 @@ class EtcdBackend(Backend):
             raise
 
     async def close(self) -> None:
-        if self._state == "closed":
-            return
-        was_open = self._state == "open"
-        self._state = "closed"
-        error = Unavailable(f"{self._where} is closed")
+        await self._life.close(self._finish_close)
+
+    async def _finish_close(self) -> None:
+        error = self._life.closed_error()
         for hub in list(self._hubs):
             hub.close(error)
-        if was_open:
-            await self._idle.wait()  # writes already sent are answered first
+        await self._idle.wait()  # writes already sent are answered first
         for client in (self._client, self._watch_client):
             if client is not None:
                 await client.aclose()
 
     def _ensure_open(self) -> None:
-        if self._state != "open":
-            raise Unavailable(f"{self._where} is {'not started' if self._state == 'new' else 'closed'}")
+        self._life.ensure_open()
 
     # -- requests ----------------------------------------------------------------------------
 
@@ -392,20 +389,19 @@ class EtcdBackend(Backend):
             raise self._unavailable("reading", exc) from exc
 
     async def get(self, key: str, revision: int = 0) -> KeyValue | None:
-        if revision < 0:
-            raise ValueError("revision must not be negative")
-        data = await self._range({"key": _b64(_key(key))}, revision)
+        check_list_args(revision)
+        # NUL is a valid etcd key that no stored key equals (the key rule forbids NUL).
+        data = await self._range({"key": _b64(_key(key) if storable(key) else b"\0")}, revision)
         kvs = data.get("kvs")
         return _kv(kvs[0]) if kvs else None
 
     async def list(
         self, prefix: str, *, revision: int = 0, limit: int = 0, start_after: str = ""
     ) -> ListResult:
-        if limit < 0 or revision < 0:
-            raise ValueError("limit and revision must not be negative")
+        check_list_args(revision, limit)
         p = prefix.encode()
         start = max(p, start_after.encode() + b"\0") if start_after else p
-        body: dict[str, Any] = {"key": _b64(start or b"\0"), "range_end": _b64(prefix_end(p))}
+        body: dict[str, Any] = {"key": _b64(start or b"\0"), "range_end": _b64(_range_end(prefix))}
         if limit:
             body["limit"] = limit
         data = await self._range(body, revision)
@@ -424,9 +420,7 @@ class EtcdBackend(Backend):
         self._ensure_open()
         if after < self._compacted:
             raise Compacted(after, self._compacted)
-        current = await self.current_revision()
-        if after > current:
-            raise FutureRevision(after, current)
+        check_watch_start(after, await self.current_revision(), self._compacted)
         hub = WatchHub(self._watch_buffer, after)
         sub = hub.subscribe(prefix)
         self._hubs.add(hub)
@@ -461,7 +455,7 @@ class EtcdBackend(Backend):
                 request = {
                     "create_request": {
                         "key": _b64(p or b"\0"),
-                        "range_end": _b64(prefix_end(p)),
+                        "range_end": _b64(_range_end(prefix)),
                         "start_revision": last + 2,
                         "prev_kv": True,
                     }
@@ -530,9 +524,5 @@ def _event(raw: dict[str, Any]) -> Event:
 
 
 def _key(key: str) -> bytes:
-    if not isinstance(key, str) or not key:
-        raise ValueError("a key must be a non-empty string")
-    try:
-        return key.encode()
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"key {key!r} is not valid Unicode text") from exc
+    check_key(key)
+    return key.encode()

@@ -57,52 +57,27 @@ from typing import Any
 
 import asyncpg
 
+from setpoint.store._core import Lifecycle, Op, Outcome, WriteOp, refusal, settle
 from setpoint.store._pg_sql import Statements
 from setpoint.store.backend import (
     Backend,
     Compacted,
     Event,
     FutureRevision,
-    KeyExists,
-    KeyNotFound,
     KeyValue,
     ListResult,
-    RevisionMismatch,
     StoreError,
     Unavailable,
+    check_key,
+    check_list_args,
+    check_read_revision,
+    prefix_end,
+    storable,
 )
 from setpoint.store.fanout import WatchHub, watch_stream
 from setpoint.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
-
-CREATE, UPDATE, DELETE = 0, 1, 2
-
-_NOT_STARTED, _OPEN, _CLOSING, _CLOSED = "new", "open", "closing", "closed"
-
-
-class _Op:
-    __slots__ = ("expected", "future", "key", "kind", "value")
-
-    def __init__(self, kind: int, key: str, value: bytes, expected: int, future: asyncio.Future[KeyValue]) -> None:
-        self.kind = kind
-        self.key = key
-        self.value = value
-        self.expected = expected
-        self.future = future
-
-
-def prefix_end(prefix: str) -> str | None:
-    """The smallest string above every string that starts with ``prefix`` (None: no bound).
-    Skips the surrogate range, which PostgreSQL text cannot hold."""
-    while prefix:
-        last = ord(prefix[-1])
-        if last < 0x10FFFF:
-            nxt = last + 1 if not 0xD7FF <= last < 0xE000 else 0xE000
-            return prefix[:-1] + chr(nxt)
-        prefix = prefix[:-1]
-    return None
-
 
 def _key_range(prefix: str) -> tuple[str, str | None]:
     """The bounds of the keys under ``prefix`` as PostgreSQL text can take them. Text cannot
@@ -171,10 +146,10 @@ class PostgresBackend(Backend):
             "statement_timeout": str(int(statement_timeout * 1000)),
         }
         self._hub = WatchHub(watch_buffer)
-        self._state = _NOT_STARTED
+        self._life = Lifecycle(f"postgresql store (schema {schema})")
         self._pool: Any = None
         self._writer_conn: Any = None
-        self._queue: asyncio.Queue[_Op | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[WriteOp | None] = asyncio.Queue()
         self._write_slots = asyncio.Semaphore(max_pending_writes)
         self._writer_task: asyncio.Task[None] | None = None
         self._tailer_task: asyncio.Task[None] | None = None
@@ -182,7 +157,6 @@ class PostgresBackend(Backend):
         self._wake = asyncio.Event()
         self._published = asyncio.Event()  # set whenever the hub's revision moves
         self._compacted = 0  # the newest compacted revision this server knows of
-        self._closed: asyncio.Future[None] | None = None
         self._compaction_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
@@ -190,7 +164,7 @@ class PostgresBackend(Backend):
 
     @property
     def _where(self) -> str:
-        return f"postgresql store (schema {self.sql.schema})"
+        return self._life.where
 
     def _unavailable(self, action: str, exc: BaseException) -> Unavailable:
         detail = str(exc) or type(exc).__name__
@@ -209,8 +183,7 @@ class PostgresBackend(Backend):
         )
 
     async def start(self) -> None:
-        if self._state != _NOT_STARTED:
-            raise RuntimeError(f"PostgresBackend cannot start when {self._state}")
+        self._life.starting("PostgresBackend")
         try:
             conn = await self._connect()
             try:
@@ -231,14 +204,14 @@ class PostgresBackend(Backend):
                 server_settings=self._server_settings,
             )
         except StoreError:
-            self._state = _CLOSED
+            self._life.state = "closed"
             raise
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            self._state = _CLOSED
+            self._life.state = "closed"
             raise self._unavailable("opening", exc) from exc
         self._hub.revision = revision
         self._compacted = compacted
-        self._state = _OPEN
+        self._life.state = "open"
         self._writer_task = asyncio.create_task(self._writer(), name="setpoint-pg-writer")
         self._tailer_task = asyncio.create_task(self._tailer(), name="setpoint-pg-tailer")
         if compacted > swept:  # an interrupted compaction: finish it in the background
@@ -249,13 +222,7 @@ class PostgresBackend(Backend):
             await self._sweep()
 
     async def close(self) -> None:
-        if self._state == _NOT_STARTED:
-            self._state = _CLOSED
-        if self._state == _OPEN:
-            self._state = _CLOSING
-            self._closed = asyncio.ensure_future(self._finish_close())
-        if self._closed is not None:
-            await asyncio.shield(self._closed)
+        await self._life.close(self._finish_close)
 
     async def _finish_close(self) -> None:
         self._queue.put_nowait(None)  # the writer commits what is queued before it, then stops
@@ -263,7 +230,7 @@ class PostgresBackend(Backend):
             await self._writer_task
         for task in (self._tailer_task, self._resume_task):
             await cancel_and_wait(task)
-        self._hub.close(Unavailable(f"{self._where} is closed"))
+        self._hub.close(self._life.closed_error())
         if self._writer_conn is not None:
             with contextlib.suppress(Exception):
                 await self._writer_conn.close(timeout=2)
@@ -273,44 +240,42 @@ class PostgresBackend(Backend):
                 await asyncio.wait_for(self._pool.close(), 5)
             except (Exception, TimeoutError):
                 self._pool.terminate()
-        self._state = _CLOSED
 
     def _ensure_open(self) -> None:
-        if self._state != _OPEN:
-            raise Unavailable(f"{self._where} is {'not started' if self._state == _NOT_STARTED else 'closed'}")
+        self._life.ensure_open()
 
     # -- writes -----------------------------------------------------------------------------
 
-    async def _write(self, kind: int, key: str, value: bytes, expected: int) -> KeyValue:
+    async def _write(self, kind: Op, key: str, value: bytes, expected: int) -> KeyValue:
         self._ensure_open()
-        _check_key(key)
+        check_key(key)
         await self._write_slots.acquire()  # released by the writer, also if this caller is cancelled
-        if self._state != _OPEN:
+        if not self._life.is_open:
             self._write_slots.release()
             self._ensure_open()
         fut: asyncio.Future[KeyValue] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Op(kind, key, value, expected, fut))
+        self._queue.put_nowait(WriteOp(kind, key, value, expected, fut))
         return await fut
 
     async def create(self, key: str, value: bytes) -> KeyValue:
-        return await self._write(CREATE, key, bytes(value), 0)
+        return await self._write(Op.CREATE, key, bytes(value), 0)
 
     async def update(self, key: str, value: bytes, expected_revision: int = 0) -> KeyValue:
-        return await self._write(UPDATE, key, bytes(value), expected_revision)
+        return await self._write(Op.UPDATE, key, bytes(value), expected_revision)
 
     async def delete(self, key: str, expected_revision: int = 0) -> KeyValue:
-        return await self._write(DELETE, key, b"", expected_revision)
+        return await self._write(Op.DELETE, key, b"", expected_revision)
 
     async def _writer(self) -> None:
         """Group commit: whatever queued up while the previous batch ran, up to ``batch_max`` ops
         on distinct keys (an op on a key already in the batch waits for the next one, since
         ``write_batch`` checks every op against the state before the batch)."""
-        held: _Op | None = None
+        held: WriteOp | None = None
         stopping = False
         while not stopping or held is not None:
             op = held if held is not None else await self._queue.get()
             held = None
-            ops: list[_Op] = []
+            ops: list[WriteOp] = []
             keys: set[str] = set()
             while op is not None:
                 if op.key in keys:
@@ -326,20 +291,16 @@ class PostgresBackend(Backend):
             if ops:
                 await self._commit(ops)
         # Anything queued after the stop marker is refused.
-        closed = Unavailable(f"{self._where} is closed")
+        closed = self._life.closed_error()
         while not self._queue.empty():
             item = self._queue.get_nowait()
             if item is not None:
                 self._settle([item], [closed])
 
-    def _settle(self, ops: list[_Op], outcomes: list[KeyValue | StoreError]) -> None:
-        for op, outcome in zip(ops, outcomes, strict=True):
+    def _settle(self, ops: list[WriteOp], outcomes: list[KeyValue | StoreError]) -> None:
+        for _ in ops:
             self._write_slots.release()
-            if not op.future.done():
-                if isinstance(outcome, KeyValue):
-                    op.future.set_result(outcome)
-                else:
-                    op.future.set_exception(outcome)
+        settle(ops, outcomes)
 
     async def _writer_connection(self) -> Any:
         conn = self._writer_conn
@@ -353,7 +314,7 @@ class PostgresBackend(Backend):
             self._writer_conn.terminate()
             self._writer_conn = None
 
-    async def _commit(self, ops: list[_Op]) -> None:
+    async def _commit(self, ops: list[WriteOp]) -> None:
         batch = uuid.uuid4()
         sent = False
         try:
@@ -362,7 +323,7 @@ class PostgresBackend(Backend):
             rows = await conn.fetch(
                 self.sql.write_batch,
                 batch,
-                [op.kind for op in ops],
+                [int(op.kind) for op in ops],
                 [op.key for op in ops],
                 [op.value for op in ops],
                 [op.expected for op in ops],
@@ -386,31 +347,24 @@ class PostgresBackend(Backend):
             self.on_commit(len(ops))
 
     @staticmethod
-    def _outcomes(ops: list[_Op], rows: list[Any]) -> tuple[list[KeyValue | StoreError], list[Event]]:
+    def _outcomes(ops: list[WriteOp], rows: list[Any]) -> tuple[list[KeyValue | StoreError], list[Event]]:
         outcomes: list[KeyValue | StoreError] = []
         events: list[Event] = []
         for op, (_, outcome, create_rev, mod_rev, old) in zip(ops, rows, strict=True):
-            if outcome == 0:
+            if outcome == Outcome.PUT:
                 kv = KeyValue(op.key, op.value, create_rev, mod_rev)
                 events.append(Event("PUT", kv))
-            elif outcome == 1:
+            elif outcome == Outcome.DELETED:
                 kv = KeyValue(op.key, bytes(old), create_rev, mod_rev)
                 events.append(Event("DELETE", kv))
             else:
-                error: StoreError
-                if outcome == 2:
-                    error = KeyExists(op.key)
-                elif outcome == 3:
-                    error = KeyNotFound(op.key)
-                else:
-                    error = RevisionMismatch(op.key, op.expected, mod_rev)
-                outcomes.append(error)
+                outcomes.append(refusal(outcome, op.key, op.expected, mod_rev))
                 continue
             outcomes.append(kv)
         return outcomes, events
 
     async def _lost_reply(
-        self, batch: uuid.UUID, ops: list[_Op], error: Unavailable
+        self, batch: uuid.UUID, ops: list[WriteOp], error: Unavailable
     ) -> tuple[list[KeyValue | StoreError], list[Event]] | None:
         """The connection broke with a batch in flight: did it commit? Asked on a new connection
         (``batch_committed`` waits for the revision lock, so the old transaction has ended by
@@ -560,20 +514,10 @@ class PostgresBackend(Backend):
         self._compacted = max(self._compacted, int(rows[0][0]))
         return self._compacted
 
-    @staticmethod
-    def _check(revision: int, current: int, compacted: int) -> None:
-        if revision > current:
-            raise FutureRevision(revision, current)
-        if revision <= compacted:
-            raise Compacted(revision, compacted)
-
     async def get(self, key: str, revision: int = 0) -> KeyValue | None:
-        if revision < 0:
-            raise ValueError("revision must not be negative")
-        if "\x00" in key:
-            key = ""  # no stored key holds NUL (nor is empty): reads as absent, like elsewhere
-        else:
-            _check_key(key)
+        check_list_args(revision)
+        if not storable(key):
+            key = ""  # matches no row: no stored key breaks the rule
         if revision == 0:
             rows = await self._fetch(self.sql.get_now, key)
             if not rows:
@@ -582,7 +526,7 @@ class PostgresBackend(Backend):
             return KeyValue(key, bytes(value), create_rev, mod_rev)
         rows = await self._fetch(self.sql.get_at, key, revision)
         current, compacted, deleted, create_rev, mod_rev, value = rows[0]
-        self._check(revision, current, compacted)
+        check_read_revision(revision, current, compacted)
         if deleted is None or deleted:
             return None
         return KeyValue(key, bytes(value), create_rev, mod_rev)
@@ -590,8 +534,7 @@ class PostgresBackend(Backend):
     async def list(
         self, prefix: str, *, revision: int = 0, limit: int = 0, start_after: str = ""
     ) -> ListResult:
-        if limit < 0 or revision < 0:
-            raise ValueError("limit and revision must not be negative")
+        check_list_args(revision, limit)
         prefix, end = _key_range(prefix)
         start_after = start_after.partition("\x00")[0]  # the same bound for keys without NUL
         n = limit + 1 if limit > 0 else None
@@ -601,7 +544,7 @@ class PostgresBackend(Backend):
             items = [KeyValue(k, bytes(v), c, m) for _, k, c, m, v in rows if k is not None]
         else:
             rows = await self._fetch(self.sql.list_at, prefix, start_after, end, n, revision)
-            self._check(revision, rows[0][0], rows[0][1])
+            check_read_revision(revision, rows[0][0], rows[0][1])
             at = revision
             items = [KeyValue(k, bytes(v), c, m) for _, _, k, c, m, v in rows if k is not None]
         more = limit > 0 and len(items) > limit
@@ -672,13 +615,3 @@ def _is_connection_error(exc: BaseException | None) -> bool:
         | OSError,
     )
 
-
-def _check_key(key: str) -> None:
-    if not isinstance(key, str) or not key:
-        raise ValueError("a key must be a non-empty string")
-    if "\x00" in key:
-        raise ValueError("a key must not contain NUL characters")
-    try:
-        key.encode()
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"key {key!r} is not valid Unicode text") from exc

@@ -25,18 +25,22 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from setpoint.store import _sqlite_reader as reads
+from setpoint.store._core import Lifecycle, Op, WriteOp, settle
 from setpoint.store._sqlite_reader import ReaderPool
 from setpoint.store._sqlite_schema import check_pragmas
-from setpoint.store._sqlite_writer import CREATE, DELETE, UPDATE, Batch, CompactJob, WriteOp, Writer
+from setpoint.store._sqlite_writer import Batch, CompactJob, Writer
 from setpoint.store.backend import (
     Backend,
-    Compacted,
     Event,
     FutureRevision,
     KeyValue,
     ListResult,
     StoreError,
     Unavailable,
+    check_key,
+    check_list_args,
+    check_watch_start,
+    storable,
 )
 from setpoint.store.fanout import WatchHub, watch_stream
 
@@ -52,10 +56,6 @@ class CommitStats:
     writes: int = 0  # ops that took a revision
     failed_commits: int = 0  # batches lost to an SQLite error (every op got Unavailable)
     max_batch: int = 0
-
-    @property
-    def mean_batch(self) -> float:
-        return self.ops / self.commits if self.commits else 0.0
 
 
 class SQLiteBackend(Backend):
@@ -106,7 +106,7 @@ class SQLiteBackend(Backend):
         self._max_pending_reads = max_pending_reads
         self._watch_page = watch_page
         self._hub = WatchHub(watch_buffer)
-        self._state = "new"  # new → open (→ failed) → closing → closed
+        self._life = Lifecycle(f"sqlite store {self.path}")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer: Writer | None = None
         self._readers: ReaderPool | None = None
@@ -115,13 +115,11 @@ class SQLiteBackend(Backend):
         self._writer_ready: asyncio.Future[None] | None = None
         self._writer_stopped: asyncio.Future[None] | None = None
         self._readers_stopped: asyncio.Future[None] | None = None
-        self._closed: asyncio.Future[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        if self._state != "new":
-            raise RuntimeError(f"SQLiteBackend cannot start when {self._state}")
+        self._life.starting("SQLiteBackend")
         loop = self._loop = asyncio.get_running_loop()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -145,31 +143,24 @@ class SQLiteBackend(Backend):
         try:
             await self._writer_ready
         except BaseException:
-            self._state = "closed"
+            self._life.state = "closed"
             raise
         self._hub.revision = self._writer.revision
         self._readers = ReaderPool(self.path, self._readers_count, self._post, self._set_readers_stopped)
         self._readers.start()
-        self._state = "open"
+        self._life.state = "open"
 
     async def close(self) -> None:
-        if self._state == "new":
-            self._state = "closed"
-        if self._state in ("open", "failed"):
-            self._state = "closing"
-            assert self._writer is not None and self._readers is not None
-            self._writer.stop()  # ops queued before this are still committed
-            self._readers.stop()
-            self._closed = asyncio.ensure_future(self._finish_close())
-        if self._closed is not None:
-            await asyncio.shield(self._closed)
+        await self._life.close(self._finish_close)
 
     async def _finish_close(self) -> None:
+        assert self._writer is not None and self._readers is not None
         assert self._writer_stopped is not None and self._readers_stopped is not None
+        self._writer.stop()  # ops queued before this are still committed
+        self._readers.stop()
         await self._writer_stopped
         await self._readers_stopped
-        self._hub.close(Unavailable(f"sqlite store {self.path} is closed"))
-        self._state = "closed"
+        self._hub.close(self._life.closed_error())
 
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
         """Run ``fn(*args)`` on the event loop; called from the backend's threads."""
@@ -178,9 +169,7 @@ class SQLiteBackend(Backend):
             self._loop.call_soon_threadsafe(fn, *args)
 
     def _ensure_open(self) -> None:
-        if self._state != "open":
-            why = {"new": "not started", "failed": "down: its writer stopped"}.get(self._state, "closed")
-            raise Unavailable(f"sqlite store {self.path} is {why}")
+        self._life.ensure_open()
 
     # -- callbacks from the writer thread (on the loop) ---------------------------------------------
 
@@ -195,13 +184,7 @@ class SQLiteBackend(Backend):
                     self._writer_stopped.set_result(None)
 
     def batch_done(self, batch: Batch) -> None:
-        for op, outcome in zip(batch.ops, batch.outcomes, strict=True):
-            fut = op.future
-            if not fut.done():
-                if isinstance(outcome, KeyValue):
-                    fut.set_result(outcome)
-                else:
-                    fut.set_exception(outcome)
+        settle(batch.ops, batch.outcomes)
         if self._write_slots is not None:
             for _ in batch.ops:
                 self._write_slots.release()
@@ -227,11 +210,11 @@ class SQLiteBackend(Backend):
                 fut.set_exception(error)
 
     def writer_stopped(self) -> None:
-        if self._state == "open":  # the thread died without being asked to: refuse new work
-            self._state = "failed"
+        if self._life.is_open:  # the thread died without being asked to: refuse new work
+            self._life.state = "failed"
             self._hub.close(Unavailable(f"sqlite store {self.path}: the writer stopped unexpectedly"))
         assert self._writer is not None
-        error = Unavailable(f"sqlite store {self.path} is closed")
+        error = self._life.closed_error()
         for item in self._writer.drain():
             if isinstance(item, CompactJob):
                 self.compaction_done(item, error)
@@ -246,12 +229,12 @@ class SQLiteBackend(Backend):
 
     # -- writes -----------------------------------------------------------------------------------
 
-    async def _write(self, kind: int, key: str, value: bytes, expected: int) -> KeyValue:
+    async def _write(self, kind: Op, key: str, value: bytes, expected: int) -> KeyValue:
         self._ensure_open()
-        _check_key(key)
+        check_key(key)
         assert self._write_slots is not None and self._writer is not None and self._loop is not None
         await self._write_slots.acquire()  # released by batch_done, also if this caller is cancelled
-        if self._state != "open":
+        if not self._life.is_open:
             self._write_slots.release()
             self._ensure_open()
         fut: asyncio.Future[KeyValue] = self._loop.create_future()
@@ -259,13 +242,13 @@ class SQLiteBackend(Backend):
         return await fut
 
     async def create(self, key: str, value: bytes) -> KeyValue:
-        return await self._write(CREATE, key, bytes(value), 0)
+        return await self._write(Op.CREATE, key, bytes(value), 0)
 
     async def update(self, key: str, value: bytes, expected_revision: int = 0) -> KeyValue:
-        return await self._write(UPDATE, key, bytes(value), expected_revision)
+        return await self._write(Op.UPDATE, key, bytes(value), expected_revision)
 
     async def delete(self, key: str, expected_revision: int = 0) -> KeyValue:
-        return await self._write(DELETE, key, b"", expected_revision)
+        return await self._write(Op.DELETE, key, b"", expected_revision)
 
     async def compact(self, revision: int) -> None:
         self._ensure_open()
@@ -292,7 +275,7 @@ class SQLiteBackend(Backend):
         assert self._read_slots is not None and self._readers is not None and self._loop is not None
         slots = self._read_slots
         await slots.acquire()
-        if self._state != "open":
+        if not self._life.is_open:
             slots.release()
             self._ensure_open()
         fut: asyncio.Future[T] = self._loop.create_future()
@@ -309,13 +292,15 @@ class SQLiteBackend(Backend):
         return await fut
 
     async def get(self, key: str, revision: int = 0) -> KeyValue | None:
+        check_list_args(revision)
+        if not storable(key):
+            key = ""  # matches no row: no stored key breaks the rule
         return await self._read(lambda conn: reads.get(conn, key, revision))
 
     async def list(
         self, prefix: str, *, revision: int = 0, limit: int = 0, start_after: str = ""
     ) -> ListResult:
-        if limit < 0 or revision < 0:
-            raise ValueError("limit and revision must not be negative")
+        check_list_args(revision, limit)
         return await self._read(lambda conn: reads.list_(conn, prefix, revision, limit, start_after))
 
     # -- watch ------------------------------------------------------------------------------------
@@ -332,21 +317,10 @@ class SQLiteBackend(Backend):
     def _check_watch(self, after_revision: int) -> None:
         self._ensure_open()
         assert self._writer is not None
-        if after_revision > self._writer.revision:
-            raise FutureRevision(after_revision, self._writer.revision)
-        if after_revision < self._writer.compacted:
-            raise Compacted(after_revision, self._writer.compacted)
+        check_watch_start(after_revision, self._writer.revision, self._writer.compacted)
 
     @property
     def watchers(self) -> int:
         """Live watch subscriptions (for /metrics)."""
         return len(self._hub)
 
-
-def _check_key(key: str) -> None:
-    if not isinstance(key, str) or not key:
-        raise ValueError("a key must be a non-empty string")
-    try:
-        key.encode()
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"key {key!r} is not valid Unicode text") from exc

@@ -32,10 +32,11 @@ import msgspec
 
 from bench import latency, loadgen, procs
 from bench.cpu import machine_busy, process_cpu
+from bench.operators import AGENT_HANDLERS
 from bench.rawhttp import build_request, fetch, open_stream
 
 if TYPE_CHECKING:
-    from bench.__main__ import Bench
+    from bench.harness import Bench
 
 ROOT = Path(__file__).resolve().parent.parent
 GROUP, VERSION, PLURAL = "example.com", "v1", "widgets"
@@ -789,25 +790,6 @@ class Run:
 
     # ---- 5. kopf --------------------------------------------------------------------------------
 
-    KOPF_HANDLERS = '''
-import asyncio, os, time
-import kopf
-
-_fd = os.open(os.environ["BENCH_KOPF_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-_delay = float(os.environ["BENCH_KOPF_DELAY"])
-
-
-@kopf.on.startup()
-def configure(settings: kopf.OperatorSettings, **_):
-    settings.posting.enabled = False  # no Event per handler call: setpoint's controller posts none either
-
-
-@kopf.on.update("example.com", "v1", "widgets")
-async def updated(name, spec, **_):
-    os.write(_fd, f"{name} {spec.get('size')} {time.monotonic_ns()}\\n".encode())
-    await asyncio.sleep(_delay)
-'''
-
     def kopf(self) -> dict[str, Any]:
         try:
             import kopf
@@ -816,7 +798,7 @@ async def updated(name, spec, **_):
         sz = self.sz
         fill = self.fill("kopf", sz.flood_objects)
         handlers = self.tmp / "kopf_handlers.py"
-        handlers.write_text(self.KOPF_HANDLERS)
+        handlers.write_text(AGENT_HANDLERS.read_text())
         calls_log = self.tmp / "kopf-calls.log"
         calls_log.write_text("")
         kopf_bin = procs.venv_bin("kopf")

@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 
 from bench import procs
+from bench.operators import CLIENT_OPERATOR
 from bench.rawhttp import Connection, build_request
 
 MARK = "BENCH "
@@ -83,32 +84,6 @@ def child_kubernetes(cfg: dict[str, Any]) -> None:
                     w.stop()
                     break
     _say(done=True, events=seen, seconds=round(time.monotonic() - t1, 3), objects=n)
-
-
-KOPF_OPERATOR = '''
-import json, os, time, kopf
-N = int(os.environ["BENCH_OBJECTS"])
-state = {"seen": set(), "events": 0}
-
-@kopf.on.startup()
-async def configure(settings, **_):
-    settings.peering.standalone = True
-    settings.posting.enabled = False
-    settings.watching.server_timeout = 600
-    print("BENCH " + json.dumps({"started_ns": time.monotonic_ns()}), flush=True)
-
-@kopf.on.event("example.com", "v1", "widgets")
-async def event(type, name, **_):  # async: handled on the loop, one line at a time
-    if type is None or type == "ADDED":
-        if name not in state["seen"]:
-            state["seen"].add(name)
-            if len(state["seen"]) == N:
-                print("BENCH " + json.dumps({"ready": True, "full_cache_ns": time.monotonic_ns()}), flush=True)
-        return
-    if type == "MODIFIED":
-        state["events"] += 1
-        print("BENCH " + json.dumps({"event": state["events"], "t_ns": time.monotonic_ns()}), flush=True)
-'''
 
 
 # ---- the parent ------------------------------------------------------------------------------
@@ -216,7 +191,7 @@ def measure(s: procs.Setpoint, crd: dict[str, Any], objects: int, updates: int, 
             child = Child([sys.executable, "-m", "bench.clients", "child-kubernetes", json.dumps(cfg)], {})
         else:
             op = tmp / "kopf_operator.py"
-            op.write_text(KOPF_OPERATOR)
+            op.write_text(CLIENT_OPERATOR.read_text())
             child = Child([sys.executable, "-m", "kopf", "run", "--standalone", "--namespace", ns, str(op)],
                           {"KUBECONFIG": str(kubeconfig), "BENCH_OBJECTS": str(objects)})
         try:
@@ -271,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--objects", type=int, default=10_000)
     ap.add_argument("--updates", type=int, default=5_000)
     a = ap.parse_args(args)
-    from bench.__main__ import WIDGET_CRD
+    from bench.harness import WIDGET_CRD
 
     with tempfile.TemporaryDirectory() as d, procs.Setpoint(Path(d) / "setpoint") as s:
         print(json.dumps(measure(s, WIDGET_CRD, a.objects, a.updates, Path(d)), indent=2))

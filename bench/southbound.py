@@ -37,7 +37,7 @@ import yaml
 from bench import procs
 
 if TYPE_CHECKING:
-    from bench.__main__ import Bench
+    from bench.harness import Bench
 
 HOME_DIR = Path(__file__).resolve().parent.parent / "examples" / "home"
 LOSS_RATES = (0.0, 0.1, 0.3)

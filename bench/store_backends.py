@@ -34,7 +34,7 @@ from bench.cpu import CpuWindow
 from bench.rawhttp import build_request
 
 if TYPE_CHECKING:
-    from bench.__main__ import Bench
+    from bench.harness import Bench
 
 NAMESPACES = ("bench", "lat")
 

@@ -95,9 +95,6 @@ class Indexer:
         """Every value ``index`` currently holds, sorted."""
         return sorted(self._index(index))
 
-    def by_namespace(self, namespace: str) -> builtins.list[Object]:
-        return self.by_index(NAMESPACE_INDEX, namespace)
-
     def by_label(self, key: str, value: str) -> builtins.list[Object]:
         return self.by_index(LABEL_INDEX, f"{key}={value}")
 

@@ -551,10 +551,6 @@ class Client:
                 if isinstance(resources, list) else []
         return self._discovery[api_version]
 
-    def forget_discovery(self) -> None:
-        """Drop cached discovery documents (after CRDs changed)."""
-        self._discovery.clear()
-
 
 def _dry_run(dry_run: bool) -> dict[str, str] | None:
     return {"dryRun": "All"} if dry_run else None

@@ -17,8 +17,6 @@ META_GROUP = "meta.k8s.io"
 DISCOVERY_GROUP = "apidiscovery.k8s.io"
 
 TABLE = "Table"
-PARTIAL = "PartialObjectMetadata"
-PARTIAL_LIST = "PartialObjectMetadataList"
 GROUP_DISCOVERY_LIST = "APIGroupDiscoveryList"
 
 DISCOVERY_V2_MEDIA = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
@@ -58,16 +56,6 @@ def table_version(accept: str | None) -> str | None:
     for t in targets(accept):
         if t.kind == TABLE and t.group == META_GROUP and t.version in ("v1", "v1beta1"):
             return t.version
-    return None
-
-
-def partial_version(accept: str | None) -> tuple[str, str] | None:
-    """(kind, version) when the client asked for PartialObjectMetadata[List], else None."""
-    if not accept or "as=" not in accept:
-        return None
-    for t in targets(accept):
-        if t.kind in (PARTIAL, PARTIAL_LIST) and t.group == META_GROUP and t.version in ("v1", "v1beta1"):
-            return t.kind, t.version
     return None
 
 

@@ -29,10 +29,6 @@ def _ref3(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _ref2(name: str) -> dict[str, Any]:
-    return {"$ref": f"#/definitions/{name}"}
-
-
 def _d(text: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
     return {**(schema or _STR), "description": text}
 

@@ -18,11 +18,11 @@ from __future__ import annotations
 import builtins
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+
+from setpoint.types import Object
 
 log = logging.getLogger(__name__)
 
-Object = dict[str, Any]
 IndexFunc = Callable[[Object], Iterable[str]]
 
 NAMESPACE_INDEX = "namespace"

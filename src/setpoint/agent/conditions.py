@@ -7,9 +7,8 @@ object has been in its state; reason and message may be refreshed without moving
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
-Object = dict[str, Any]
+from setpoint.types import Object
 
 
 def now_rfc3339() -> str:

@@ -55,10 +55,10 @@ from setpoint.client import (
 )
 from setpoint.drivers.base import DriverError, ErrorClass
 from setpoint.drivers.retry import RetryPolicy, RetryTracker
+from setpoint.types import Object
 
 log = logging.getLogger(__name__)
 
-Object = dict[str, Any]
 
 
 @dataclass

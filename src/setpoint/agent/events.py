@@ -12,16 +12,15 @@ import asyncio
 import logging
 import secrets
 from collections import OrderedDict
-from typing import Any
 
 from setpoint.agent.conditions import now_micro, now_rfc3339
 from setpoint.client import Client, ClientError, NotFound, Resource
 from setpoint.tasks import cancel_and_wait
+from setpoint.types import Object
 
 log = logging.getLogger(__name__)
 
 EVENTS = Resource("", "v1", "events", namespaced=True, kind="Event")
-Object = dict[str, Any]
 
 
 class EventRecorder:

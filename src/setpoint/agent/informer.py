@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
-from setpoint.agent.cache import Indexer, IndexFunc, Object, object_key
+from setpoint.agent.cache import Indexer, IndexFunc, object_key
 from setpoint.client import (
     BadRequest,
     Client,
@@ -60,6 +60,7 @@ from setpoint.client import (
 )
 from setpoint.client.client import Selector, format_selector
 from setpoint.tasks import cancel_and_wait
+from setpoint.types import Object
 
 log = logging.getLogger(__name__)
 

@@ -54,8 +54,7 @@ from setpoint.client import (
     Resource,
     ServerError,
 )
-
-Object = dict[str, Any]
+from setpoint.types import Object
 
 err_console = Console(stderr=True, soft_wrap=True, highlight=False)
 

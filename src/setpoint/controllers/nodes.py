@@ -19,10 +19,10 @@ from setpoint.agent import Controller, Informer, NotReady, Result
 from setpoint.agent.conditions import get_condition, set_condition
 from setpoint.client import Client, ClientError, Conflict, NotFound
 from setpoint.controllers.resources import LEASES, NODE_LEASE_NAMESPACE, NODES, PROCESS_FINALIZER, PROCESSSETS
+from setpoint.types import Object
 
 log = logging.getLogger(__name__)
 
-Object = dict[str, Any]
 
 
 class NodeHealth:

@@ -19,10 +19,10 @@ from setpoint.agent import Controller, OperationId, Result
 from setpoint.client import Client
 from setpoint.controllers.resources import PROCESS_FINALIZER, PROCESSSETS
 from setpoint.drivers.process import ProcessDriver, ProcessesNotReady
+from setpoint.types import Object
 
 log = logging.getLogger(__name__)
 
-Object = dict[str, Any]
 
 
 class ProcessSetController(Controller):

@@ -28,10 +28,10 @@ from setpoint.agent.controller import Controller, Result
 from setpoint.client import Client
 from setpoint.drivers.base import DriverError, OperationId
 from setpoint.drivers.retry import RetryPolicy
+from setpoint.types import Object
 
 log = logging.getLogger(__name__)
 
-Object = dict[str, Any]
 
 
 class DriverController(Controller):

@@ -4,11 +4,11 @@ from setpoint.agent.alerts import Alert, AlertSink, LogAlertSink, MemoryAlertSin
 from setpoint.agent.cache import object_key, split_key
 from setpoint.agent.conditions import get_condition, is_converged, set_condition
 from setpoint.agent.controller import Controller, Result, Watch, owner_mapper
+from setpoint.agent.errors import NotReady, OperationId, Permanent, Transient
 from setpoint.agent.events import EventRecorder
 from setpoint.agent.informer import Informer
 from setpoint.agent.leaderelection import LeaderElector
 from setpoint.agent.workqueue import WorkQueue
-from setpoint.drivers.base import NotReady, OperationId, Permanent, Transient
 
 __all__ = [
     "Alert",

@@ -39,10 +39,12 @@ from typing import Any, ClassVar
 from setpoint.agent.alerts import Alert, AlertSink, LogAlertSink
 from setpoint.agent.cache import object_key, split_key
 from setpoint.agent.conditions import set_condition
+from setpoint.agent.errors import DriverError, ErrorClass
 from setpoint.agent.events import EventRecorder
 from setpoint.agent.informer import Informer
 from setpoint.agent.leaderelection import LeaderElector
 from setpoint.agent.ratelimit import RateLimiter
+from setpoint.agent.retry import RetryPolicy, RetryTracker
 from setpoint.agent.workqueue import ShutDown, WorkQueue
 from setpoint.client import (
     APIStatusError,
@@ -53,8 +55,6 @@ from setpoint.client import (
     Resource,
     Selector,
 )
-from setpoint.drivers.base import DriverError, ErrorClass
-from setpoint.drivers.retry import RetryPolicy, RetryTracker
 from setpoint.types import Object
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,9 @@ Failures are classified, because they call for different reactions:
 - :class:`Permanent`: retrying cannot help (bad input, unsupported): stop, mark the object
   failed, raise an alert.
 
-How long to keep retrying is the driver's ``retry_policy`` (:mod:`setpoint.drivers.retry`).
+The error classes and :class:`OperationId` are defined in :mod:`setpoint.agent.errors` (the runtime
+that retries owns them) and re-exported here. How long to keep retrying is the driver's
+``retry_policy`` (:mod:`setpoint.agent.retry`, also importable as ``setpoint.drivers.retry``).
 Drivers are found as plugins through entry points (:mod:`setpoint.drivers.plugins`), and one that
 lives in another process is reached through the REST bridge (:mod:`setpoint.drivers.rest`).
 See docs/writing-a-driver.md.
@@ -22,64 +24,18 @@ See docs/writing-a-driver.md.
 
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
-Obj = dict[str, Any]
+from setpoint.agent.errors import DriverError, ErrorClass, NotReady, OperationId, Permanent, Transient
+from setpoint.types import Object
+
+Obj = Object  # the name drivers have used since the first release
 ObservedT = TypeVar("ObservedT")
-
-
-class ErrorClass(enum.Enum):
-    TRANSIENT = "Transient"
-    NOT_READY = "NotReady"
-    PERMANENT = "Permanent"
-
-
-class DriverError(Exception):
-    error_class: ErrorClass = ErrorClass.TRANSIENT
-
-    def __init__(self, message: str, *, retry_after: float | None = None, uncertain: bool = False,
-                 reason: str = "") -> None:
-        super().__init__(message)
-        self.message = message
-        self.retry_after = retry_after
-        self.uncertain = uncertain
-        self.reason = reason or type(self).__name__
-
-
-class Transient(DriverError):
-    error_class = ErrorClass.TRANSIENT
-
-
-class NotReady(DriverError):
-    error_class = ErrorClass.NOT_READY
-
-
-class Permanent(DriverError):
-    error_class = ErrorClass.PERMANENT
-
-
-@dataclass(frozen=True, slots=True)
-class OperationId:
-    """Stable across retries of the same change, different for the next change."""
-
-    uid: str
-    generation: int
-    action: str
-
-    @classmethod
-    def for_object(cls, obj: Obj, action: str) -> OperationId:
-        meta = obj.get("metadata") or {}
-        return cls(str(meta.get("uid", "")), int(meta.get("generation") or 0), action)
-
-    def __str__(self) -> str:
-        return f"{self.uid}/{self.generation}/{self.action}"
 
 
 class Driver(Protocol[ObservedT]):
     """What a reconciler needs from a subsystem, for one kind of object. Optionally also a
-    ``retry_policy`` attribute (a :class:`~setpoint.drivers.retry.RetryPolicy`)."""
+    ``retry_policy`` attribute (a :class:`~setpoint.agent.retry.RetryPolicy`)."""
 
     name: str
 
@@ -95,3 +51,6 @@ class Driver(Protocol[ObservedT]):
     async def delete(self, obj: Obj, op: OperationId) -> None:
         """Remove everything ``obj`` caused; succeeds if there is nothing left to remove."""
         ...
+
+
+__all__ = ["Driver", "DriverError", "ErrorClass", "NotReady", "Obj", "OperationId", "Permanent", "Transient"]

@@ -22,27 +22,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from setpoint.agent.controller import Controller, Result
+from setpoint.agent.errors import DriverError, OperationId
+from setpoint.agent.retry import RetryPolicy
 from setpoint.client import Client
-from setpoint.drivers.base import DriverError, OperationId
-from setpoint.drivers.retry import RetryPolicy
+from setpoint.drivers.base import Driver
+from setpoint.drivers.resources import RemoteResource
 from setpoint.types import Object
 
 log = logging.getLogger(__name__)
 
+DriverT = TypeVar("DriverT", bound=Driver[Any])
 
 
-class DriverController(Controller):
+@runtime_checkable
+class ReleasesOrphans(Protocol):
+    """A driver that can list what it manages, for the orphan sweep."""
+
+    async def orphans(self, live_uids: set[str]) -> list[RemoteResource]: ...
+
+    async def release(self, resource: RemoteResource) -> None: ...
+
+
+
+class DriverController(Controller, Generic[DriverT]):
     """Subclass with ``resource`` (and ``finalizer``) set; override :meth:`status_for`."""
 
-    def __init__(self, client: Client, driver: Any, *, retry_policy: RetryPolicy | None = None,
+    def __init__(self, client: Client, driver: DriverT, *, retry_policy: RetryPolicy | None = None,
                  drift_interval: float | None = 30.0, orphan_sweep_interval: float | None = None,
                  **kw: Any) -> None:
         policy = retry_policy or getattr(driver, "retry_policy", None) or RetryPolicy()
         super().__init__(client, retry_policy=policy, **kw)
-        self.driver = driver
+        self.driver: DriverT = driver
         self.drift_interval = drift_interval
         self.orphan_sweep_interval = orphan_sweep_interval
         self.released: list[str] = []  # ids of orphans released, newest last
@@ -69,10 +82,11 @@ class DriverController(Controller):
 
     async def sweep_orphans(self) -> list[str]:
         """Release what the driver manages for objects that no longer exist; returns their ids."""
-        if not self.informer.has_synced or not hasattr(self.driver, "orphans"):
+        driver = self.driver
+        if not self.informer.has_synced or not isinstance(driver, ReleasesOrphans):
             return []
         live = {str(o["metadata"].get("uid")) for o in self.informer.list()}
-        candidates = await self.driver.orphans(live)
+        candidates = await driver.orphans(live)
         # An owner may have appeared (and had its first resource made) while the driver was
         # listing: ask the informer again, after the listing, before releasing anything.
         live = {str(o["metadata"].get("uid")) for o in self.informer.list()}
@@ -82,7 +96,7 @@ class DriverController(Controller):
                 continue
             log.info("%s: releasing %s: its owner %s no longer exists", self.controller_name,
                      resource.id, resource.owner.uid if resource.owner else "?")
-            await self.driver.release(resource)
+            await driver.release(resource)
             released.append(resource.id)
         self.released.extend(released)
         return released

@@ -18,6 +18,8 @@ ALLOWED: dict[str, set[str]] = {
     "tasks": set(),
     "__init__": set(),
     "crds": set(),
+    "testing": BASE,
+    "transfer": BASE | {"client"},
     "store": BASE,
     "server": BASE | {"store", "crds"},
     "client": BASE,
@@ -25,7 +27,7 @@ ALLOWED: dict[str, set[str]] = {
     "drivers": BASE | {"agent", "client"},
     "controllers": BASE | {"drivers", "agent", "client", "crds"},
     "node": BASE | {"controllers", "drivers", "agent", "client", "crds"},
-    "cli": BASE | {"node", "controllers", "drivers", "agent", "client", "crds", "server", "store"},
+    "cli": BASE | {"node", "controllers", "drivers", "agent", "client", "crds", "server", "store", "transfer"},
     "__main__": {"cli"},
 }
 

@@ -71,6 +71,7 @@ class ServerOptions:
     compact_interval: float = 60.0
     watch_cache_window: int = 20_000
     watcher_queue: int = 1_000
+    watch_fast_forward_keys: int = 100_000  # 0: a watcher that falls behind is cut off at once
     idempotency_ttl: float = 24 * 3600.0
     settings: Settings = field(default_factory=Settings)
     server_address: str = "127.0.0.1:6443"
@@ -85,7 +86,8 @@ class Server:
         self._latency: dict[tuple[str, str, str, int], Any] = {}  # label values -> histogram child
         self.registry = Registry(builtin_types(compile_schema))
         self.cache = WatchCache(backend, window=options.watch_cache_window,
-                                watcher_queue=options.watcher_queue)
+                                watcher_queue=options.watcher_queue,
+                                fast_forward_keys=options.watch_fast_forward_keys)
         self.handlers = ResourceHandlers(
             backend, self.cache, self.registry,
             idempotency.IdempotencyCache(ttl=options.idempotency_ttl), options.settings,

@@ -52,7 +52,7 @@ from setpoint.server.paths import RequestInfo
 from setpoint.server.resources import CRD_GROUP, Registry, ResourceType, resource_type_from_crd
 from setpoint.server.schema import compile_schema
 from setpoint.server.selectors import DEFAULT_FIELDS, FieldSelector, LabelSelector
-from setpoint.server.watchcache import WatchCache, WatcherClosed, watch_line
+from setpoint.server.watchcache import SKIPPED_ANNOTATION, WatchCache, WatcherClosed, watch_line
 from setpoint.store import (
     Backend,
     Compacted,
@@ -621,8 +621,15 @@ class ResourceHandlers:
                    + b'","annotations":{"k8s.io/initial-events-end":"true"}}}}\n')
             last_sent = after
         try:
-            async for line, rev in self.cache.watch(prefix, key_prefix, pred, after, tick=tick):
-                if line:
+            async for line, rev, skipped in self.cache.watch(prefix, key_prefix, pred, after, tick=tick):
+                if skipped:
+                    # The end of a fast-forward: everything up to rev was sent, newest state per
+                    # key; a client that counts can see how much it was spared.
+                    if bookmarks:
+                        yield (bookmark_head + str(rev).encode() + b'","annotations":{"'
+                               + SKIPPED_ANNOTATION + b'":"' + str(skipped).encode() + b'"}}}}\n')
+                    last_sent = max(rev, last_sent)
+                elif line:
                     if convert:
                         ev = msgspec.json.decode(line)
                         ev["object"]["apiVersion"] = api_version

@@ -38,6 +38,16 @@ class Metrics:
             "setpoint_watchers_cut_off_total", "Watches closed since start because the client fell behind.",
             registry=self.registry,
         )
+        self.watchers_fast_forwarded = Gauge(
+            "setpoint_watchers_fast_forwarded_total",
+            "Times since start a watcher fell behind and was sent only the newest state per key.",
+            registry=self.registry,
+        )
+        self.watch_events_skipped = Gauge(
+            "setpoint_watch_events_skipped_total",
+            "Events coalesced away for watchers that fell behind (intermediate states never sent).",
+            registry=self.registry,
+        )
 
         self.batch_size = Histogram(
             "setpoint_store_write_batch_size", "Writes committed together in one store transaction.",
@@ -54,6 +64,8 @@ class Metrics:
         """Read counters from the cache at scrape time: nothing is added to the event path."""
         self.watch_events_applied.set_function(lambda: float(cache.events_total))
         self.watchers_cut.set_function(lambda: float(cache.watchers_cut))
+        self.watchers_fast_forwarded.set_function(lambda: float(cache.watchers_fast_forwarded))
+        self.watch_events_skipped.set_function(lambda: float(cache.events_skipped))
         self.watchers.set_function(lambda: float(cache.watcher_count()))
 
     def render(self) -> bytes:

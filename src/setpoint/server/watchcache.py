@@ -2,8 +2,16 @@
 
 Why: a backend watch per client would multiply store load by the number of agents; instead the
 server keeps the current objects and a bounded window of recent events in memory, encodes each
-event once, and fans it out to watchers through bounded queues. A watcher that cannot keep up
-is cut off rather than allowed to grow memory; it resumes from the last revision it saw.
+event once, and fans it out to watchers through bounded queues.
+
+A watcher that cannot keep up is fast-forwarded: once its queue is full, its further events are
+coalesced per key (only the newest state of each key is kept, in revision order; an object
+created and deleted meanwhile is dropped altogether), and when the queue has drained the
+watcher is sent those, then a bookmark saying how many events it skipped. Only the latest
+desired state matters, so a slow agent catches up in one pass over what changed instead of
+replaying every intermediate state or relisting. What it holds is bounded by the number of keys
+(``fast_forward_keys``); a watcher behind on more keys than that is cut off and resumes from the
+last revision it saw, as it is with fast-forwarding turned off.
 
 A client that asks for a revision older than the in-memory window but still inside the store's
 history is served from the store first and then joins the window, so the window size trades
@@ -137,6 +145,10 @@ class _Delivery:
         return self._prev
 
 
+SKIPPED_ANNOTATION = b"setpoint.dev/skipped-events"
+"""On the bookmark that ends a fast-forward: how many events the watcher was spared."""
+
+
 def watch_line(type: str, raw: bytes) -> bytes:
     return b'{"type":"' + type.encode() + b'","object":' + raw + b"}\n"
 
@@ -149,8 +161,16 @@ class WatcherClosed(Exception):
     """The watcher was cut off (too slow, or the cache restarted); the client resumes."""
 
 
+# While a watcher is fast-forwarded: key -> (type, served JSON, revision), oldest first. A delete
+# followed by a new object under the same key keeps the delete apart, under the key plus NUL
+# (no key holds NUL), so that a client is told the old object went before it sees the new one.
+Pending = dict[str, tuple[str, bytes, int]]
+_DELETED_APART = "\x00"
+
+
 class CacheWatcher:
-    """One client watch: a bounded queue of encoded lines, filled synchronously by the cache."""
+    """One client watch: a bounded queue of encoded lines, filled synchronously by the cache,
+    and once that is full, the coalesced events of a fast-forward (see the module docstring)."""
 
     def __init__(
         self,
@@ -159,6 +179,7 @@ class CacheWatcher:
         key_prefix: str,
         predicate: Predicate | None,
         capacity: int,
+        fast_forward_keys: int = 0,
     ) -> None:
         self.cache = cache
         self.prefix = prefix
@@ -170,6 +191,9 @@ class CacheWatcher:
         self.capacity = capacity
         self.queue: asyncio.Queue[tuple[bytes, int] | None] = asyncio.Queue(capacity + 1)
         self.closed_reason: str | None = None
+        self.fast_forward_keys = fast_forward_keys
+        self.pending: Pending | None = None  # not None while fast-forwarding
+        self.skipped = 0  # events coalesced away in the current fast-forward
 
     def offer(self, d: _Delivery) -> None:
         revision, etype, key = d.record[0], d.record[1], d.record[2]
@@ -191,11 +215,56 @@ class CacheWatcher:
                 etype = "DELETED"
             else:
                 return
-        if self.queue.qsize() >= self.capacity:
-            self.cache.watchers_cut += 1
-            self.close("the watcher fell behind and was cut off; resume from the last resourceVersion")
+        if self.pending is None and self.queue.qsize() >= self.capacity:
+            if self.fast_forward_keys <= 0:
+                self._cut()
+                return
+            self.pending = {}
+            self.cache.watchers_fast_forwarded += 1
+        if self.pending is not None:
+            self._coalesce(self.pending, key, etype, d.raw, revision)
             return
         self.queue.put_nowait((watch_line(etype, d.raw), revision))
+
+    def _coalesce(self, pending: Pending, key: str, etype: str, raw: bytes, revision: int) -> None:
+        old = pending.pop(key, None)  # popped and put back: the dict stays in revision order
+        if old is not None:
+            self.skipped += 1
+            self.cache.events_skipped += 1
+            if old[0] == "ADDED":
+                if etype == "DELETED":  # created and deleted while behind: the client never knew it
+                    self.skipped += 1
+                    self.cache.events_skipped += 1
+                    return
+                etype = "ADDED"
+            elif old[0] == "DELETED" and etype != "DELETED":
+                self.skipped -= 1  # both are sent
+                self.cache.events_skipped -= 1
+                pending[key + _DELETED_APART] = old
+                etype = "ADDED"
+        if len(pending) >= self.fast_forward_keys:
+            self._cut()
+            return
+        pending[key] = (etype, raw, revision)
+
+    def take_pending(self) -> tuple[bytes, int] | None:
+        """The oldest coalesced event as a watch line, or None when the fast-forward is done."""
+        pending = self.pending
+        if not pending:
+            return None
+        key = next(iter(pending))
+        etype, raw, revision = pending.pop(key)
+        return watch_line(etype, raw), revision
+
+    def finish_fast_forward(self) -> int:
+        """Back to queueing events one by one; returns how many were skipped."""
+        skipped, self.skipped, self.pending = self.skipped, 0, None
+        return skipped
+
+    def _cut(self) -> None:
+        self.cache.watchers_cut += 1
+        self.pending = None
+        self.close("the watcher fell behind and was cut off; resume from the last resourceVersion")
 
     def close(self, reason: str) -> None:
         if self.closed_reason is None:
@@ -207,10 +276,12 @@ class CacheWatcher:
 
 
 class WatchCache:
-    def __init__(self, backend: Backend, *, window: int = 20_000, watcher_queue: int = 1_000) -> None:
+    def __init__(self, backend: Backend, *, window: int = 20_000, watcher_queue: int = 1_000,
+                 fast_forward_keys: int = 100_000) -> None:
         self.backend = backend
         self.window = window
         self.watcher_queue = watcher_queue
+        self.fast_forward_keys = fast_forward_keys
         self.revision = 0
         self.floor = 0  # every event with revision > floor is in the ring
         self._ring: deque[Record] = deque()
@@ -225,6 +296,8 @@ class WatchCache:
         self.events_total = 0
         self.closing = False  # no new watchers once the server is shutting down
         self.watchers_cut = 0
+        self.watchers_fast_forwarded = 0
+        self.events_skipped = 0
 
     # ---- lifecycle -------------------------------------------------------------------------
 
@@ -423,7 +496,7 @@ class WatchCache:
                   after: int) -> CacheWatcher:
         if after < self.floor:
             raise TooOld(after)
-        w = CacheWatcher(self, prefix, key_prefix, predicate, self.watcher_queue)
+        w = CacheWatcher(self, prefix, key_prefix, predicate, self.watcher_queue, self.fast_forward_keys)
         if self.closing:
             w.close("the server is shutting down")
             return w
@@ -448,11 +521,13 @@ class WatchCache:
         predicate: Predicate | None,
         after: int | None,
         tick: float | None = None,
-    ) -> AsyncIterator[tuple[bytes, int]]:
-        """Encoded watch lines and their revisions.
+    ) -> AsyncIterator[tuple[bytes, int, int]]:
+        """Encoded watch lines, their revisions, and 0.
 
-        Every ``tick`` seconds without an event it yields ``(b"", revision)``: the revision up to
-        which this watcher has been sent everything (for bookmarks and deadlines).
+        Every ``tick`` seconds without an event it yields ``(b"", revision, 0)``: the revision up
+        to which this watcher has been sent everything (for bookmarks and deadlines). At the end
+        of a fast-forward it yields ``(b"", revision, skipped)``: everything up to ``revision``
+        was sent, with ``skipped`` events coalesced away.
 
         ``after=None`` starts with synthetic ADDED events for the current state (Kubernetes'
         "watch from now, with initial state"); otherwise every event after that revision.
@@ -462,7 +537,7 @@ class WatchCache:
             after = self.revision
             for co in self.list(prefix, key_prefix):
                 if predicate is None or predicate(co.obj):
-                    yield watch_line("ADDED", co.raw), co.revision
+                    yield watch_line("ADDED", co.raw), co.revision, 0
         while True:
             try:
                 w = self._register(prefix, key_prefix, predicate, after)
@@ -475,11 +550,21 @@ class WatchCache:
                             line = self._catch_up_line(ev, predicate)
                             after = ev.revision
                             if line is not None:
-                                yield line, after
+                                yield line, after, 0
                         if after >= self.floor:
                             break
         try:
             while True:
+                if w.queue.empty() and w.pending is not None:
+                    # The queue has drained: send the coalesced events, oldest first (new ones
+                    # keep joining at the end), then say how many were skipped.
+                    taken = w.take_pending()
+                    if taken is not None:
+                        yield taken[0], taken[1], 0
+                        continue
+                    # Both empty: every event up to the cache's revision has been sent.
+                    yield b"", self.revision, w.finish_fast_forward()
+                    continue
                 if tick is None or not w.queue.empty():
                     # Returns at once when lines are queued: a watcher behind a busy loop
                     # catches up in one turn, not a turn (and a timer) per line.
@@ -488,11 +573,11 @@ class WatchCache:
                     try:
                         item = await asyncio.wait_for(w.queue.get(), tick)
                     except TimeoutError:
-                        yield b"", self.revision
+                        yield b"", self.revision, 0
                         continue
                 if item is None:
                     raise WatcherClosed(w.closed_reason or "closed")
-                yield item
+                yield item[0], item[1], 0
         finally:
             w.close("done")
 

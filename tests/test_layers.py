@@ -12,10 +12,11 @@ import setpoint
 ROOT = Path(setpoint.__file__).resolve().parent
 
 # What each top-level part of the package may import from setpoint (besides itself).
-BASE = {"types", "tasks", "__init__"}
+BASE = {"types", "tasks", "backoff", "__init__"}
 ALLOWED: dict[str, set[str]] = {
     "types": set(),
     "tasks": set(),
+    "backoff": set(),
     "__init__": set(),
     "crds": set(),
     "testing": BASE,
@@ -23,10 +24,10 @@ ALLOWED: dict[str, set[str]] = {
     "store": BASE,
     "server": BASE | {"store", "crds"},
     "client": BASE,
-    "agent": BASE | {"client"},
-    "drivers": BASE | {"agent", "client"},
-    "controllers": BASE | {"drivers", "agent", "client", "crds"},
-    "node": BASE | {"controllers", "drivers", "agent", "client", "crds"},
+    "agent": BASE | {"client", "transfer"},
+    "drivers": BASE | {"agent", "client", "transfer"},
+    "controllers": BASE | {"drivers", "agent", "client", "crds", "transfer"},
+    "node": BASE | {"controllers", "drivers", "agent", "client", "crds", "transfer"},
     "cli": BASE | {"node", "controllers", "drivers", "agent", "client", "crds", "server", "store", "transfer"},
     "__main__": {"cli"},
 }

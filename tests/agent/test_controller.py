@@ -19,6 +19,8 @@ from setpoint.client import Client, ClientConfig, Resource
 from tests.conftest import WIDGET_CRD
 from tests.servers import ServerProcess
 
+pytestmark = pytest.mark.usefixtures("transfer")  # each test runs on every transport
+
 WIDGETS = Resource("example.com", "v1", "widgets", namespaced=True, kind="Widget")
 EVENTS = Resource("", "v1", "events", namespaced=True, kind="Event")
 NAMESPACES = Resource("", "v1", "namespaces", namespaced=False, kind="Namespace")

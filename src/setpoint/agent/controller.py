@@ -55,6 +55,7 @@ from setpoint.client import (
     Resource,
     Selector,
 )
+from setpoint.transfer import TransportFactory
 from setpoint.types import Object
 
 log = logging.getLogger(__name__)
@@ -134,6 +135,7 @@ class Controller:
         owns: list[Resource] | None = None,
         watches: list[Watch] | None = None,
         retry_policy: RetryPolicy | None = None,
+        transfer: TransportFactory | None = None,
     ) -> None:
         self.client = client
         self.retry_policy = retry_policy
@@ -150,7 +152,7 @@ class Controller:
         self.queue: WorkQueue[str] = WorkQueue(name=self.controller_name, rate_limiter=rate_limiter)
         self.informer = Informer(client, self.resource, namespace=namespace,
                                  label_selector=label_selector, field_selector=field_selector,
-                                 transform=_strip_managed_fields)
+                                 transform=_strip_managed_fields, transport=transfer() if transfer else None)
         self.informer.add_handler(
             on_add=self._enqueue_obj,
             on_update=self._enqueue_update,
@@ -164,7 +166,8 @@ class Controller:
             all_watches.append(Watch(res, owner_mapper(self.resource.kind), namespace=namespace))
         for w in all_watches:
             inf = Informer(client, w.resource, namespace=w.namespace, label_selector=w.label_selector,
-                           field_selector=w.field_selector, transform=_strip_managed_fields)
+                           field_selector=w.field_selector, transform=_strip_managed_fields,
+                           transport=transfer() if transfer else None)
             enqueue = self._mapped(w.mapper)
             inf.add_handler(on_add=enqueue, on_update=_on_new(enqueue), on_delete=enqueue)
             self._secondary.append(inf)

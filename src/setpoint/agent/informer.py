@@ -28,6 +28,11 @@ that stops matching arrives as a delete, one that starts matching as an add. A s
 server refuses (400, e.g. a field the kind does not declare) stops the informer:
 :meth:`Informer.wait_synced` raises it. Filter on other fields in the handlers.
 
+How the changes travel is the informer's ``transport`` (:mod:`setpoint.transfer`): ``watch``
+(the default, described above), ``poll``, NATS ``interrupt`` or JetStream ``command``. Whatever
+it is, the informer's cache, handlers and guarantees are the same: changes are applied in
+revision order per object, never older over newer, and failures are handled here alike.
+
 Handlers are plain (sync) callables, called in order of registration on the informer's task,
 typically to put a key on a work queue. They must not block, and must not change the objects
 they are given (the cache shares them). An exception in a handler is logged, not propagated.
@@ -39,14 +44,13 @@ import asyncio
 import builtins
 import contextlib
 import logging
-import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 from setpoint.agent.cache import Indexer, IndexFunc, object_key
+from setpoint.backoff import Backoff
 from setpoint.client import (
     BadRequest,
     Client,
@@ -60,7 +64,12 @@ from setpoint.client import (
 )
 from setpoint.client.client import Selector, format_selector
 from setpoint.tasks import cancel_and_wait
+from setpoint.transfer import default_transport
+from setpoint.transfer.base import TransferStats, Transport
+from setpoint.transfer.watch import WatchTransport
 from setpoint.types import Object
+
+__all__ = ["Backoff", "HandlerRegistration", "Informer", "InformerStats"]
 
 log = logging.getLogger(__name__)
 
@@ -71,46 +80,12 @@ ResyncHandler = Callable[[Object], None]
 Transform = Callable[[Object], Object]
 
 SERVER_BOOKMARK_INTERVAL = 5.0
+SKIPPED_ANNOTATION = "setpoint.dev/skipped-events"  # on the bookmark that ends a fast-forward
 # Errors no retry can fix: the request itself is wrong (a selector the server cannot apply).
 FATAL_ERRORS = (BadRequest, Invalid, UnsupportedMediaType)
 
 
-class Backoff:
-    """Exponential backoff with jitter, capped: ``initial``, times ``factor`` per failure, at most
-    ``cap``; each delay is drawn uniformly from ``[(1 - jitter) * d, d]`` so that many agents
-    that lost the same server do not come back in lockstep."""
-
-    def __init__(self, initial: float = 0.5, cap: float = 30.0, factor: float = 2.0, jitter: float = 0.5) -> None:
-        if initial <= 0 or cap < initial or factor < 1 or not 0 <= jitter <= 1:
-            raise ValueError("need 0 < initial <= cap, factor >= 1 and 0 <= jitter <= 1")
-        self.initial = initial
-        self.cap = cap
-        self.factor = factor
-        self.jitter = jitter
-        self.failures = 0
-
-    def next(self) -> float:
-        delay = min(self.cap, self.initial * self.factor ** min(self.failures, 64))
-        self.failures += 1
-        return delay * (1 - self.jitter * random.random())
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
-@dataclass
-class InformerStats:
-    """Counters for metrics and tests; fixed size."""
-
-    lists: int = 0  # successful lists (the first one included)
-    expired: int = 0  # 410s that forced a relist
-    watches: int = 0  # watch streams opened
-    watch_errors: int = 0  # lists and watches that failed and were retried after a backoff
-    idle_timeouts: int = 0  # watches given up because nothing arrived within idle_timeout
-    events: int = 0  # ADDED/MODIFIED/DELETED events applied
-    bookmarks: int = 0
-    resyncs: int = 0
-    last_error: str = ""
+InformerStats = TransferStats  # the counters every transport keeps
 
 
 class HandlerRegistration:
@@ -166,6 +141,7 @@ class Informer:
         page_size: int = 500,
         watch_timeout: float = 300.0,
         backoff: Backoff | None = None,
+        transport: Transport | None = None,
     ) -> None:
         if idle_timeout <= 0 or page_size <= 0 or watch_timeout <= 0:
             raise ValueError("idle_timeout, page_size and watch_timeout must be positive")
@@ -179,6 +155,12 @@ class Informer:
         self.page_size = page_size
         self.watch_timeout = watch_timeout
         self.backoff = backoff if backoff is not None else Backoff()
+        if transport is None:
+            transport = default_transport()
+            if isinstance(transport, WatchTransport):  # the informer's own settings apply to it
+                transport.watch_timeout = watch_timeout
+                transport.backoff = self.backoff
+        self.transport = transport
         self.cache = Indexer()
         self.stats = InformerStats()
         self.error: Exception | None = None  # set when the informer stopped on a fatal error
@@ -302,6 +284,7 @@ class Informer:
         self._resync_timers.clear()
         task, self._task = self._task, None
         await cancel_and_wait(task)
+        await self.transport.close()
 
     async def __aenter__(self) -> Informer:
         self.start()
@@ -333,9 +316,7 @@ class Informer:
         try:
             while True:
                 try:
-                    if self._resource_version is None:
-                        await self._list()
-                    await self._watch()
+                    await self.transport.step(self)
                 except Gone as e:
                     self.stats.expired += 1
                     self.stats.last_error = str(e)
@@ -370,17 +351,41 @@ class Informer:
             timer.cancel()
         self._resync_timers.clear()
 
-    async def _list(self) -> None:
-        result = await self.client.list_all(
-            self.resource, namespace=self.namespace, label_selector=self.label_selector,
-            field_selector=self.field_selector, limit=self.page_size,
-        )
-        self.stats.lists += 1
+    # ---- what transports call (setpoint.transfer.base.Target) -----------------------------------
+
+    def replace(self, items: builtins.list[Object], resource_version: str) -> None:
+        """A complete list as of ``resource_version``: the cache becomes exactly ``items``."""
         self._listed_at = time.monotonic()
-        self._replace(result.items)
-        self._resource_version = result.resource_version
+        self._replace(items)
+        self._resource_version = resource_version
+        first = not self._listed
         self._listed = True
         self._wake.set()
+        if first:
+            log.debug("%s: synced %d objects at %s", self.resource.plural, len(items), resource_version)
+
+    def apply(self, event: WatchEvent) -> None:
+        """One change from an ordered stream (watch, poll, interrupt): anything at or below the
+        revision the cache reflects is a replay and is dropped."""
+        self._apply(event)
+
+    def apply_latest(self, event: WatchEvent) -> bool:
+        """One change from a source that keeps only each object's newest state but may deliver
+        objects out of global order or twice (command): dropped when the cached object is as
+        new or newer. Returns whether it was applied."""
+        if event.type == "BOOKMARK":
+            self._apply(event)
+            return True
+        rv = _revision(event.resource_version)
+        cached = self.cache.get(object_key(event.object))
+        if rv is None or (cached is not None and (_revision(str(_rv(cached))) or 0) >= rv):
+            self.stats.stale += 1
+            return False
+        self._apply(event, ordered=False)
+        return True
+
+    def forget_revision(self) -> None:
+        self._resource_version = None
 
     def _replace(self, items: builtins.list[Object]) -> None:
         """Make the cache equal to ``items`` and tell the handlers exactly what changed: what a
@@ -408,45 +413,19 @@ class Informer:
                 self._updated(old, obj)
             # unchanged: keep the cached object, say nothing
 
-    async def _watch(self) -> None:
-        assert self._resource_version is not None
-        timeout = int(self.watch_timeout * (1 + random.random()))  # spread reconnects out
-        started = time.monotonic()
-        received = 0
-        stream = self.client.watch(
-            self.resource, namespace=self.namespace, resource_version=self._resource_version,
-            label_selector=self.label_selector, field_selector=self.field_selector,
-            allow_bookmarks=True, timeout_seconds=timeout, idle_timeout=self.idle_timeout,
-        )
-        async with stream:
-            self.stats.watches += 1
-            try:
-                async for event in stream:
-                    received += 1
-                    if received == 1:
-                        self.backoff.reset()  # the connection works: the next failure starts small
-                    self._apply(event)
-            except IdleTimeout:
-                # The server answered, then went silent: the connection is dead, or (with
-                # nothing written anywhere) merely quiet. Either way a new watch is the cure,
-                # and it is tried at once; failures to open one back off as usual.
-                self.stats.idle_timeouts += 1
-                log.info("%s: nothing received for %.1fs; watching again from %s", self.resource.plural,
-                         self.idle_timeout, self._resource_version)
-                return
-        # The server ended the stream (timeoutSeconds, a cut-off watcher, shutdown): resume at
-        # once, unless it keeps ending streams before they deliver anything.
-        if received == 0 and time.monotonic() - started < 1.0:
-            await asyncio.sleep(self.backoff.next())
-
-    def _apply(self, event: WatchEvent) -> None:
+    def _apply(self, event: WatchEvent, *, ordered: bool = True) -> None:
         rv = event.resource_version
         if event.type == "BOOKMARK":
             self.stats.bookmarks += 1
+            skipped = (event.object.get("metadata", {}).get("annotations") or {}).get(SKIPPED_ANNOTATION)
+            if skipped:
+                with contextlib.suppress(ValueError):
+                    self.stats.skipped += int(skipped)
             if self._newer(rv):
                 self._resource_version = rv
             return
-        if not self._newer(rv):
+        if ordered and not self._newer(rv):
+            self.stats.stale += 1
             return  # already seen (a replay after a resume): never deliver an event twice
         obj = self.transform(event.object) if self.transform else event.object
         key = object_key(obj)
@@ -465,7 +444,8 @@ class Informer:
                 self._deleted(obj)
         else:
             log.warning("%s: ignoring a watch event of unknown type %r", self.resource.plural, event.type)
-        self._resource_version = rv
+        if self._newer(rv):
+            self._resource_version = rv
 
     def _newer(self, rv: str) -> bool:
         if not rv:

@@ -504,6 +504,7 @@ class Client:
         allow_bookmarks: bool = True,
         timeout_seconds: int | None = None,
         idle_timeout: float | None = None,
+        catch_up: bool = False,
     ) -> WatchStream:
         """A stream of :class:`WatchEvent` for every change after ``resource_version`` (without
         one, or with ``"0"``: ADDED for each existing object first).
@@ -512,6 +513,9 @@ class Client:
         (no event and no bookmark) raises :class:`IdleTimeout`. An ERROR event raises its typed
         error (:class:`Expired` when the revision was compacted), as does an HTTP error at start.
         Use it as ``async with client.watch(...) as events: async for event in events: ...``.
+
+        ``catch_up`` (setpoint's poll) ends the stream once it has delivered every change up to
+        the server's revision at the time of the request, with a BOOKMARK at that revision.
         """
         params: dict[str, str] = {"watch": "1"}
         if resource_version is not None:
@@ -524,6 +528,8 @@ class Client:
             params["allowWatchBookmarks"] = "true"
         if timeout_seconds is not None:
             params["timeoutSeconds"] = str(int(timeout_seconds))
+        if catch_up:
+            params["catchUp"] = "true"
         timeout = httpx.Timeout(self.config.timeout, read=idle_timeout)
         return WatchStream(self, resource.path(namespace, name), params, timeout)
 

@@ -554,6 +554,14 @@ class ResourceHandlers:
             compacted = await self.backend.compacted_revision()
             if after < compacted:
                 raise Expired(f"too old resource version: {after} ({compacted + 1})")
+        until: int | None = None
+        if q.get("catchUp", "").lower() in ("1", "true"):
+            # setpoint's poll: every change after resourceVersion up to now, then a bookmark at
+            # the revision reached, then the end. "Nothing changed" is that one bookmark.
+            until = await self.backend.current_revision()
+            if until > self.cache.revision and not await self.cache.wait_for(
+                    until, self.settings.cache_wait_seconds):
+                raise Timeout(f"Too large resource version: {until}, current: {self.cache.revision}")
         timeout = self.settings.watch_max_seconds
         ts = q.get("timeoutSeconds")
         if ts:
@@ -571,7 +579,7 @@ class ResourceHandlers:
         convert = info.version != rtype.storage_version
         api_version = rtype.api_version(info.version)
         stream = self._watch_stream(rtype.key_prefix, key_prefix, pred, after, timeout, tick, bookmarks,
-                                    bookmark_head, convert, api_version, initial_events)
+                                    bookmark_head, convert, api_version, initial_events, until)
         tv = table_version(request.headers.get("accept"))
         if tv is not None:
             include = tables.include_object(q.get("includeObject"))
@@ -603,7 +611,7 @@ class ResourceHandlers:
     async def _watch_stream(
         self, prefix: str, key_prefix: str, pred: Callable[[dict[str, Any]], bool] | None,
         after: int | None, timeout: float, tick: float, bookmarks: bool, bookmark_head: bytes,
-        convert: bool, api_version: str, initial_events: bool = False,
+        convert: bool, api_version: str, initial_events: bool = False, until: int | None = None,
     ) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
@@ -621,7 +629,8 @@ class ResourceHandlers:
                    + b'","annotations":{"k8s.io/initial-events-end":"true"}}}}\n')
             last_sent = after
         try:
-            async for line, rev, skipped in self.cache.watch(prefix, key_prefix, pred, after, tick=tick):
+            async for line, rev, skipped in self.cache.watch(prefix, key_prefix, pred, after, tick=tick,
+                                                             until=until):
                 if skipped:
                     # The end of a fast-forward: everything up to rev was sent, newest state per
                     # key; a client that counts can see how much it was spared.
@@ -636,6 +645,9 @@ class ResourceHandlers:
                         line = encode(ev) + b"\n"
                     yield line
                     last_sent = rev
+                elif until is not None and rev >= until:
+                    yield bookmark_head + str(max(rev, last_sent)).encode() + b'"}}}\n'  # caught up
+                    return
                 elif bookmarks:
                     # Also when nothing changed: a bookmark every tick is the heartbeat that lets a
                     # client tell a quiet stream from a dead connection.

@@ -521,6 +521,7 @@ class WatchCache:
         predicate: Predicate | None,
         after: int | None,
         tick: float | None = None,
+        until: int | None = None,
     ) -> AsyncIterator[tuple[bytes, int, int]]:
         """Encoded watch lines, their revisions, and 0.
 
@@ -531,6 +532,10 @@ class WatchCache:
 
         ``after=None`` starts with synthetic ADDED events for the current state (Kubernetes'
         "watch from now, with initial state"); otherwise every event after that revision.
+
+        With ``until`` (a revision the cache has reached) the watch is a catch-up: it ends, with
+        ``(b"", revision, 0)``, as soon as everything up to ``until`` has been sent. Nothing
+        changed costs one registration and that one item.
         Raises Compacted when ``after`` is older than the store keeps; WatcherClosed when cut off.
         """
         if after is None:
@@ -565,6 +570,11 @@ class WatchCache:
                     # Both empty: every event up to the cache's revision has been sent.
                     yield b"", self.revision, w.finish_fast_forward()
                     continue
+                if until is not None and w.queue.empty() and w.pending is None and self.revision >= until:
+                    # Every event up to the cache's revision was offered to this watcher (the
+                    # cache applies events synchronously) and none is left: caught up.
+                    yield b"", self.revision, 0
+                    return
                 if tick is None or not w.queue.empty():
                     # Returns at once when lines are queued: a watcher behind a busy loop
                     # catches up in one turn, not a turn (and a timer) per line.

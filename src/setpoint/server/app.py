@@ -49,12 +49,14 @@ from setpoint.server.negotiation import DISCOVERY_V2_MEDIA, wants_aggregated_dis
 from setpoint.server.objects import decode_stored, for_storage, new_uid, now
 from setpoint.server.openapi import OpenAPI
 from setpoint.server.paths import parse_request
+from setpoint.server.publisher import NatsPublisher, public_url
 from setpoint.server.requests import APIRequest
 from setpoint.server.resources import CRD_GROUP, Registry, builtin_types
 from setpoint.server.schema import compile_schema
 from setpoint.server.watchcache import WatchCache
 from setpoint.store import Backend, KeyExists, RevisionMismatch, StoreError, Unavailable
 from setpoint.store.compactor import Compactor
+from setpoint.transfer.subjects import COMMAND_PREFIX, COMMAND_STREAM, INTERRUPT_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,7 @@ class ServerOptions:
     watch_cache_window: int = 20_000
     watcher_queue: int = 1_000
     watch_fast_forward_keys: int = 100_000  # 0: a watcher that falls behind is cut off at once
+    nats_url: str | None = None  # publish interrupts and commands for the NATS transfers
     idempotency_ttl: float = 24 * 3600.0
     settings: Settings = field(default_factory=Settings)
     server_address: str = "127.0.0.1:6443"
@@ -102,6 +105,7 @@ class Server:
         self.namespaces = NamespaceFinalizer(self.handlers)
         self.gc = GarbageCollector(self.handlers)
         self.discovery = DiscoveryCache(self.registry)
+        self.publisher = NatsPublisher(options.nats_url, self.cache) if options.nats_url else None
         self.openapi = OpenAPI(self.registry)
         self.metrics.track_revision(lambda: float(self.cache.revision))
         self.metrics.track_cache(self.cache)
@@ -113,6 +117,7 @@ class Server:
                 Route("/livez", self.healthz, methods=["GET", "HEAD"]),
                 Route("/readyz", self.readyz, methods=["GET", "HEAD"]),
                 Route("/metrics", self.metrics_endpoint, methods=["GET"]),
+                Route("/transfer", self.transfer_endpoint, methods=["GET"]),
                 Route("/openapi/{path:path}", self.openapi_endpoint, methods=["GET", "HEAD"]),
                 Route("/{path:path}", self.endpoint,
                       methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
@@ -149,6 +154,8 @@ class Server:
         self.compactor.start()
         self.namespaces.start()
         self.gc.start()
+        if self.publisher is not None:
+            await self.publisher.start()
         if self.options.on_ready is not None:
             self.options.on_ready()
 
@@ -158,6 +165,8 @@ class Server:
         self.cache.close_watchers("the server is shutting down")
 
     async def stop(self) -> None:
+        if self.publisher is not None:
+            await self.publisher.stop()
         await self.gc.stop()
         await self.namespaces.stop()
         await self.compactor.stop()
@@ -249,6 +258,22 @@ class Server:
         if request.headers.get("if-none-match", "").strip('"') == doc.etag:
             return Response(status_code=304, headers=headers)
         return Response(doc.body, media_type="application/json", headers=headers)
+
+    async def transfer_endpoint(self, request: Request) -> Response:
+        """Which transfers of desired state this server offers, so an agent can refuse at start
+        a transfer that would never deliver anything (``setpoint agent --transfer``)."""
+        try:
+            self._authenticate(request, "/transfer")
+        except APIError as e:
+            return self._error(e)
+        doc: dict[str, Any] = {"kind": "TransferInfo", "apiVersion": "setpoint.dev/v1",
+                               "transports": ["watch", "poll"]}
+        if self.publisher is not None:
+            doc["transports"] += ["interrupt", "command"]
+            doc["nats"] = {"url": public_url(self.publisher.url), "interruptPrefix": INTERRUPT_PREFIX,
+                           "commandStream": COMMAND_STREAM, "commandPrefix": COMMAND_PREFIX,
+                           "connected": self.publisher.connected, "backlog": self.publisher.backlog}
+        return json_response(doc)
 
     def _authenticate(self, request: Request, path: str) -> User | None:
         if self.authn is None:

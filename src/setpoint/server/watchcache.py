@@ -25,7 +25,7 @@ import bisect
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -476,6 +476,15 @@ class WatchCache:
             keys = [k for k in bucket if k.startswith(key_prefix)]
         keys.sort()
         return [CachedObject(k, bucket[k], bucket) for k in keys]
+
+    def all_objects(self) -> Iterator[CachedObject]:
+        """Every cached object, kind by kind; safe to interleave with awaits (it walks copies of
+        the key lists, and skips what was deleted meanwhile)."""
+        for bucket in list(self._objects.values()):
+            for key in list(bucket):
+                entry = bucket.get(key)
+                if entry is not None:
+                    yield CachedObject(key, entry, bucket)
 
     def get(self, key: str) -> CachedObject | None:
         bucket = self._objects.get(resource_prefix(key))

@@ -77,6 +77,10 @@ class Target(Protocol):
     def apply(self, event: WatchEvent) -> None:
         """One change (or a BOOKMARK). Older than what the cache has: dropped."""
 
+    def apply_latest(self, event: WatchEvent) -> bool:
+        """One object's newest state from a source that may deliver objects out of global order
+        or twice: applied only if newer than the cached object. Returns whether it was."""
+
     def forget_revision(self) -> None:
         """The revision is no longer served (compacted): the next step lists."""
 

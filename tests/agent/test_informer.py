@@ -21,7 +21,7 @@ from setpoint.agent.informer import Backoff, Informer
 from setpoint.client import BadRequest, Client, Resource
 from setpoint.transfer.natsserver import NatsServer
 from tests.agent.support import WIDGETS, TcpProxy, client_for, eventually, prepare
-from tests.conftest import widget
+from tests.conftest import nats_args, widget
 from tests.servers import ServerProcess
 
 pytestmark = pytest.mark.usefixtures("transfer")  # each test runs on every transport
@@ -215,7 +215,7 @@ async def test_waits_for_a_kind_that_does_not_exist_yet(client: Client, ns: str)
 @pytest.fixture
 def own_server(tmp_path: Path, request: pytest.FixtureRequest, nats_server: NatsServer) -> Iterator[ServerProcess]:
     args: list[str] = getattr(request, "param", [])
-    srv = ServerProcess(tmp_path / "data", [*args, "--nats", nats_server.url]).start()
+    srv = ServerProcess(tmp_path / "data", [*args, *nats_args(nats_server)]).start()
     yield srv
     srv.stop()
 

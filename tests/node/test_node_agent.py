@@ -73,10 +73,10 @@ class Agent:
 
 
 class ControllerManager:
-    def __init__(self, srv: ServerProcess) -> None:
+    def __init__(self, srv: ServerProcess, *extra: str) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "setpoint", "controller-manager", "--kubeconfig",
-             str(srv.data_dir / "kubeconfig.yaml")],
+             str(srv.data_dir / "kubeconfig.yaml"), *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self) -> None:

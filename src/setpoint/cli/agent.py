@@ -39,6 +39,39 @@ def _client_config(kubeconfig: Path | None, servers: list[str] | None = None):  
         raise typer.Exit(2) from None
 
 
+TransferOpt = Annotated[str, typer.Option(
+    help="How desired state reaches this process: watch (default), poll, interrupt (NATS) or command "
+         "(NATS JetStream). The server must offer it (serve --nats for the NATS ones).")]
+PollIntervalOpt = Annotated[float, typer.Option(help="Seconds between polls (--transfer poll).")]
+NatsOpt = Annotated[str, typer.Option(
+    help="NATS URL for --transfer interrupt|command (default: the one the server advertises).")]
+
+
+async def _transfer(client, name: str, poll_interval: float, nats: str, consumer: str):  # type: ignore[no-untyped-def]
+    """The transport factory for ``--transfer``, after checking the server offers it: an agent
+    on a transfer the server does not feed would wait forever for changes that never come."""
+    from setpoint.client import ClientError
+    from setpoint.transfer import TRANSPORTS, transport_factory
+
+    if name not in TRANSPORTS:
+        console.print(f"[red]unknown --transfer {name!r}[/red]; expected one of {', '.join(TRANSPORTS)}")
+        raise typer.Exit(2)
+    if name == "watch":
+        return transport_factory(name)
+    try:
+        info = await client.transfer_info()
+    except ClientError as e:
+        console.print(f"[red]cannot ask the server which transfers it offers[/red]: {e}")
+        raise typer.Exit(2) from None
+    offered = info.get("transports") or []
+    if name not in offered:
+        console.print(f"[red]the server does not offer --transfer {name}[/red] (it offers {', '.join(offered)}); "
+                      "start it with --nats URL for interrupt and command", highlight=False)
+        raise typer.Exit(2)
+    url = nats or (info.get("nats") or {}).get("url", "")
+    return transport_factory(name, poll_interval=poll_interval, nats_url=url, consumer=consumer)
+
+
 def _run(coro_factory) -> None:  # type: ignore[no-untyped-def]
     import uvloop
 
@@ -60,6 +93,9 @@ def agent(
     lease_duration: Annotated[float, typer.Option(help="Seconds without renewal before the node is lost.")]
     = 40.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    transfer: TransferOpt = "watch",
+    poll_interval: PollIntervalOpt = 5.0,
+    nats: NatsOpt = "",
 ) -> None:
     """Run the node agent: register the node, heartbeat, supervise its ProcessSets."""
     from setpoint.client import Client
@@ -72,11 +108,16 @@ def agent(
     directory = state_dir or Path(".setpoint") / f"agent-{node}"
 
     async def main() -> None:
-        async with Client(config) as client:
-            await NodeAgent(client, node, directory, workers=workers, heartbeat=heartbeat,
-                            lease_duration=lease_duration).run()
+        from setpoint.transfer import use_transfer
 
-    console.print(f"agent for node [bold]{node}[/bold] (state in {directory})", highlight=False)
+        async with Client(config) as client:
+            factory = await _transfer(client, transfer, poll_interval, nats, f"agent-{node}")
+            with use_transfer(factory):
+                await NodeAgent(client, node, directory, workers=workers, heartbeat=heartbeat,
+                                lease_duration=lease_duration).run()
+
+    console.print(f"agent for node [bold]{node}[/bold] (state in {directory}, transfer {transfer})",
+                  highlight=False)
     _run(main)
 
 
@@ -86,6 +127,9 @@ def controller_manager(
     server: ServersOpt = None,
     identity: Annotated[str, typer.Option(help="This replica's name in leader election.")] = "",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+    transfer: TransferOpt = "watch",
+    poll_interval: PollIntervalOpt = 5.0,
+    nats: NatsOpt = "",
 ) -> None:
     """Run the scheduler and node lifecycle controllers (leader-elected: run several)."""
     from setpoint.client import Client
@@ -97,8 +141,12 @@ def controller_manager(
     ident = identity or f"{socket.gethostname()}-{os.getpid()}"
 
     async def main() -> None:
+        from setpoint.transfer import use_transfer
+
         async with Client(config) as client:
-            await ControllerManager(client, ident).run()
+            factory = await _transfer(client, transfer, poll_interval, nats, f"cm-{ident}")
+            with use_transfer(factory):
+                await ControllerManager(client, ident).run()
 
     _run(main)
 

@@ -82,6 +82,9 @@ def serve(
     nats: Annotated[str, typer.Option(
         help="NATS server URL (nats://host:4222): publish interrupts and commands for agents that use "
              "--transfer interrupt or command.")] = "",
+    nats_prefix: Annotated[str, typer.Option(
+        help="First token of the NATS subjects and stream name: one per control plane sharing a NATS.")]
+    = "setpoint",
     max_body_bytes: Annotated[int, typer.Option(help="Largest request body accepted.")] = 1_572_864,
     idempotency_ttl: Annotated[float, typer.Option(
         help="Seconds an Idempotency-Key is remembered.")] = 86_400.0,
@@ -119,6 +122,13 @@ def serve(
         admin_token = ""
     if authorization_policy_file is None:
         authorization_policy_file = ensure_policy(data_dir)
+    if nats:
+        from setpoint.transfer.subjects import Subjects
+
+        try:
+            Subjects(nats_prefix)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--nats-prefix") from None
     try:
         backend = open_backend(store, data_dir)
     except ValueError as e:
@@ -132,6 +142,7 @@ def serve(
         history_revisions=history_revisions, history_seconds=history_seconds,
         compact_interval=compact_interval, watch_cache_window=watch_cache_window,
         watcher_queue=watcher_queue, watch_fast_forward_keys=watch_fast_forward_keys, nats_url=nats or None,
+        nats_prefix=nats_prefix,
         idempotency_ttl=idempotency_ttl, settings=Settings(max_body_bytes=max_body_bytes),
         server_address=f"{url_host}:{bound_port}",
     )

@@ -533,6 +533,11 @@ class Client:
         timeout = httpx.Timeout(self.config.timeout, read=idle_timeout)
         return WatchStream(self, resource.path(namespace, name), params, timeout)
 
+    async def transfer_info(self) -> dict[str, Any]:
+        """What the server offers for moving desired state to agents (``GET /transfer``): the
+        transports, and for the NATS ones where to find NATS."""
+        return await self._json("GET", "/transfer")
+
     # ---- discovery ------------------------------------------------------------------------------
 
     async def resource_for(self, api_version: str, kind: str) -> Resource:

@@ -56,7 +56,6 @@ from setpoint.server.schema import compile_schema
 from setpoint.server.watchcache import WatchCache
 from setpoint.store import Backend, KeyExists, RevisionMismatch, StoreError, Unavailable
 from setpoint.store.compactor import Compactor
-from setpoint.transfer.subjects import COMMAND_PREFIX, COMMAND_STREAM, INTERRUPT_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +74,7 @@ class ServerOptions:
     watcher_queue: int = 1_000
     watch_fast_forward_keys: int = 100_000  # 0: a watcher that falls behind is cut off at once
     nats_url: str | None = None  # publish interrupts and commands for the NATS transfers
+    nats_prefix: str = "setpoint"  # the first token of every subject: one per control plane on a shared NATS
     idempotency_ttl: float = 24 * 3600.0
     settings: Settings = field(default_factory=Settings)
     server_address: str = "127.0.0.1:6443"
@@ -105,7 +105,8 @@ class Server:
         self.namespaces = NamespaceFinalizer(self.handlers)
         self.gc = GarbageCollector(self.handlers)
         self.discovery = DiscoveryCache(self.registry)
-        self.publisher = NatsPublisher(options.nats_url, self.cache) if options.nats_url else None
+        self.publisher = (NatsPublisher(options.nats_url, self.cache, prefix=options.nats_prefix)
+                          if options.nats_url else None)
         self.openapi = OpenAPI(self.registry)
         self.metrics.track_revision(lambda: float(self.cache.revision))
         self.metrics.track_cache(self.cache)
@@ -270,8 +271,7 @@ class Server:
                                "transports": ["watch", "poll"]}
         if self.publisher is not None:
             doc["transports"] += ["interrupt", "command"]
-            doc["nats"] = {"url": public_url(self.publisher.url), "interruptPrefix": INTERRUPT_PREFIX,
-                           "commandStream": COMMAND_STREAM, "commandPrefix": COMMAND_PREFIX,
+            doc["nats"] = {"url": public_url(self.publisher.url), "prefix": self.publisher.subjects.prefix,
                            "connected": self.publisher.connected, "backlog": self.publisher.backlog}
         return json_response(doc)
 

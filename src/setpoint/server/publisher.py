@@ -35,15 +35,7 @@ import msgspec
 from setpoint.backoff import Backoff
 from setpoint.server.watchcache import CachedObject, WatchCache
 from setpoint.tasks import cancel_and_wait
-from setpoint.transfer.subjects import (
-    COMMAND_PREFIX,
-    COMMAND_STREAM,
-    REVISION_HEADER,
-    SEED_SUBJECT,
-    TYPE_HEADER,
-    command_subject,
-    interrupt_subject,
-)
+from setpoint.transfer.subjects import REVISION_HEADER, TYPE_HEADER, Subjects
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +68,10 @@ def public_url(url: str) -> str:
 
 
 class NatsPublisher:
-    def __init__(self, url: str, cache: WatchCache, *, interrupts: bool = True, commands: bool = True,
-                 connect: Callable[..., Any] | None = None) -> None:
+    def __init__(self, url: str, cache: WatchCache, *, prefix: str = "setpoint", interrupts: bool = True,
+                 commands: bool = True, connect: Callable[..., Any] | None = None) -> None:
         self.url = url
+        self.subjects = Subjects(prefix)
         self.cache = cache
         self.interrupts = interrupts
         self.commands = commands
@@ -129,7 +122,8 @@ class NatsPublisher:
                                  connect_timeout=5, allow_reconnect=True)
         self._js = self._nc.jetstream(timeout=10)
         if self.commands:
-            config = StreamConfig(name=COMMAND_STREAM, subjects=[f"{COMMAND_PREFIX}.>"], max_msgs_per_subject=1,
+            sub = self.subjects
+            config = StreamConfig(name=sub.command_stream, subjects=[f"{sub.command_prefix}.>"], max_msgs_per_subject=1,
                                   storage=StorageType.FILE, discard=DiscardPolicy.OLD, duplicate_window=120.0)
             try:
                 await self._js.add_stream(config)
@@ -203,11 +197,11 @@ class NatsPublisher:
             if interrupts:
                 payload = msgspec.json.encode({"key": f"{namespace}/{name}" if namespace else name,
                                                "revision": revision, "type": etype})
-                await self._nc.publish(interrupt_subject(group, plural), payload)
+                await self._nc.publish(self.subjects.interrupt(group, plural), payload)
             if self.commands:
                 headers = {TYPE_HEADER: etype, REVISION_HEADER: str(revision),
                            "Nats-Msg-Id": f"{key}@{revision}{msg_id_suffix}"}
-                acks.append(await self._js.publish_async(command_subject(group, plural, namespace, name),
+                acks.append(await self._js.publish_async(self.subjects.command(group, plural, namespace, name),
                                                          cached.raw, headers=headers))
         if acks:
             await asyncio.wait_for(asyncio.gather(*acks), 30)
@@ -218,7 +212,7 @@ class NatsPublisher:
         from nats.js.errors import NotFoundError
 
         try:
-            await self._js.get_last_msg(COMMAND_STREAM, SEED_SUBJECT)
+            await self._js.get_last_msg(self.subjects.command_stream, self.subjects.seed)
         except NotFoundError:
             return False
         return True
@@ -239,4 +233,4 @@ class NatsPublisher:
                 batch = []
         if batch:
             await self._send(batch, interrupts=False, msg_id_suffix=suffix)
-        await self._js.publish(SEED_SUBJECT, msgspec.json.encode({"revision": revision}))
+        await self._js.publish(self.subjects.seed, msgspec.json.encode({"revision": revision}))

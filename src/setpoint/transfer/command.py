@@ -36,9 +36,9 @@ import msgspec
 
 from setpoint.client import ClientError, ConnectionFailed, WatchEvent
 from setpoint.transfer.base import Target, Transport, list_into
-from setpoint.transfer.interrupt import connect_nats
+from setpoint.transfer.interrupt import connect_nats, server_subjects
 from setpoint.transfer.selectors import Predicate, predicate
-from setpoint.transfer.subjects import COMMAND_STREAM, REVISION_HEADER, SEED_SUBJECT, TYPE_HEADER, command_filter
+from setpoint.transfer.subjects import REVISION_HEADER, TYPE_HEADER
 from setpoint.types import Object
 
 log = logging.getLogger(__name__)
@@ -114,17 +114,19 @@ class CommandTransport(Transport):
             self._nc = await connect_nats(self.nats_url, self._connect)
             self._js = self._nc.jetstream(timeout=10)
         self._pred = predicate(target.label_selector, target.field_selector)
+        names = await server_subjects(target)
+        stream = names.command_stream
         durable = self.durable_name(target)
         with contextlib.suppress(NotFoundError):
-            await self._js.delete_consumer(COMMAND_STREAM, durable)
-        subject = command_filter(target.resource.group, target.resource.plural, target.namespace)
+            await self._js.delete_consumer(stream, durable)
+        subject = names.command_filter(target.resource.group, target.resource.plural, target.namespace)
         config = ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, ack_policy=AckPolicy.EXPLICIT,
                                 ack_wait=30.0, max_ack_pending=10 * self.batch, inactive_threshold=600.0)
         try:
-            seed = await self._js.get_last_msg(COMMAND_STREAM, SEED_SUBJECT)
+            seed = await self._js.get_last_msg(stream, names.seed)
         except NotFoundError:
             seed = None
-        self._psub = await self._js.pull_subscribe(subject, durable=durable, stream=COMMAND_STREAM, config=config)
+        self._psub = await self._js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
         if seed is None:
             # Not (yet) a complete picture: the API's list is, and the stream's messages follow as
             # changes on top (those not newer than the listed objects are dropped).

@@ -22,7 +22,7 @@ import msgspec
 
 from setpoint.client import ConnectionFailed
 from setpoint.transfer.base import Target, Transport, catch_up, list_into
-from setpoint.transfer.subjects import interrupt_subject
+from setpoint.transfer.subjects import Subjects
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,13 @@ class _Interrupt(msgspec.Struct):
 
 
 _decode = msgspec.json.Decoder(_Interrupt).decode
+
+
+async def server_subjects(target: Target) -> Subjects:
+    """The subject names of the control plane the target's client talks to (``GET /transfer``):
+    several control planes may share one NATS, each under its own prefix."""
+    info = await target.client.transfer_info()
+    return Subjects(str((info.get("nats") or {}).get("prefix") or "setpoint"))
 
 
 async def connect_nats(url: str, connect: Callable[..., Any] | None = None) -> Any:
@@ -68,7 +75,7 @@ class InterruptTransport(Transport):
             self._nc = await connect_nats(self.nats_url, self._connect)
             self._sub = None
         if self._sub is None:
-            subject = interrupt_subject(target.resource.group, target.resource.plural)
+            subject = (await server_subjects(target)).interrupt(target.resource.group, target.resource.plural)
 
             async def on_interrupt(msg: Any) -> None:
                 target.stats.interrupts += 1

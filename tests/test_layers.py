@@ -12,7 +12,7 @@ import setpoint
 ROOT = Path(setpoint.__file__).resolve().parent
 
 # Modules any layer may import: names both ends of a protocol agree on, and nothing else.
-SHARED_MODULES = {"setpoint.transfer.subjects"}
+SHARED_MODULES = {"setpoint.transfer.subjects", "setpoint.transfer.digest"}
 
 # What each top-level part of the package may import from setpoint (besides itself).
 BASE = {"types", "tasks", "backoff", "__init__"}

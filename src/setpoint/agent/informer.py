@@ -353,16 +353,22 @@ class Informer:
 
     # ---- what transports call (setpoint.transfer.base.Target) -----------------------------------
 
-    def replace(self, items: builtins.list[Object], resource_version: str) -> None:
-        """A complete list as of ``resource_version``: the cache becomes exactly ``items``."""
+    def replace(self, items: builtins.list[Object], resource_version: str,
+                scope: Callable[[str], bool] | None = None) -> None:
+        """A complete list as of ``resource_version``: the cache becomes exactly ``items``. With
+        ``scope`` the list is complete only for the keys ``scope`` accepts (the buckets a digest
+        catch-up fetched): other cached objects are left as they are."""
         self._listed_at = time.monotonic()
-        self._replace(items)
+        self._replace(items, scope)
         self._resource_version = resource_version
         first = not self._listed
         self._listed = True
         self._wake.set()
         if first:
             log.debug("%s: synced %d objects at %s", self.resource.plural, len(items), resource_version)
+
+    def cached_versions(self) -> builtins.list[tuple[str, str]]:
+        return [(object_key(o), str(_rv(o))) for o in self.cache.list()]
 
     def apply(self, event: WatchEvent) -> None:
         """One change from an ordered stream (watch, poll, interrupt): anything at or below the
@@ -387,7 +393,7 @@ class Informer:
     def forget_revision(self) -> None:
         self._resource_version = None
 
-    def _replace(self, items: builtins.list[Object]) -> None:
+    def _replace(self, items: builtins.list[Object], scope: Callable[[str], bool] | None = None) -> None:
         """Make the cache equal to ``items`` and tell the handlers exactly what changed: what a
         watch would have said, had it not been interrupted (minus intermediate states)."""
         fresh: dict[str, Object] = {}
@@ -395,7 +401,7 @@ class Informer:
             obj = self.transform(item) if self.transform else item
             fresh[object_key(obj)] = obj
         for key in self.cache.keys():
-            if key not in fresh:
+            if key not in fresh and (scope is None or scope(key)):
                 gone = self.cache.remove(key)
                 if gone is not None:
                     self._deleted(gone)
@@ -429,6 +435,14 @@ class Informer:
             return  # already seen (a replay after a resume): never deliver an event twice
         obj = self.transform(event.object) if self.transform else event.object
         key = object_key(obj)
+        cached = self.cache.get(key)
+        if cached is not None and _older(rv, cached, event.type):
+            # The cache already holds a newer state of this object (it was fetched after the
+            # revision this stream resumed from): never go back.
+            self.stats.stale += 1
+            if self._newer(rv):
+                self._resource_version = rv
+            return
         self.stats.events += 1
         if event.type in ("ADDED", "MODIFIED"):
             old = self.cache.put(obj)
@@ -455,6 +469,16 @@ class Informer:
             return True
         a, b = _revision(rv), _revision(current)
         return a is None or b is None or a > b
+
+
+def _older(rv: str, cached: Object, etype: str) -> bool:
+    """Whether an event at ``rv`` is older than the cached object (a delete: than its revision
+    exclusive, since a delete's revision is above the object's last write)."""
+    have = _revision(str(_rv(cached)))
+    at = _revision(rv)
+    if have is None or at is None:
+        return False
+    return at < have if etype == "DELETED" else at <= have
 
 
 def _uid(obj: Object) -> Any:

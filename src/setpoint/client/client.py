@@ -331,6 +331,39 @@ class Client:
             kind=str(body.get("kind", "")), api_version=str(body.get("apiVersion", "")),
         )
 
+    async def bucket_digests(
+        self, resource: Resource, buckets: int, *, namespace: str | None = None,
+        label_selector: Selector | None = None, field_selector: Selector | None = None,
+    ) -> tuple[str, str]:
+        """setpoint's digest of what a list would return, in ``buckets`` buckets (see
+        :mod:`setpoint.transfer.digest`): ``(resourceVersion, base64 digests)``."""
+        params = self._selector_params(label_selector, field_selector)
+        params["digest"] = str(buckets)
+        body = await self._json("GET", resource.path(namespace), params=params)
+        return str((body.get("metadata") or {}).get("resourceVersion", "")), str(body.get("digests", ""))
+
+    async def list_buckets(
+        self, resource: Resource, buckets: builtins.list[int], count: int, *, namespace: str | None = None,
+        label_selector: Selector | None = None, field_selector: Selector | None = None,
+    ) -> ObjectList:
+        """The objects a list would return that fall in ``buckets`` (of ``count``)."""
+        params = self._selector_params(label_selector, field_selector)
+        params["buckets"] = ",".join(map(str, buckets))
+        params["bucketCount"] = str(count)
+        body = await self._json("GET", resource.path(namespace), params=params)
+        meta = body.get("metadata") or {}
+        return ObjectList(items=body.get("items") or [], resource_version=str(meta.get("resourceVersion", "")),
+                          kind=str(body.get("kind", "")), api_version=str(body.get("apiVersion", "")))
+
+    @staticmethod
+    def _selector_params(label_selector: Selector | None, field_selector: Selector | None) -> dict[str, str]:
+        params: dict[str, str] = {}
+        if (ls := format_selector(label_selector)) is not None:
+            params["labelSelector"] = ls
+        if (fs := format_selector(field_selector)) is not None:
+            params["fieldSelector"] = fs
+        return params
+
     async def iter_pages(
         self,
         resource: Resource,

@@ -19,6 +19,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+import setpoint.transfer.digest as digest
 from setpoint.server import bodies, idempotency, managedfields, protobuf, tables
 from setpoint.server.admission import admit_node_write, node_of
 from setpoint.server.errors import (
@@ -451,6 +452,8 @@ class ResourceHandlers:
             raise BadRequest("specifying resource version is not allowed when using continue")
         rv = self._parse_rv(rv_s)
 
+        if q.get("digest") or q.get("buckets") is not None:
+            return self._list_buckets(request, rtype, info.version, key_prefix, pred)
         if token:
             revision, start_after = self._decode_continue(token)
             return await self._list_from_store(request, rtype, info.version, key_prefix, pred, limit,
@@ -465,6 +468,40 @@ class ResourceHandlers:
         revision = rv if match == "Exact" and rv else 0
         return await self._list_from_store(request, rtype, info.version, key_prefix, pred, limit,
                                            revision, "")
+
+    def _list_buckets(
+        self, request: Request, rtype: ResourceType, version: str, key_prefix: str,
+        pred: Callable[[dict[str, Any]], bool] | None,
+    ) -> Response:
+        """setpoint's catch-up for agents with a large cache (``setpoint.transfer.digest``):
+        ``?digest=N`` answers the bucket digests of what a list would return, ``?buckets=i,j&
+        bucketCount=N`` the list of those buckets only. Both from the cache, like rv=0 lists."""
+        q = request.query_params
+        raw_n = q.get("digest") or q.get("bucketCount") or ""
+        n = int(raw_n) if raw_n.isdigit() else 0
+        if not digest.valid_count(n):
+            raise BadRequest(f'invalid bucket count "{raw_n}": a power of two up to {digest.MAX_BUCKETS}')
+        revision = self.cache.revision
+        items = self.cache.list(rtype.key_prefix, key_prefix)
+        if pred is not None:
+            items = [co for co in items if pred(co.obj)]
+        cut = len(rtype.key_prefix)
+        if q.get("digest"):
+            pairs = ((co.key[cut:], str(co.revision)) for co in items)
+            body = {"kind": "BucketDigest", "apiVersion": "setpoint.dev/v1",
+                    "metadata": {"resourceVersion": str(revision)}, "buckets": n,
+                    "digests": digest.encode(digest.digests(pairs, n))}
+            return json_response(body)
+        try:
+            wanted = {int(b) for b in (q.get("buckets") or "").split(",") if b}
+        except ValueError:
+            raise BadRequest("buckets must be a comma-separated list of bucket numbers") from None
+        chosen = [co for co in items if digest.bucket_of(co.key[cut:], n) in wanted]
+        if version == rtype.storage_version:
+            raws = [co.raw for co in chosen]
+        else:
+            raws = [encode(self._with_version(dict(co.obj), rtype, version)) for co in chosen]
+        return self._list_response(request, rtype, version, revision, raws, None)
 
     def _list_from_cache(
         self, request: Request, rtype: ResourceType, version: str, key_prefix: str,

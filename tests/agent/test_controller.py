@@ -15,7 +15,7 @@ import pytest
 from setpoint.agent import Controller, LeaderElector, MemoryAlertSink, NotReady, Permanent, Result, Transient
 from setpoint.agent.conditions import get_condition, is_converged
 from setpoint.agent.ratelimit import ExponentialBackoff
-from setpoint.client import Client, ClientConfig, Resource
+from setpoint.client import Client, ClientConfig, NotFound, Resource
 from tests.conftest import WIDGET_CRD
 from tests.servers import ServerProcess
 
@@ -362,3 +362,41 @@ async def test_own_status_write_does_not_reconcile_again(client: Client, ns: str
         assert ctl.stats.reconciles == 5, ctl.stats
         await client.patch(WIDGETS, "e0", {"spec": {"size": 9}}, namespace=ns)
         await eventually(lambda: ctl.stats.reconciles == 6, what="a real change reconciled")
+
+
+async def test_an_object_given_up_on_can_still_be_deleted(client: Client, ns: str) -> None:
+    """A permanent failure stops reconciling, not deleting: the finalizer path runs regardless."""
+    cleaned: list[str] = []
+
+    class Broken(Controller):
+        resource = WIDGETS
+        finalizer = "example.com/cleanup"
+
+        async def reconcile(self, obj: dict[str, Any]) -> Result:
+            raise Permanent("no-such-binary: not found")
+
+        async def finalize(self, obj: dict[str, Any]) -> None:
+            cleaned.append(obj["metadata"]["name"])
+
+    ctl = Broken(client, namespace=ns)
+    async with running(ctl):
+        await client.create(WIDGETS, widget("broken"), namespace=ns)
+
+        async def failed() -> bool:
+            obj = await client.get(WIDGETS, "broken", namespace=ns)
+            conds = (obj.get("status") or {}).get("conditions") or []
+            return any(c["type"] == "Ready" and c["status"] == "False" for c in conds) and bool(
+                obj["metadata"].get("finalizers"))
+
+        await eventually(failed, what="the object marked failed, with its finalizer")
+        await client.delete(WIDGETS, "broken", namespace=ns)
+
+        async def gone() -> bool:
+            try:
+                await client.get(WIDGETS, "broken", namespace=ns)
+                return False
+            except NotFound:
+                return True
+
+        await eventually(gone, what="the failed object deleted")
+    assert cleaned == ["broken"]

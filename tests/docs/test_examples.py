@@ -10,25 +10,13 @@ from typing import Any
 
 from setpoint.agent.conditions import get_condition, is_converged
 from setpoint.client import Client, ClientConfig, NotFound, Resource
-from tests.agent.support import eventually
+from tests.agent.support import eventually, prepare
+from tests.docs import guides
 from tests.servers import ServerProcess
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 CRDS = Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions", namespaced=False,
                 kind="CustomResourceDefinition")
-GREETING_CRD: dict[str, Any] = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-    "metadata": {"name": "greetings.example.com"},
-    "spec": {"group": "example.com", "scope": "Namespaced",
-             "names": {"plural": "greetings", "singular": "greeting", "kind": "Greeting"},
-             "versions": [{"name": "v1", "served": True, "storage": True, "subresources": {"status": {}},
-                           "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                               "spec": {"type": "object", "properties": {"text": {"type": "string"}}},
-                               "status": {"type": "object", "properties": {
-                                   "length": {"type": "integer"}, "observedGeneration": {"type": "integer"},
-                                   "conditions": {"type": "array", "items": {
-                                       "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}}}}}}]},
-}
 
 
 def python_blocks(doc: str) -> list[str]:
@@ -46,8 +34,7 @@ async def test_the_controller_in_the_guide_works(server: ServerProcess, tmp_path
     exec(compile(python_blocks("writing-a-controller.md")[0], "writing-a-controller.md", "exec"), namespace)
     resource = namespace["GREETINGS"]
     async with Client(ClientConfig(server.url, token=server.token)) as client:
-        with contextlib.suppress(Exception):
-            await client.create(CRDS, GREETING_CRD)
+        await guides.apply_crd_from("writing-a-controller.md", client)
         ctl = namespace["GreetingController"](client, tmp_path, namespace="default")
         task = asyncio.create_task(ctl.run())
         try:
@@ -93,3 +80,36 @@ async def _served(client: Client, resource: Resource) -> bool:
         return True
     except NotFound:
         return False
+
+
+async def test_the_guide_runs_as_written(server: ServerProcess, tmp_path: Path) -> None:
+    """The CRD block applied, the program saved as greetings.py and run with python: it makes its
+    own directory, writes the file, reports a refused greeting as a condition and a Warning
+    Event, and lets both objects be deleted."""
+    doc = "writing-a-controller.md"
+    async with Client(ClientConfig(server.url, token=server.token)) as client:
+        crd = await guides.apply_crd_from(doc, client)
+        resource = Resource(crd["spec"]["group"], "v1", crd["spec"]["names"]["plural"], kind="Greeting")
+        await eventually(lambda: _served(client, resource), timeout=10, what="kind served")
+        ns = await prepare(client)
+        with guides.program_from(doc, "greetings.py", server.data_dir / "kubeconfig.yaml", tmp_path) as proc:
+            await client.create(resource, {"metadata": {"name": "hello"}, "spec": {"text": "hi"}}, namespace=ns)
+            target = tmp_path / "greetings" / f"{ns}.hello.txt"
+            await eventually(lambda: target.exists(), timeout=20, what="greetings/ made and the file written")
+            await client.create(resource, {"metadata": {"name": "long"}, "spec": {"text": "x" * 2000}},
+                                namespace=ns)
+
+            async def refused() -> bool:
+                cond = get_condition((await client.get(resource, "long", namespace=ns)).get("status"), "Ready")
+                return (cond is not None and cond["reason"] == "TooLong"
+                        and bool(await guides.warning_events(client, ns, "long")))
+
+            await eventually(refused, timeout=20, what="the refusal as a condition and a Warning Event")
+            for name in ("long", "hello"):
+                await client.delete(resource, name, namespace=ns)
+
+            async def both_gone() -> bool:
+                return not (await client.list(resource, namespace=ns)).items and not target.exists()
+
+            await eventually(both_gone, timeout=20, what="both deleted, the failed one included")
+            assert proc.poll() is None, (tmp_path / "greetings.py.log").read_text()

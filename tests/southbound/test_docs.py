@@ -10,24 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from setpoint.agent.conditions import get_condition, is_converged
-from setpoint.client import AlreadyExists, Client, ClientConfig, NotFound, Resource
+from setpoint.client import Client, ClientConfig, NotFound, Resource
+from tests.docs import guides
 from tests.servers import ServerProcess
-from tests.southbound.support import CRDS, eventually, prepare
+from tests.southbound.support import eventually, prepare
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-NOTE_CRD: dict[str, Any] = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-    "metadata": {"name": "notes.example.com"},
-    "spec": {"group": "example.com", "scope": "Namespaced",
-             "names": {"plural": "notes", "singular": "note", "kind": "Note"},
-             "versions": [{"name": "v1", "served": True, "storage": True, "subresources": {"status": {}},
-                           "schema": {"openAPIV3Schema": {"type": "object", "properties": {
-                               "spec": {"type": "object", "properties": {"text": {"type": "string"}}},
-                               "status": {"type": "object", "properties": {
-                                   "length": {"type": "integer"}, "observedGeneration": {"type": "integer"},
-                                   "conditions": {"type": "array", "items": {
-                                       "type": "object", "x-kubernetes-preserve-unknown-fields": True}}}}}}}}]},
-}
 
 
 def example() -> str:
@@ -43,8 +31,7 @@ async def test_the_driver_in_the_guide_works(server: ServerProcess, tmp_path: Pa
     exec(compile(example(), "writing-a-driver.md", "exec"), ns)
     notes: Resource = ns["NOTES"]
     async with Client(ClientConfig(server.url, token=server.token)) as client:
-        with contextlib.suppress(AlreadyExists):
-            await client.create(CRDS, NOTE_CRD)
+        await guides.apply_crd_from("writing-a-driver.md", client)
 
         async def served() -> bool:
             try:
@@ -86,3 +73,43 @@ async def test_the_driver_in_the_guide_works(server: ServerProcess, tmp_path: Pa
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+async def test_the_driver_guide_runs_as_written(server: ServerProcess, tmp_path: Path) -> None:
+    """The guide's CRD applied and its program run as ``python notes.py``: it makes ./notes,
+    writes each note, refuses a long one with a condition and a Warning Event, deletes both."""
+    doc = "writing-a-driver.md"
+    async with Client(ClientConfig(server.url, token=server.token)) as client:
+        await guides.apply_crd_from(doc, client)
+        notes = Resource("example.com", "v1", "notes", kind="Note")
+
+        async def served() -> bool:
+            try:
+                await client.list(notes, namespace="default", limit=1)
+                return True
+            except NotFound:
+                return False
+
+        await eventually(served, what="Note served")
+        space = await prepare(client)
+        with guides.program_from(doc, "notes.py", server.data_dir / "kubeconfig.yaml", tmp_path) as proc:
+            await client.create(notes, {"metadata": {"name": "hello"}, "spec": {"text": "hi"}}, namespace=space)
+            target = tmp_path / "notes" / f"{space}.hello"
+            await eventually(lambda: target.exists(), timeout=20, what="notes/ made and the file written")
+            await client.create(notes, {"metadata": {"name": "long"}, "spec": {"text": "x" * 2000}},
+                                namespace=space)
+
+            async def refused() -> bool:
+                cond = get_condition((await client.get(notes, "long", namespace=space)).get("status"), "Ready")
+                return (cond is not None and cond["reason"] == "TooLong"
+                        and bool(await guides.warning_events(client, space, "long")))
+
+            await eventually(refused, timeout=20, what="the refusal as a condition and a Warning Event")
+            for name in ("long", "hello"):
+                await client.delete(notes, name, namespace=space)
+
+            async def both_gone() -> bool:
+                return not (await client.list(notes, namespace=space)).items and not target.exists()
+
+            await eventually(both_gone, timeout=20, what="both deleted, the failed one included")
+            assert proc.poll() is None, (tmp_path / "notes.py.log").read_text()

@@ -272,12 +272,15 @@ class Controller:
             await self.deleted(key)
             return
         generation = obj["metadata"].get("generation")
-        if key in self._given_up and self._given_up[key] == generation:
+        deleting = bool(obj["metadata"].get("deletionTimestamp"))
+        # Deletion always runs the finalizer path, whatever came before: an object whose
+        # reconcile was given up on (a permanent failure) must still be deletable.
+        if not deleting and key in self._given_up and self._given_up[key] == generation:
             return  # given up on this desired state; a change to it brings the object back
         self._given_up.pop(key, None)
         self.stats.reconciles += 1
         try:
-            if obj["metadata"].get("deletionTimestamp"):
+            if deleting:
                 await self._finalize(obj)
                 return
             if self.finalizer and self.finalizer not in (obj["metadata"].get("finalizers") or []):

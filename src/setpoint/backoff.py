@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 
 
@@ -33,3 +34,27 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+
+class Outage:
+    """Says once that something started failing and once that it recovered, instead of a line per
+    retry: an agent cut off from its server for an hour logs two lines, not thousands, and
+    the count of attempts in between is in the second one."""
+
+    def __init__(self, log: logging.Logger, what: str) -> None:
+        self.log = log
+        self.what = what
+        self.failures = 0
+
+    def failed(self, error: object, delay: float | None = None) -> None:
+        self.failures += 1
+        retry = f"; retrying in {delay:.2f}s, backing off" if delay is not None else "; retrying"
+        if self.failures == 1:
+            self.log.warning("%s failed: %s%s", self.what, error, retry)
+        else:
+            self.log.debug("%s failed again (attempt %d): %s%s", self.what, self.failures, error, retry)
+
+    def recovered(self) -> None:
+        if self.failures:
+            self.log.info("%s works again after %d failed attempts", self.what, self.failures)
+            self.failures = 0

@@ -9,6 +9,7 @@ closing). Tests wait for conditions with deadlines, never for a fixed time.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -374,3 +375,31 @@ async def test_notices_a_frozen_connection_and_reconnects(server: ServerProcess)
             assert informer.stats.lists == 1
     finally:
         await proxy.close()
+
+
+@API_TRANSFERS
+async def test_a_server_outage_backs_off_and_is_logged_once(
+    own_server: ServerProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """While the server is down the informer retries with growing delays, says so once, and says
+    once that it works again: not a line per attempt."""
+    async with client_for(own_server) as direct:
+        ns = await prepare(direct)
+        await direct.create(WIDGETS, widget("a"), namespace=ns)
+    async with client_for(own_server) as client:
+        informer = Informer(client, WIDGETS, namespace=ns, backoff=Backoff(initial=0.05, cap=0.4, jitter=0))
+        async with informer:
+            await informer.wait_synced(timeout=10)
+            caplog.set_level(logging.DEBUG, logger="setpoint.agent.informer")
+            await asyncio.to_thread(own_server.stop)
+            await eventually(lambda: informer.stats.watch_errors >= 6, timeout=20, what="six failed attempts")
+            assert informer.backoff.failures >= 6  # the attempt counter rises: delays grow to the cap
+            await asyncio.to_thread(own_server.start)
+            async with client_for(own_server) as direct:
+                await direct.create(WIDGETS, widget("b"), namespace=ns)
+            await eventually(lambda: informer.get(f"{ns}/b") is not None, timeout=20, what="b after the outage")
+        records = [r for r in caplog.records if r.name == "setpoint.agent.informer"]
+        warnings = [r for r in records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        assert any(r.levelno == logging.INFO and "works again" in r.getMessage() for r in records)
+        assert informer.backoff.failures == 0  # reset by the recovery

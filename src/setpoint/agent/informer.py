@@ -50,7 +50,7 @@ from types import TracebackType
 from typing import Any
 
 from setpoint.agent.cache import Indexer, IndexFunc, object_key
-from setpoint.backoff import Backoff
+from setpoint.backoff import Backoff, Outage
 from setpoint.client import (
     BadRequest,
     Client,
@@ -171,6 +171,7 @@ class Informer:
         self._listed = False  # the cache holds a complete list (and its handlers were told)
         self._wake = asyncio.Event()  # set by the first list, or by a fatal error
         self._task: asyncio.Task[None] | None = None
+        self._outage = Outage(log, f"{resource.plural}: following the server")
 
     # ---- the cache ------------------------------------------------------------------------------
 
@@ -338,7 +339,7 @@ class Informer:
                     if isinstance(e, IdleTimeout):  # no answer to the watch request itself
                         self.stats.idle_timeouts += 1
                     delay = self.backoff.next()
-                    log.warning("%s: %s; retrying in %.2fs", self.resource.plural, e, delay)
+                    self._outage.failed(e, delay)  # logged once per outage, not per attempt
                     await asyncio.sleep(delay)
         except Exception as e:  # a bug, not a fault of the network or the server
             log.exception("%s: the informer failed", self.resource.plural)
@@ -359,6 +360,7 @@ class Informer:
         ``scope`` the list is complete only for the keys ``scope`` accepts (the buckets a digest
         catch-up fetched): other cached objects are left as they are."""
         self._listed_at = time.monotonic()
+        self._working()
         self._replace(items, scope)
         self._resource_version = resource_version
         first = not self._listed
@@ -419,7 +421,14 @@ class Informer:
                 self._updated(old, obj)
             # unchanged: keep the cached object, say nothing
 
+    def _working(self) -> None:
+        """Data arrived: the connection works, so the next failure starts a new outage."""
+        if self._outage.failures:
+            self._outage.recovered()
+            self.backoff.reset()
+
     def _apply(self, event: WatchEvent, *, ordered: bool = True) -> None:
+        self._working()
         rv = event.resource_version
         if event.type == "BOOKMARK":
             self.stats.bookmarks += 1

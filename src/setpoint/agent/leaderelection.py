@@ -18,6 +18,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from setpoint.agent.conditions import now_micro
+from setpoint.backoff import Outage
 from setpoint.client import AlreadyExists, Client, ClientError, Conflict, NotFound, Resource
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ class LeaderElector:
         self._observed_at = 0.0
         self._renewed_at = 0.0
         self._lease: dict[str, Any] | None = None
+        self._outage = Outage(log, f"lease {namespace}/{name}")
 
     async def run(self, lead: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Until cancelled: acquire the lease, run ``lead()`` while holding it, and cancel it the
@@ -113,13 +115,15 @@ class LeaderElector:
             except (AlreadyExists, Conflict):
                 return False
             except ClientError as e:
-                log.info("lease %s/%s not created: %s", self.namespace, self.name, e)
+                self._outage.failed(e)
                 return False
+            self._outage.recovered()
             self._renewed_at = now
             return True
         except ClientError as e:
-            log.info("lease %s/%s not read: %s", self.namespace, self.name, e)
+            self._outage.failed(e)
             return False
+        self._outage.recovered()
         current = lease.get("spec") or {}
         holder = current.get("holderIdentity") or ""
         record = (holder, current.get("renewTime"), current.get("leaseTransitions"))
@@ -138,8 +142,9 @@ class LeaderElector:
         try:
             self._lease = await self.client.update(LEASES, lease, namespace=self.namespace)
         except ClientError as e:
-            log.info("lease %s/%s not renewed: %s", self.namespace, self.name, e)
+            self._outage.failed(e)
             return False
+        self._outage.recovered()
         self._renewed_at = now
         return True
 

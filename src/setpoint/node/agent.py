@@ -17,6 +17,7 @@ from typing import Any
 from setpoint import __version__
 from setpoint.agent import EventRecorder
 from setpoint.agent.conditions import now_micro, set_condition
+from setpoint.backoff import Backoff, Outage
 from setpoint.client import AlreadyExists, Client, ClientError
 from setpoint.controllers.processset import ProcessSetController
 from setpoint.controllers.resources import LEASES, NODE_LEASE_NAMESPACE, NODES
@@ -61,6 +62,8 @@ class NodeAgent:
         """Create this node's Node (or find it) and report the agent in its status."""
         body = {"apiVersion": "setpoint.dev/v1alpha1", "kind": "Node", "metadata": {"name": self.node},
                 "spec": {}}
+        backoff = Backoff(initial=0.5, cap=30.0)
+        outage = Outage(log, f"registering node {self.node}")
         while True:
             try:
                 try:
@@ -73,10 +76,12 @@ class NodeAgent:
                 set_condition(status, "Ready", True, reason="AgentReady", message="the agent is running")
                 await self.client.patch(NODES, self.node, {"status": status}, subresource="status")
                 await self._renew()
+                outage.recovered()
                 return
             except ClientError as e:
-                log.warning("node registration failed, retrying: %s", e)
-                await asyncio.sleep(min(self.heartbeat, 2.0))
+                delay = backoff.next()
+                outage.failed(e, delay)
+                await asyncio.sleep(delay)
 
     async def _renew(self) -> None:
         lease: dict[str, Any] = {
@@ -91,9 +96,12 @@ class NodeAgent:
         self.heartbeats += 1
 
     async def _heartbeat_loop(self) -> None:
+        outage = Outage(log, f"heartbeat of node {self.node}")
         while True:
-            await asyncio.sleep(self.heartbeat)
+            await asyncio.sleep(self.heartbeat)  # the heartbeat's period, not a wait for something
             try:
                 await self._renew()
             except ClientError as e:
-                log.warning("heartbeat of node %s failed: %s", self.node, e)
+                outage.failed(e)
+            else:
+                outage.recovered()

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
@@ -59,11 +60,11 @@ class Agent:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = state_dir.parent / f"agent-{node}.log"
 
-    def start(self, *extra: str) -> Agent:
+    def start(self, *extra: str, cwd: Path | None = None) -> Agent:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "setpoint", "agent", "--node", self.node, "--kubeconfig", str(self.kubeconfig),
-             "--state-dir", str(self.state_dir), "--heartbeat", "0.5", "--lease-duration", "3", *extra],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
+             "--state-dir", str(self.state_dir.resolve()), "--heartbeat", "0.5", "--lease-duration", "3", *extra],
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, cwd=cwd)
         return self
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
@@ -337,3 +338,50 @@ async def test_agent_with_several_servers_uses_the_one_that_answers(
         agent.kill()
         for pid in processes_of(uid) if uid else []:
             os.kill(pid, signal.SIGKILL)
+
+
+async def test_replicas_run_in_a_directory_of_their_own(cluster: tuple[ServerProcess, Path], admin: Client) -> None:
+    """The example ProcessSet's web server serves the directory made for it, not the directory
+    the agent was started from (which holds its credentials)."""
+    srv, tmp = cluster
+    started_in = tmp / "where-the-agent-was-started"
+    started_in.mkdir()
+    (started_in / "secret.txt").write_text("token")
+    agent = Agent(srv, "n1", tmp / "agent-n1").start(cwd=started_in)
+    try:
+        example = the_example()
+        example["spec"]["nodeName"] = "n1"
+        example["spec"]["replicas"] = 1
+        await admin.create(PROCESSSETS, example, namespace="default")
+        await eventually(lambda: converged_with(admin, "web", 1), timeout=30, what="the example running")
+        obj = await admin.get(PROCESSSETS, "web", namespace="default")
+        proc = obj["status"]["processes"][0]
+        cwd = Path(os.readlink(f"/proc/{proc['pid']}/cwd"))
+        assert cwd.is_relative_to(agent.state_dir.resolve()) and cwd.name == "work"
+        port = proc["port"]
+
+        async def page(path: str) -> tuple[int, str]:
+            async with httpx.AsyncClient() as c:
+                r = await c.get(f"http://127.0.0.1:{port}{path}")
+                return r.status_code, r.text
+
+        await eventually(lambda: _answers(page), timeout=10, what="the web server")
+        assert (await page("/secret.txt"))[0] == 404
+        assert "web replica 0" in (await page("/"))[1]
+        uid = obj["metadata"]["uid"]
+        await admin.delete(PROCESSSETS, "web", namespace="default")
+        await eventually(lambda: not processes_of(uid) and not cwd.exists(), timeout=30,
+                         what="the processes and their directory gone")
+    finally:
+        agent.kill()
+
+
+def the_example() -> dict[str, Any]:
+    return yaml.safe_load((Path(__file__).resolve().parents[2] / "examples" / "processset.yaml").read_text())  # type: ignore[no-any-return]
+
+
+async def _answers(page: Any) -> bool:
+    try:
+        return (await page("/"))[0] == 200  # type: ignore[no-any-return]
+    except httpx.HTTPError:
+        return False

@@ -447,11 +447,11 @@ def _delay(streak: int, initial: float, maximum: float) -> float:
     return min(maximum, initial * 2.0 ** min(streak - 2, 64))
 
 
-def _check_runnable(spec: _Spec, env: Mapping[str, str]) -> str:
-    """The executable to run for ``spec``, or Permanent if there is none."""
+def _check_runnable(spec: _Spec, env: Mapping[str, str], cwd: str) -> str:
+    """The executable to run for ``spec`` from ``cwd``, or Permanent if there is none."""
     if spec.working_dir is not None and not os.path.isdir(spec.working_dir):
         raise Permanent(f"workingDir {spec.working_dir!r} is not a directory", reason="InvalidWorkingDir")
-    return _resolve_command(spec.command, env, spec.working_dir)
+    return _resolve_command(spec.command, env, cwd)
 
 
 def _resolve_command(command: str, env: Mapping[str, str], cwd: str | None) -> str:
@@ -661,6 +661,18 @@ class ProcessDriver:
     def _dir(self, uid: str) -> Path:
         return self.state_dir / uid
 
+    def _cwd(self, spec: _Spec, *, create: bool = False) -> str:
+        """Where the replicas run: ``workingDir``, else a directory of the ProcessSet's own under
+        the agent's state directory (removed with it), made when the first replica starts. Never
+        the directory the agent was started from, which may hold its credentials: a demo web
+        server there would serve them."""
+        if spec.working_dir is not None:
+            return spec.working_dir
+        work = self._dir(spec.uid) / "work"
+        if create:
+            work.mkdir(parents=True, exist_ok=True)
+        return str(work)
+
     async def _records_for(self, uid: str) -> dict[int, _Record]:
         records = self._records.get(uid)
         if records is None:
@@ -817,7 +829,7 @@ class ProcessDriver:
                 starts[r] = msgspec.structs.replace(rec, restarts=rec.restarts + 1)
 
         if starts:  # a command that cannot run must not cost the processes that do
-            await asyncio.to_thread(_check_runnable, spec, self._child_env(spec, 0, None))
+            await asyncio.to_thread(lambda: _check_runnable(spec, self._child_env(spec, 0, None), self._cwd(spec)))
         await self._stop_all(stops)
         if drop:
             await asyncio.to_thread(self._remove_replicas, uid, drop)
@@ -918,7 +930,8 @@ class ProcessDriver:
     def _spawn(self, spec: _Spec, rec: _Record, env: dict[str, str], op: OperationId,
                ) -> tuple[subprocess.Popen[bytes], _Record]:
         """Runs in a worker thread: record the intent, spawn, record the pid."""
-        executable = _check_runnable(spec, env)
+        cwd = self._cwd(spec, create=True)
+        executable = _check_runnable(spec, env, cwd)
         d = self._dir(spec.uid)
         path = d / f"{rec.replica}.json"
         try:
@@ -934,7 +947,7 @@ class ProcessDriver:
                 out.flush()
                 proc = subprocess.Popen(
                     [spec.command, *spec.args], executable=executable, stdin=subprocess.DEVNULL,
-                    stdout=out, stderr=subprocess.STDOUT, cwd=spec.working_dir, env=env,
+                    stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env,
                     start_new_session=True, close_fds=True)
         except BaseException as e:
             if before is None:

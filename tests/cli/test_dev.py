@@ -52,9 +52,78 @@ def test_dev_brings_up_server_controllers_agent_and_example(tmp_path: Path) -> N
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)  # it gives its children 10 s to stop, then kills them
-    # Everything it started has stopped; the example's processes keep running (they belong to
-    # the node, not to the agent process) until the ProcessSet is deleted or the agent cleans up.
+    # Everything it started has stopped, the example's processes included: no orphan is left
+    # re-parented to PID 1.
     assert proc.returncode in (0, 1, 130)
     assert "stopping" in out.read_text()
-    for pid in pids:
+    alive = [pid for pid in pids if _alive(pid)]
+    for pid in alive:
         os.kill(pid, signal.SIGKILL)
+    assert not alive, f"processes of the demo still running after dev stopped: {alive}"
+    assert "stopped the processes of 1 ProcessSets" in (tmp_path / "sp" / "logs" / "agent-local.log").read_text()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_dev_tears_down_everything_when_its_control_plane_dies(tmp_path: Path) -> None:
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    out = tmp_path / "out.txt"
+    proc = subprocess.Popen([sys.executable, "-m", "setpoint", "dev", "--data-dir", str(tmp_path / "sp")],
+                            cwd=tmp_path, stdout=open(out, "wb"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        state = tmp_path / "sp" / "agent-local" / "processes"
+        while not any(state.glob("*/0.json")) or not any(state.glob("*/1.json")):
+            assert proc.poll() is None, out.read_text()
+            assert time.monotonic() < deadline, out.read_text()
+            time.sleep(0.1)  # another process's files: nothing to wait on but them
+        pids = _demo_pids(state)
+        server = [p for p in _children(proc.pid) if b"serve" in _cmdline(p)]
+        assert server, "no server process found"
+        os.kill(server[0], signal.SIGKILL)  # the control plane dies
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    alive = [pid for pid in pids if _alive(pid)]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert "a process stopped" in out.read_text()
+    assert not alive, f"the demo's processes outlived dev: {alive}"
+
+
+def _demo_pids(state: Path) -> list[int]:
+    deadline = time.monotonic() + 30
+    while True:
+        pids = [json.loads(p.read_text()).get("pid", 0) for p in state.glob("*/*.json")]
+        if len(pids) == 2 and all(pids):
+            return pids
+        assert time.monotonic() < deadline, pids
+        time.sleep(0.1)  # the agent writes the pid after the spawn
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""

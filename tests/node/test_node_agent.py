@@ -385,3 +385,24 @@ async def _answers(page: Any) -> bool:
         return (await page("/"))[0] == 200  # type: ignore[no-any-return]
     except httpx.HTTPError:
         return False
+
+
+async def test_a_lone_agent_stopped_leaves_its_processes_and_says_so(
+    cluster: tuple[ServerProcess, Path], admin: Client
+) -> None:
+    srv, tmp = cluster
+    agent = Agent(srv, "n1", tmp / "agent-n1").start()
+    try:
+        await admin.create(PROCESSSETS, processset("keep", 2), namespace="default")
+        await eventually(lambda: converged_with(admin, "keep", 2), timeout=30, what="2 replicas")
+        uid = (await admin.get(PROCESSSETS, "keep", namespace="default"))["metadata"]["uid"]
+        agent.kill(signal.SIGTERM)
+        assert agent.proc is not None and agent.proc.returncode == 0
+        assert len(processes_of(uid)) == 2  # left for the next agent
+        assert "leaving the processes of 1 ProcessSets running" in agent.log.read_text()
+        agent.start()  # ... which adopts them: same processes, no restart
+        await eventually(lambda: converged_with(admin, "keep", 2), timeout=30, what="adopted")
+        await admin.delete(PROCESSSETS, "keep", namespace="default")
+        await eventually(lambda: not processes_of(uid), timeout=30, what="stopped on delete")
+    finally:
+        agent.kill()

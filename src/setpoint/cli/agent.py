@@ -73,11 +73,24 @@ async def _transfer(client, name: str, poll_interval: float, nats: str, consumer
 
 
 def _run(coro_factory) -> None:  # type: ignore[no-untyped-def]
+    """Run until done, SIGTERM or Ctrl-C; a signal cancels the work, so its clean-up (``finally``
+    blocks: stopping or leaving processes, releasing leases) runs before the process exits."""
+    import asyncio
+    import signal
+
     import uvloop
 
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        await coro_factory()
+
     try:
-        uvloop.run(coro_factory())
-    except KeyboardInterrupt:
+        uvloop.run(main())
+    except (KeyboardInterrupt, asyncio.CancelledError):
         pass
 
 
@@ -96,6 +109,9 @@ def agent(
     transfer: TransferOpt = "watch",
     poll_interval: PollIntervalOpt = 5.0,
     nats: NatsOpt = "",
+    stop_processes_on_exit: Annotated[bool, typer.Option(
+        help="On SIGTERM or Ctrl-C, stop the processes this agent supervises (setpoint dev does). "
+             "By default they keep running and the next agent for the node adopts them.")] = False,
 ) -> None:
     """Run the node agent: register the node, heartbeat, supervise its ProcessSets."""
     from setpoint.client import Client
@@ -114,7 +130,7 @@ def agent(
             factory = await _transfer(client, transfer, poll_interval, nats, f"agent-{node}")
             with use_transfer(factory):
                 await NodeAgent(client, node, directory, workers=workers, heartbeat=heartbeat,
-                                lease_duration=lease_duration).run()
+                                lease_duration=lease_duration, stop_processes_on_exit=stop_processes_on_exit).run()
 
     console.print(f"agent for node [bold]{node}[/bold] (state in {directory}, transfer {transfer})",
                   highlight=False)

@@ -72,7 +72,8 @@ def dev(
             subprocess.run([sys.executable, "-m", "setpoint", "node-token", node, "--data-dir", str(data_dir)],
                            check=True, capture_output=True)
         procs.append(_spawn(["controller-manager", "--kubeconfig", str(admin)], logs / "controller-manager.log"))
-        procs.append(_spawn(["agent", "--node", node, "--kubeconfig", str(node_config),
+        # The demo's processes belong to this session: a clean stop of dev stops them too.
+        procs.append(_spawn(["agent", "--node", node, "--kubeconfig", str(node_config), "--stop-processes-on-exit",
                              "--state-dir", str(data_dir / f"agent-{node}")], logs / f"agent-{node}.log"))
         docs = [d for d in yaml.safe_load_all(example.read_text()) if d] if example and example.exists() else []
         applied = asyncio.run(_apply(admin, docs))

@@ -577,6 +577,14 @@ class ProcessDriver:
             await asyncio.to_thread(shutil.rmtree, self.state_dir / uid, True)
             log.info("stopped the processes of ProcessSet %s and removed its state", uid)
 
+    async def stop_everything(self) -> int:
+        """Stop every process this driver supervises and forget their state (a clean stop of a
+        development setup: the work it started ends with it). Returns how many ProcessSets."""
+        owners = self.list_owners()
+        for uid in sorted(owners):
+            await self.delete_uid(uid)
+        return len(owners)
+
     def status_for(self, obj: Obj, observed: ProcessSetObservation) -> dict[str, Any]:
         """The ProcessSet ``status`` that reports ``observed``."""
         meta = obj.get("metadata") or {}

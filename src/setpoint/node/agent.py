@@ -35,8 +35,10 @@ class NodeAgent:
         heartbeat: float = 10.0,
         lease_duration: float = 40.0,
         workers: int = 4,
+        stop_processes_on_exit: bool = False,
     ) -> None:
         self.client = client
+        self.stop_processes_on_exit = stop_processes_on_exit
         self.node = node
         self.state_dir = Path(state_dir)
         self.heartbeat = heartbeat
@@ -56,7 +58,21 @@ class NodeAgent:
                 tg.create_task(self.processsets.run(), name="processsets")
         finally:
             await self.events.stop()
+            await self._leave_processes()
             self.processsets.driver.close()
+
+    async def _leave_processes(self) -> None:
+        """On a stop: end the processes (``setpoint dev``), or leave them to the next agent, which
+        adopts them, and say which it is."""
+        driver = self.processsets.driver
+        if self.stop_processes_on_exit:
+            count = await asyncio.shield(driver.stop_everything())
+            log.info("stopped the processes of %d ProcessSets before exiting", count)
+            return
+        owners = driver.list_owners()
+        if owners:
+            log.info("leaving the processes of %d ProcessSets running: the next agent for node %s adopts them",
+                     len(owners), self.node)
 
     async def register(self) -> None:
         """Create this node's Node (or find it) and report the agent in its status."""

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from setpoint.agent.conditions import get_condition, is_converged
-from setpoint.client import Client, ClientConfig, NotFound, Resource
+from setpoint.client import Client, NotFound, Resource
 from tests.agent.support import eventually
 from tests.servers import ServerProcess
 
@@ -45,7 +45,7 @@ async def test_the_controller_in_the_guide_works(server: ServerProcess, tmp_path
     namespace: dict[str, Any] = {"__name__": "guide_example"}
     exec(compile(python_blocks("writing-a-controller.md")[0], "writing-a-controller.md", "exec"), namespace)
     resource = namespace["GREETINGS"]
-    async with Client(ClientConfig(server.url, token=server.token)) as client:
+    async with Client(server.client_config()) as client:
         with contextlib.suppress(Exception):
             await client.create(CRDS, GREETING_CRD)
         ctl = namespace["GreetingController"](client, tmp_path, namespace="default")

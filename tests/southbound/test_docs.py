@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from setpoint.agent.conditions import get_condition, is_converged
-from setpoint.client import AlreadyExists, Client, ClientConfig, NotFound, Resource
+from setpoint.client import AlreadyExists, Client, NotFound, Resource
 from tests.servers import ServerProcess
 from tests.southbound.support import CRDS, eventually, prepare
 
@@ -42,7 +42,7 @@ async def test_the_driver_in_the_guide_works(server: ServerProcess, tmp_path: Pa
     ns: dict[str, Any] = {"__name__": "driver_guide"}
     exec(compile(example(), "writing-a-driver.md", "exec"), ns)
     notes: Resource = ns["NOTES"]
-    async with Client(ClientConfig(server.url, token=server.token)) as client:
+    async with Client(server.client_config()) as client:
         with contextlib.suppress(AlreadyExists):
             await client.create(CRDS, NOTE_CRD)
 

@@ -537,7 +537,10 @@ class Client:
             params["allowWatchBookmarks"] = "true"
         if timeout_seconds is not None:
             params["timeoutSeconds"] = str(int(timeout_seconds))
-        timeout = httpx.Timeout(self.config.timeout, read=idle_timeout)
+        # A peer that stays silent through the TLS handshake is as dead as one that goes silent
+        # mid-stream: the handshake falls under httpx's connect timeout, so bound it the same way.
+        connect = self.config.timeout if idle_timeout is None else min(self.config.timeout, idle_timeout)
+        timeout = httpx.Timeout(self.config.timeout, read=idle_timeout, connect=connect)
         return WatchStream(self, resource.path(namespace, name), params, timeout)
 
     # ---- discovery ------------------------------------------------------------------------------

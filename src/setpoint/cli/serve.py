@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import ipaddress
 import logging
+import shlex
 import shutil
 import socket
 import sys
@@ -186,7 +187,7 @@ def _lock_data_dir(data_dir: Path, backend: object) -> DataDirLock:
     if not isinstance(backend, SQLiteBackend):
         return DataDirLock()
     paths = [data_dir / LOCK_FILE]
-    if backend.path.parent != data_dir.absolute():
+    if backend.path.resolve().parent != data_dir.resolve():
         paths.append(backend.path.with_name(backend.path.name + ".lock"))
     try:
         return DataDirLock(*paths).acquire()
@@ -225,7 +226,7 @@ def node_token(
 def _announce(url: str, kubeconfig: Path, token: str, ca: Path | None) -> None:
     console.print(f"setpoint serving at [bold]{url}[/bold]", highlight=False)
     console.print(f"kubeconfig: {kubeconfig}", highlight=False)
-    auth = f"--cacert {ca} " if ca is not None else ""
+    auth = f"--cacert {shlex.quote(str(ca))} " if ca is not None else ""
     auth += f'-H "Authorization: Bearer {token}" ' if token else ""
     console.print("try:", highlight=False)
     if shutil.which("kubectl"):

@@ -139,7 +139,7 @@ class Setpoint(Managed):
         module = "bench.setpoint_uvloop" if force_uvloop else "setpoint"
         super().__init__(
             [sys.executable, "-m", module, "serve", "--data-dir", str(data_dir),
-             "--listen", "127.0.0.1:0", *(args or [])],
+             "--listen", "127.0.0.1:0", "--insecure-http", *(args or [])],
             self.URL, "setpoint", cwd=Path(__file__).resolve().parent.parent)
         self.token = ""
 

@@ -1,4 +1,9 @@
-"""Real ``setpoint serve`` processes for tests: started on a free loopback port, stopped after."""
+"""Real ``setpoint serve`` processes for tests: started on a free loopback port, stopped after.
+
+They serve TLS as ``setpoint serve`` does by default, with the certificate it makes for itself
+(DATA_DIR/tls.crt); every client here trusts that certificate as the kubeconfig does. A test that
+is about plain HTTP passes ``--insecure-http`` in ``args``.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import os
 import queue
 import re
 import signal
+import ssl
 import subprocess
 import sys
 import threading
@@ -15,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from setpoint.client import ClientConfig
 
 URL_LINE = re.compile(r"setpoint serving at (\S+)")
 
@@ -73,11 +81,27 @@ class ServerProcess:
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
-    def client(self, **kw: object) -> httpx.AsyncClient:
-        return httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=30.0, **kw)  # type: ignore[arg-type]
+    @property
+    def ca(self) -> Path | None:
+        """The certificate the server made for itself, None when it serves plain HTTP."""
+        return self.data_dir / "tls.crt" if self.url.startswith("https://") else None
 
-    def sync_client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers=self.headers, timeout=30.0)
+    @property
+    def verify(self) -> ssl.SSLContext | bool:
+        """What httpx's ``verify`` takes to trust this server."""
+        return ssl.create_default_context(cafile=str(self.ca)) if self.ca is not None else True
+
+    def client(self, **kw: object) -> httpx.AsyncClient:
+        return httpx.AsyncClient(base_url=self.url, headers=self.headers, timeout=30.0, verify=self.verify,
+                                 **kw)  # type: ignore[arg-type]
+
+    def sync_client(self, **kw: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers=self.headers, timeout=30.0, verify=self.verify,
+                            **kw)  # type: ignore[arg-type]
+
+    def client_config(self, url: str | list[str] | None = None, **kw: object) -> ClientConfig:
+        """A setpoint ClientConfig for this server (or ``url``, a proxy in front of it), trusting its CA."""
+        return ClientConfig(url or self.url, token=self.token, ca_file=self.ca, **kw)  # type: ignore[arg-type]
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         if self.proc is not None and self.proc.poll() is None:

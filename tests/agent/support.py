@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from setpoint.client import AlreadyExists, Client, ClientConfig, Resource
+from setpoint.client import AlreadyExists, Client, Resource
 from tests.conftest import WIDGET_CRD
 from tests.servers import ServerProcess
 
@@ -38,7 +38,7 @@ async def eventually(
 
 
 def client_for(server: ServerProcess, url: str | None = None, **kw: Any) -> Client:
-    return Client(ClientConfig(url or server.url, token=server.token, **kw))
+    return Client(server.client_config(url, **kw))
 
 
 async def prepare(client: Client, namespace: str | None = None) -> str:
@@ -97,7 +97,7 @@ class TcpProxy:
     """
 
     def __init__(self, upstream_url: str) -> None:
-        hostport = upstream_url.split("://", 1)[1]
+        self.scheme, hostport = upstream_url.split("://", 1)
         host, _, port = hostport.rpartition(":")
         self.upstream = (host, int(port))
         self.mode = "open"
@@ -115,7 +115,7 @@ class TcpProxy:
     def url(self) -> str:
         assert self._server is not None
         port = self._server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
+        return f"{self.scheme}://127.0.0.1:{port}"
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1

@@ -77,11 +77,11 @@ def test_kubeconfig_written_by_serve(server: ServerProcess, monkeypatch: pytest.
 
 async def test_fails_over_to_the_next_server_url(server: ServerProcess) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    async with Client(ClientConfig([dead, server.url], token=server.token)) as c:
+    async with Client(server.client_config([dead, server.url])) as c:
         ns = await c.get(NAMESPACES, "default")
         assert ns["metadata"]["name"] == "default"
         assert c.server == server.url
-    async with Client(ClientConfig([dead], token=server.token, timeout=5)) as c:
+    async with Client(server.client_config([dead], timeout=5)) as c:
         with pytest.raises(ConnectionFailed):
             await c.get(NAMESPACES, "default")
 
@@ -155,7 +155,7 @@ async def test_typed_errors(client: Client, ns: str, server: ServerProcess) -> N
     with pytest.raises(NotFound):
         await client.list(Resource("example.com", "v1", "gadgets"), namespace=ns)
 
-    async with Client(ClientConfig(server.url, token="wrong")) as stranger:
+    async with Client(ClientConfig(server.url, token="wrong", ca_file=server.ca)) as stranger:
         with pytest.raises(Unauthorized):
             await stranger.get(NAMESPACES, "default")
 

@@ -15,7 +15,7 @@ import pytest
 from setpoint.agent import Controller, LeaderElector, MemoryAlertSink, NotReady, Permanent, Result, Transient
 from setpoint.agent.conditions import get_condition, is_converged
 from setpoint.agent.ratelimit import ExponentialBackoff
-from setpoint.client import Client, ClientConfig, NotFound, Resource
+from setpoint.client import Client, NotFound, Resource
 from tests.conftest import WIDGET_CRD
 from tests.servers import ServerProcess
 
@@ -42,7 +42,7 @@ async def eventually(predicate: Callable[[], Awaitable[bool] | bool], timeout: f
 
 @pytest.fixture
 async def client(server: ServerProcess) -> AsyncIterator[Client]:
-    async with Client(ClientConfig(server.url, token=server.token)) as c:
+    async with Client(server.client_config()) as c:
         with contextlib.suppress(Exception):
             await c.create(Resource("apiextensions.k8s.io", "v1", "customresourcedefinitions",
                                     namespaced=False, kind="CustomResourceDefinition"), WIDGET_CRD)
@@ -296,7 +296,7 @@ async def test_leader_that_cannot_renew_stops_before_another_starts(
                                 lease_duration=2.0, renew_deadline=1.2, retry_period=0.2)
         return Recording(c, namespace=ns, leader_election=elector, resync_period=0.1)
 
-    async with Client(ClientConfig(proxy.url, token=server.token, timeout=0.5)) as through_proxy:
+    async with Client(server.client_config(proxy.url, timeout=0.5)) as through_proxy:
         a, b = replica("a", through_proxy), replica("b", client)
         await client.create(WIDGETS, widget("p"), namespace=ns)
         task_a = asyncio.create_task(a.run())

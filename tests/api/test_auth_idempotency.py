@@ -24,12 +24,12 @@ def c(server: ServerProcess) -> Iterator[httpx.Client]:
 
 
 def test_no_token_is_401(server: ServerProcess) -> None:
-    r = httpx.get(server.url + "/api/v1/namespaces")
+    r = httpx.get(server.url + "/api/v1/namespaces", verify=server.verify)
     assert r.status_code == 401 and r.json()["reason"] == "Unauthorized"
-    r = httpx.get(server.url + "/api/v1/namespaces", headers={"Authorization": "Bearer wrong"})
+    r = httpx.get(server.url + "/api/v1/namespaces", verify=server.verify, headers={"Authorization": "Bearer wrong"})
     assert r.status_code == 401
-    assert httpx.get(server.url + "/healthz").status_code == 200
-    assert httpx.get(server.url + "/readyz").status_code == 200
+    assert httpx.get(server.url + "/healthz", verify=server.verify).status_code == 200
+    assert httpx.get(server.url + "/readyz", verify=server.verify).status_code == 200
 
 
 def policy_line(**spec: object) -> str:
@@ -47,11 +47,11 @@ def test_abac_policy_decides(data_dir: Path) -> None:
     ]) + "\n")
     srv = ServerProcess(data_dir).start()
     try:
-        admin = httpx.Client(base_url=srv.url, headers={"Authorization": "Bearer admintok"})
+        admin = httpx.Client(base_url=srv.url, verify=srv.verify, headers={"Authorization": "Bearer admintok"})
         ensure_crd(admin)
         admin.post("/api/v1/namespaces", json={"metadata": {"name": "team-a"}})
-        alice = httpx.Client(base_url=srv.url, headers={"Authorization": "Bearer readtok"})
-        bob = httpx.Client(base_url=srv.url, headers={"Authorization": "Bearer teamtok"})
+        alice = httpx.Client(base_url=srv.url, verify=srv.verify, headers={"Authorization": "Bearer readtok"})
+        bob = httpx.Client(base_url=srv.url, verify=srv.verify, headers={"Authorization": "Bearer teamtok"})
         assert alice.get(wpath("default")).status_code == 200
         r = alice.post(wpath("default"), json=widget("x"))
         assert r.status_code == 403
@@ -68,9 +68,23 @@ def test_abac_policy_decides(data_dir: Path) -> None:
 
 def test_refuses_plain_http_on_a_public_address(data_dir: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "setpoint", "serve", "--data-dir", str(data_dir),
-                        "--listen", "0.0.0.0:0"], capture_output=True, text=True, timeout=60)
+                        "--listen", "0.0.0.0:0", "--insecure-http"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
-    assert "--tls-cert" in r.stdout + r.stderr
+    assert "loopback" in r.stdout + r.stderr and "--tls-cert" in r.stdout + r.stderr
+    assert not (data_dir / "kubeconfig.yaml").exists()
+
+
+def test_plain_http_on_loopback_when_asked(data_dir: Path) -> None:
+    """--insecure-http serves plain HTTP (loopback only); the kubeconfig then names no CA."""
+    srv = ServerProcess(data_dir, ["--insecure-http"]).start()
+    try:
+        assert srv.url.startswith("http://") and srv.ca is None
+        with srv.sync_client() as c:
+            assert c.get("/api/v1/namespaces").status_code == 200
+        config = (data_dir / "kubeconfig.yaml").read_text()
+        assert "certificate-authority" not in config and srv.url in config
+    finally:
+        srv.stop()
 
 
 def test_idempotent_create_replays_the_first_response(c: httpx.Client, namespace: str) -> None:
@@ -102,7 +116,7 @@ def test_concurrent_retries_create_exactly_one(server: ServerProcess, namespace:
     barrier = threading.Barrier(16)
 
     def send() -> None:
-        with httpx.Client(base_url=server.url, timeout=30) as cl:
+        with httpx.Client(base_url=server.url, verify=server.verify, timeout=30) as cl:
             barrier.wait()
             results.append(cl.post(wpath(namespace), json=body, headers=h))
 
@@ -158,4 +172,4 @@ def test_metrics(server: ServerProcess, namespace: str) -> None:
             'resource="unknown",verb="LIST"}') in text
     assert "setpoint_store_write_batch_size_count" in text
     assert "setpoint_watchers" in text and "setpoint_watch_cache_events_total" in text
-    assert httpx.get(server.url + "/metrics").status_code == 401
+    assert httpx.get(server.url + "/metrics", verify=server.verify).status_code == 401

@@ -22,7 +22,7 @@ def node_client(srv: ServerProcess, node: str) -> httpx.Client:
     config = yaml.safe_load(Path(out.strip()).read_text())
     assert config["users"][0]["name"] == f"system:node:{node}"
     token = config["users"][0]["user"]["token"]
-    return httpx.Client(base_url=config["clusters"][0]["cluster"]["server"],
+    return httpx.Client(base_url=config["clusters"][0]["cluster"]["server"], verify=srv.verify,
                         headers={"Authorization": f"Bearer {token}"})
 
 

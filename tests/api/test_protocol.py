@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -33,6 +34,9 @@ class Conn:
 
     def __init__(self, server: ServerProcess) -> None:
         self.sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        if server.ca is not None:  # the same bytes inside TLS, as clients send them
+            self.sock = ssl.create_default_context(cafile=str(server.ca)).wrap_socket(
+                self.sock, server_hostname="127.0.0.1")
         self.buf = b""
         self.token = server.token
 
@@ -44,7 +48,10 @@ class Conn:
         return head.encode() + b"\r\n" + body
 
     def _fill(self) -> None:
-        data = self.sock.recv(65536)
+        try:
+            data = self.sock.recv(65536)
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            data = b""
         if not data:
             raise ConnectionError("closed by the server")
         self.buf += data

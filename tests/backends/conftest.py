@@ -69,6 +69,10 @@ class Servers:
         return self.procs[0].token
 
     @property
+    def ca(self) -> Path | None:
+        return self.procs[0].ca
+
+    @property
     def urls(self) -> list[str]:
         return [p.url for p in self.procs]
 

@@ -28,7 +28,7 @@ BACKENDS = ["postgresql", "etcd"]
 
 
 def client(servers: Servers, urls: list[str] | None = None) -> Client:
-    return Client(ClientConfig(urls or servers.urls, token=servers.token, timeout=10))
+    return Client(ClientConfig(urls or servers.urls, token=servers.token, ca_file=servers.ca, timeout=10))
 
 
 async def collect_watch(c: Client, ns: str, rv: str, want: int, seen: list[tuple[str, int]]) -> None:
@@ -150,7 +150,8 @@ async def test_postgres_restart_during_a_write_burst(tmp_path: Path) -> None:
         token = servers.token
 
         async def writer(n: int, url: str) -> None:
-            async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as c:
+            async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10,
+                                         verify=servers.procs[0].verify) as c:
                 i = 0
                 while not stop.is_set():
                     name = f"w{n}-{i}"
@@ -181,6 +182,7 @@ async def test_postgres_restart_during_a_write_burst(tmp_path: Path) -> None:
         await asyncio.gather(*tasks)
         assert statuses.get(503, 0) > 0, f"no retryable error seen: {statuses}"
         async with httpx.AsyncClient(base_url=servers.urls[1], headers={"Authorization": f"Bearer {token}"},
+                                     verify=servers.procs[0].verify,
                                      timeout=30) as c:
             r = await c.get(f"/apis/example.com/v1/namespaces/{ns}/widgets")
             stored = {o["metadata"]["name"]: int(o["metadata"]["resourceVersion"]) for o in r.json()["items"]}
@@ -276,7 +278,8 @@ async def test_etcd_leader_stopped_under_two_servers(tmp_path: Path) -> None:
                     await asyncio.sleep(0.05)  # back off before watching again
 
         async def writer(n: int, url: str) -> None:
-            async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10) as c:
+            async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=10,
+                                         verify=servers.procs[0].verify) as c:
                 i = 0
                 while not stop.is_set():
                     name = f"w{n}-{i}"
@@ -299,6 +302,7 @@ async def test_etcd_leader_stopped_under_two_servers(tmp_path: Path) -> None:
         stop.set()
         await asyncio.gather(*tasks)
         async with httpx.AsyncClient(base_url=servers.urls[1], headers={"Authorization": f"Bearer {token}"},
+                                     verify=servers.procs[0].verify,
                                      timeout=30) as c:
             r = await c.get(f"/apis/example.com/v1/namespaces/{ns}/widgets")
             stored = {o["metadata"]["name"]: int(o["metadata"]["resourceVersion"]) for o in r.json()["items"]}
@@ -331,7 +335,8 @@ async def test_compacted_history_is_410_on_every_server(tmp_path: Path, shared_s
                 await (a if i % 2 else b).create(WIDGETS, widget(f"w{i}"), namespace=ns)
             path = f"/apis/example.com/v1/namespaces/{ns}/widgets"
             token = servers.token
-            async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30) as h:
+            async with httpx.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=30,
+                                         verify=servers.procs[0].verify) as h:
 
                 async def gone_everywhere() -> bool:
                     for url in servers.urls:

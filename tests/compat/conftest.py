@@ -1,7 +1,7 @@
 """Real Kubernetes clients against a real ``setpoint serve``: kubectl, the official Python client, kopf.
 
 kubectl (like every client-go program) sends bearer tokens only over TLS, so these servers run
-with ``--tls-self-signed``; the kubeconfig ``setpoint serve`` writes trusts that certificate.
+with the certificate it makes for itself; the kubeconfig ``setpoint serve`` writes trusts that certificate.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ BAD_STDERR = ("Warning", "warning", "couldn't get", "failed to download openapi"
 
 
 def start_tls_server(directory: Path, *args: str) -> ServerProcess:
-    """A server with the certificate ``serve --tls-self-signed`` makes (DATA_DIR/tls.crt)."""
-    return ServerProcess(directory / "data", args=["--tls-self-signed", *args]).start()
+    """A server with the certificate ``setpoint serve`` makes for itself (DATA_DIR/tls.crt)."""
+    return ServerProcess(directory / "data", args=[*args]).start()
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from setpoint.agent.conditions import get_condition, is_converged
-from setpoint.client import Client, ClientConfig, NotFound, Resource
+from setpoint.client import Client, NotFound, Resource
 from tests.agent.support import eventually, prepare
 from tests.docs import guides
 from tests.servers import ServerProcess
@@ -33,7 +33,7 @@ async def test_the_controller_in_the_guide_works(server: ServerProcess, tmp_path
     namespace: dict[str, Any] = {"__name__": "guide_example"}
     exec(compile(python_blocks("writing-a-controller.md")[0], "writing-a-controller.md", "exec"), namespace)
     resource = namespace["GREETINGS"]
-    async with Client(ClientConfig(server.url, token=server.token)) as client:
+    async with Client(server.client_config()) as client:
         await guides.apply_crd_from("writing-a-controller.md", client)
         ctl = namespace["GreetingController"](client, tmp_path, namespace="default")
         task = asyncio.create_task(ctl.run())
@@ -87,7 +87,7 @@ async def test_the_guide_runs_as_written(server: ServerProcess, tmp_path: Path) 
     own directory, writes the file, reports a refused greeting as a condition and a Warning
     Event, and lets both objects be deleted."""
     doc = "writing-a-controller.md"
-    async with Client(ClientConfig(server.url, token=server.token)) as client:
+    async with Client(server.client_config()) as client:
         crd = await guides.apply_crd_from(doc, client)
         resource = Resource(crd["spec"]["group"], "v1", crd["spec"]["names"]["plural"], kind="Greeting")
         await eventually(lambda: _served(client, resource), timeout=10, what="kind served")

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from setpoint.agent.conditions import get_condition, is_converged
-from setpoint.client import Client, ClientConfig, NotFound
+from setpoint.client import Client, NotFound
 from setpoint.controllers.resources import NODES, PROCESSSETS
 from tests.agent.support import TcpProxy, eventually
 from tests.servers import ServerProcess
@@ -96,7 +96,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[ServerProcess, Path]]:
 @pytest.fixture
 async def admin(cluster: tuple[ServerProcess, Path]) -> AsyncIterator[Client]:
     srv, _ = cluster
-    async with Client(ClientConfig(srv.url, token=srv.token)) as c:
+    async with Client(srv.client_config()) as c:
         yield c
 
 
@@ -193,7 +193,7 @@ async def test_server_restart_and_cut_connections_still_converge(
         for n in (2, 3):
             await admin.patch(PROCESSSETS, "flaky", {"spec": {"replicas": n}}, namespace="default")
         await asyncio.to_thread(srv.restart)
-        async with Client(ClientConfig(srv.url, token=srv.token)) as c:
+        async with Client(srv.client_config()) as c:
             await c.patch(PROCESSSETS, "flaky", {"spec": {"replicas": 4}}, namespace="default")
             await eventually(lambda: converged_with(c, "flaky", 4), timeout=40, what="4 after server restart")
             # The network cuts every connection, twice, with changes in between.

@@ -22,7 +22,7 @@ from setpoint_home.simulator import Simulator
 
 from setpoint.agent.alerts import AlertSink, MemoryAlertSink
 from setpoint.agent.conditions import get_condition
-from setpoint.client import AlreadyExists, Client, ClientConfig, NotFound, Resource
+from setpoint.client import AlreadyExists, Client, NotFound, Resource
 from setpoint.drivers import plugins
 from setpoint.drivers.resources import ResourceSetDriver
 from setpoint.drivers.retry import Backoff, RetryPolicy
@@ -181,7 +181,7 @@ async def rig(server: ServerProcess, transport: str, *, policy: RetryPolicy = TE
         hub.add(id, type_)
     alerts = MemoryAlertSink()
     async with contextlib.AsyncExitStack() as stack:
-        client = await stack.enter_async_context(Client(ClientConfig(server.url, token=server.token)))
+        client = await stack.enter_async_context(Client(server.client_config()))
         ns = await prepare(client)
         sim = await stack.enter_async_context(Simulator(hub))
         control = await stack.enter_async_context(httpx.AsyncClient(base_url=sim.url, timeout=10))

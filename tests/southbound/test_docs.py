@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from setpoint.agent.conditions import get_condition, is_converged
-from setpoint.client import Client, ClientConfig, NotFound, Resource
+from setpoint.client import Client, NotFound, Resource
 from tests.docs import guides
 from tests.servers import ServerProcess
 from tests.southbound.support import eventually, prepare
@@ -30,7 +30,7 @@ async def test_the_driver_in_the_guide_works(server: ServerProcess, tmp_path: Pa
     ns: dict[str, Any] = {"__name__": "driver_guide"}
     exec(compile(example(), "writing-a-driver.md", "exec"), ns)
     notes: Resource = ns["NOTES"]
-    async with Client(ClientConfig(server.url, token=server.token)) as client:
+    async with Client(server.client_config()) as client:
         await guides.apply_crd_from("writing-a-driver.md", client)
 
         async def served() -> bool:
@@ -79,7 +79,7 @@ async def test_the_driver_guide_runs_as_written(server: ServerProcess, tmp_path:
     """The guide's CRD applied and its program run as ``python notes.py``: it makes ./notes,
     writes each note, refuses a long one with a condition and a Warning Event, deletes both."""
     doc = "writing-a-driver.md"
-    async with Client(ClientConfig(server.url, token=server.token)) as client:
+    async with Client(server.client_config()) as client:
         await guides.apply_crd_from(doc, client)
         notes = Resource("example.com", "v1", "notes", kind="Note")
 

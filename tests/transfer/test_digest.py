@@ -12,7 +12,7 @@ import pytest
 
 from setpoint.agent.cache import object_key
 from setpoint.agent.informer import Backoff, Informer
-from setpoint.client import Client, ClientConfig
+from setpoint.client import Client
 from setpoint.testing.faultproxy import FaultProxy
 from setpoint.transfer import WatchTransport
 from setpoint.transfer import digest as digest_mod
@@ -44,7 +44,7 @@ def test_both_sides_compute_the_same_digests() -> None:
 
 async def test_catch_up_after_compaction_moves_only_what_differs(compacting_server: ServerProcess) -> None:
     srv = compacting_server
-    async with Client(ClientConfig(srv.url, token=srv.token)) as direct:
+    async with Client(srv.client_config()) as direct:
         ns = await prepare(direct)
         sem = asyncio.Semaphore(32)
 
@@ -56,7 +56,7 @@ async def test_catch_up_after_compaction_moves_only_what_differs(compacting_serv
         host, port = srv.url.split("://", 1)[1].rsplit(":", 1)
         async with FaultProxy(host, int(port)) as proxy:
             scheme = srv.url.split("://", 1)[0]
-            via = Client(ClientConfig(f"{scheme}://{proxy.address}", token=srv.token))
+            via = Client(srv.client_config(f"{scheme}://{proxy.address}"))
             async with via:
                 informer = Informer(via, WIDGETS, namespace=ns, transport=WatchTransport(),
                                     backoff=Backoff(initial=0.05, cap=0.3))
@@ -76,7 +76,7 @@ async def test_catch_up_after_compaction_moves_only_what_differs(compacting_serv
                 assert stale_rv is not None
 
                 async def compacted() -> bool:
-                    async with httpx.AsyncClient(base_url=srv.url, headers=srv.headers, verify=False) as h:
+                    async with httpx.AsyncClient(base_url=srv.url, headers=srv.headers, verify=srv.verify) as h:
                         r = await h.get(f"/apis/example.com/v1/namespaces/{ns}/widgets",
                                         params={"watch": "1", "resourceVersion": stale_rv, "timeoutSeconds": "1"})
                     return r.status_code == 410 or b'"code":410' in r.content
@@ -102,6 +102,6 @@ async def test_catch_up_after_compaction_moves_only_what_differs(compacting_serv
 
 
 async def test_a_bad_bucket_count_is_a_400(server: ServerProcess) -> None:
-    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, verify=False) as c:
+    async with httpx.AsyncClient(base_url=server.url, headers=server.headers, verify=server.verify) as c:
         r = await c.get("/api/v1/namespaces", params={"digest": "1000"})
         assert r.status_code == 400 and "power of two" in r.json()["message"]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from setpoint.client import Client, ClientConfig
+from setpoint.client import Client
 from setpoint.controllers.resources import PROCESSSETS
 from setpoint.transfer import TRANSPORTS
 from setpoint.transfer.natsserver import NatsServer
@@ -31,7 +31,7 @@ def nats_cluster(tmp_path: Path, nats_server: NatsServer) -> Iterator[ServerProc
 
 @pytest.fixture
 async def admin(nats_cluster: ServerProcess) -> AsyncIterator[Client]:
-    async with Client(ClientConfig(nats_cluster.url, token=nats_cluster.token)) as c:
+    async with Client(nats_cluster.client_config()) as c:
         yield c
 
 

@@ -52,6 +52,16 @@ def dev(
     node: Annotated[str, typer.Option(help="The demo agent's node name.")] = "local",
 ) -> None:
     """Run the control plane, a controller-manager and one agent, and apply an example."""
+    from setpoint.server.datadir import holder
+
+    # Checked before anything is written: a second `make run` must leave the running one's logs,
+    # kubeconfig and node credentials as they are (its server would refuse to start anyway).
+    pid = holder(data_dir)
+    if pid is not None:
+        who = f"pid {pid}" if pid else "another process"
+        console.print(f"[red]setpoint is already running on {data_dir}[/red] ({who}): stop it first, or give "
+                      "another --data-dir.", highlight=False)
+        raise typer.Exit(1)
     # Ctrl-C and SIGTERM both stop everything in order, even when started with SIGINT ignored
     # (as a background job of a non-interactive shell is).
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -63,7 +73,7 @@ def dev(
     server_log.write_bytes(b"")
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        procs.append(_spawn(["serve", "--data-dir", str(data_dir), "--log-level", "info", "--tls-self-signed"],
+        procs.append(_spawn(["serve", "--data-dir", str(data_dir), "--log-level", "info"],
                             server_log))
         url = _wait_for_url(server_log, procs[0])
         admin = data_dir / "kubeconfig.yaml"

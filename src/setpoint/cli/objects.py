@@ -49,6 +49,7 @@ from setpoint.client import (
     ClientError,
     ConfigError,
     ConnectionFailed,
+    FieldValidation,
     Gone,
     NotFound,
     Resource,
@@ -112,11 +113,15 @@ class Session:
             raise CLIError(f"kubeconfig: {e}") from None
         self.explicit_namespace = namespace
         self.namespace = namespace or self.config.namespace or "default"
-        self.client = Client(self.config)
+        self.client = Client(self.config, warning_handler=_print_warning)
         self.discovery = Discovery(self.client)
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def _print_warning(text: str) -> None:
+    err_console.print(f"Warning: {text}", markup=False)
 
 
 def run(main: Callable[[], Coroutine[Any, Any, int]]) -> None:
@@ -724,8 +729,14 @@ APPLY_HELP = (
     "CRDs are applied first, then Namespaces, then the rest. An existing object is updated with a "
     "merge patch of the fields in the file; each object is reported as created, configured or "
     "unchanged. With --wait, waits until every object is converged (observedGeneration == "
-    "generation and Ready=True; CRDs: Established; kinds without an agent: until they exist)."
+    "generation and Ready=True; CRDs: Established; kinds without an agent: until they exist). "
+    "A field the kind's schema does not know is an error (--validate=strict, as kubectl's default); "
+    "--validate=warn applies the object without it and prints a warning, --validate=ignore drops it silently."
 )
+
+# kubectl's --validate values; true/false are its older spellings of strict/ignore.
+VALIDATE_MODES: dict[str, FieldValidation] = {
+    "strict": "Strict", "true": "Strict", "warn": "Warn", "ignore": "Ignore", "false": "Ignore"}
 
 
 @app.command(help=APPLY_HELP)
@@ -733,12 +744,17 @@ def apply(
     filename: FilesOpt = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait until every applied object is converged.")] = False,
     timeout: Annotated[float, typer.Option(help="Seconds --wait waits (0: no limit).")] = 300.0,
+    validate: Annotated[str, typer.Option(
+        "--validate", help="Fields the schema does not know: strict (an error), warn or ignore.")] = "strict",
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
     namespace: NamespaceOpt = None,
 ) -> None:
     if not filename:
         raise typer.BadParameter("give at least one -f FILE|DIR|-", param_hint="-f")
+    field_validation = VALIDATE_MODES.get(validate.lower())
+    if field_validation is None:
+        raise typer.BadParameter(f"{validate!r}: must be strict, warn or ignore", param_hint="--validate")
 
     async def main() -> int:
         manifests = read_manifests(filename)
@@ -746,19 +762,20 @@ def apply(
             raise usage_error(f"no objects in {', '.join(filename)}")
         session = Session(kubeconfig, context, namespace)
         try:
-            return await _apply(session, apply_order(manifests), wait, timeout)
+            return await _apply(session, apply_order(manifests), wait, timeout, field_validation)
         finally:
             await session.aclose()
 
     run(main)
 
 
-async def _apply(session: Session, manifests: list[Manifest], wait: bool, timeout: float) -> int:
+async def _apply(session: Session, manifests: list[Manifest], wait: bool, timeout: float,
+                 field_validation: FieldValidation) -> int:
     failed = 0
     targets: list[Target] = []
     for m in manifests:
         try:
-            info, ns, result = await _apply_one(session, m)
+            info, ns, result = await _apply_one(session, m, field_validation)
         except (ClientError, CLIError) as e:
             failed += 1
             text = e.message if isinstance(e, CLIError) else describe_error(e)
@@ -789,7 +806,8 @@ async def _apply(session: Session, manifests: list[Manifest], wait: bool, timeou
     return 1 if failed else 0
 
 
-async def _apply_one(session: Session, m: Manifest) -> tuple[KindInfo, str | None, str]:
+async def _apply_one(session: Session, m: Manifest,
+                     field_validation: FieldValidation) -> tuple[KindInfo, str | None, str]:
     info = await session.discovery.for_kind(m.api_version, m.kind)
     ns: str | None = None
     if info.namespaced:
@@ -808,13 +826,14 @@ async def _apply_one(session: Session, m: Manifest) -> tuple[KindInfo, str | Non
             live = await client.get(info.resource, m.name, namespace=ns)
         except NotFound:
             try:
-                await client.create(info.resource, body, namespace=ns)
+                await client.create(info.resource, body, namespace=ns, field_validation=field_validation)
             except AlreadyExists:
                 continue  # created meanwhile: patch it instead
             return info, ns, "created"
         if merge_patch(live, body) == live:
             return info, ns, "unchanged"
-        out = await client.patch(info.resource, m.name, body, namespace=ns, patch_type="merge")
+        out = await client.patch(info.resource, m.name, body, namespace=ns, patch_type="merge",
+                                 field_validation=field_validation)
         return info, ns, "unchanged" if resource_version(out) == resource_version(live) else "configured"
     raise CLIError("the object was created and deleted repeatedly while applying; try again")
 

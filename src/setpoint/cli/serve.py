@@ -5,15 +5,19 @@ from __future__ import annotations
 import gc
 import ipaddress
 import logging
+import shlex
 import shutil
 import socket
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from setpoint.cli.app import app, console
+
+if TYPE_CHECKING:
+    from setpoint.server.datadir import DataDirLock
 
 
 def _is_loopback(host: str) -> bool:
@@ -57,13 +61,15 @@ def serve(
     store: Annotated[str, typer.Option(help=(
         "Store URL: sqlite:///path.db (default: SQLite in the data directory), "
         "postgresql://user@host:port/db[?schema=name], etcd://host:port[,host:port...]."))] = "",
-    tls_cert: Annotated[Path | None, typer.Option(help="TLS certificate (PEM).")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(
+        help="TLS certificate (PEM), with --tls-key. Default: one made for this server "
+             "(DATA_DIR/tls.crt), trusted by the kubeconfig it writes.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
     tls_self_signed: Annotated[bool, typer.Option(
-        help="Serve HTTPS with a certificate made for this server (DATA_DIR/tls.crt), trusted by the "
-             "kubeconfig it writes. kubectl needs TLS: it never sends a token over plain HTTP.")] = False,
-    insecure: Annotated[bool, typer.Option(
-        help="Allow plain HTTP on a non-loopback address.")] = False,
+        "--tls-self-signed", hidden=True, help="The default now; accepted for old scripts.")] = False,
+    insecure_http: Annotated[bool, typer.Option(
+        "--insecure-http", help="Serve plain HTTP instead of TLS; loopback listen addresses only. "
+        "kubectl does not work then: it never sends a token over plain HTTP.")] = False,
     token_file: Annotated[Path | None, typer.Option(
         help="Bearer tokens, Kubernetes static token CSV (default: DATA_DIR/tokens.csv).")] = None,
     authorization_policy_file: Annotated[Path | None, typer.Option(
@@ -105,23 +111,15 @@ def serve(
     port = int(port_s) if port_s else None
     if (tls_cert is None) != (tls_key is None):
         raise typer.BadParameter("--tls-cert and --tls-key go together", param_hint="--tls-cert")
-    if tls_self_signed and tls_cert is None:
-        from setpoint.server.tls import ensure_self_signed
-
-        data_dir.mkdir(parents=True, exist_ok=True)
-        tls_cert, tls_key = ensure_self_signed(data_dir, host)
-    tls = tls_cert is not None and tls_key is not None
-    if not _is_loopback(host) and not tls and not insecure:
+    if insecure_http and (tls_cert is not None or tls_self_signed):
+        raise typer.BadParameter("--insecure-http serves no TLS: leave out the TLS options",
+                                 param_hint="--insecure-http")
+    if insecure_http and not _is_loopback(host):
         console.print(f"[red]refusing to serve plain HTTP on {host}[/red]: bearer tokens would cross the "
-                      "network in clear text. Give --tls-cert/--tls-key, or --insecure if you mean it.")
+                      "network in clear text. --insecure-http is for loopback addresses only; leave it out "
+                      "to serve TLS with a certificate made for this server, or give --tls-cert/--tls-key.",
+                      highlight=False)
         raise typer.Exit(2)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    if token_file is None:
-        token_file, admin_token = ensure_tokens(data_dir)
-    else:
-        admin_token = ""
-    if authorization_policy_file is None:
-        authorization_policy_file = ensure_policy(data_dir)
     if nats:
         from setpoint.transfer.subjects import Subjects
 
@@ -133,6 +131,21 @@ def serve(
         backend = open_backend(store, data_dir)
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--store") from None
+    data_dir.mkdir(parents=True, exist_ok=True)
+    # Before anything is written: a second server on this data directory must leave the first
+    # one's files (kubeconfig, certificate) as they are.
+    lock = _lock_data_dir(data_dir, backend)
+    if tls_cert is None and not insecure_http:
+        from setpoint.server.tls import ensure_self_signed
+
+        tls_cert, tls_key = ensure_self_signed(data_dir, host)
+    tls = tls_cert is not None and tls_key is not None
+    if token_file is None:
+        token_file, admin_token = ensure_tokens(data_dir)
+    else:
+        admin_token = ""
+    if authorization_policy_file is None:
+        authorization_policy_file = ensure_policy(data_dir)
     sock = _bind(host, port)
     bound_port = sock.getsockname()[1]
     url_host = f"[{host}]" if ":" in host else host
@@ -151,7 +164,7 @@ def serve(
     def ready() -> None:
         # What startup built lives as long as the server: keep it out of every collection.
         gc.freeze()
-        _announce(url, kubeconfig, admin_token)
+        _announce(url, kubeconfig, admin_token, tls_cert if tls else None)
 
     options.on_ready = ready
     # A request allocates a few hundred container objects; with the default threshold (700)
@@ -178,7 +191,29 @@ def serve(
     userver = _Uvicorn(config)
     import uvloop
 
-    uvloop.run(userver.serve(sockets=[sock]))
+    try:
+        uvloop.run(userver.serve(sockets=[sock]))
+    finally:
+        lock.release()
+
+
+def _lock_data_dir(data_dir: Path, backend: object) -> DataDirLock:
+    """The data directory's lock, and the database file's when it lives elsewhere (SQLite only:
+    servers over PostgreSQL or etcd are meant to run side by side)."""
+    from setpoint.server.datadir import LOCK_FILE, DataDirLock, DataDirLocked
+    from setpoint.store.sqlite import SQLiteBackend
+
+    if not isinstance(backend, SQLiteBackend):
+        return DataDirLock()
+    paths = [data_dir / LOCK_FILE]
+    if backend.path.resolve().parent != data_dir.resolve():
+        paths.append(backend.path.with_name(backend.path.name + ".lock"))
+    try:
+        return DataDirLock(*paths).acquire()
+    except DataDirLocked as e:
+        stop = f"Stop it first (kill {e.pid})" if e.pid else "Stop it first"
+        console.print(f"[red]cannot start[/red]: {e}. {stop}, or give another --data-dir.", highlight=False)
+        raise typer.Exit(1) from None
 
 
 @app.command("node-token")
@@ -207,10 +242,11 @@ def node_token(
     console.print(str(path), highlight=False)
 
 
-def _announce(url: str, kubeconfig: Path, token: str) -> None:
+def _announce(url: str, kubeconfig: Path, token: str, ca: Path | None) -> None:
     console.print(f"setpoint serving at [bold]{url}[/bold]", highlight=False)
     console.print(f"kubeconfig: {kubeconfig}", highlight=False)
-    auth = f'-H "Authorization: Bearer {token}" ' if token else ""
+    auth = f"--cacert {shlex.quote(str(ca))} " if ca is not None else ""
+    auth += f'-H "Authorization: Bearer {token}" ' if token else ""
     console.print("try:", highlight=False)
     if shutil.which("kubectl"):
         console.print(f"  kubectl --kubeconfig {kubeconfig} get namespaces", highlight=False)

@@ -1,6 +1,15 @@
 """The async client for setpoint's API: configuration, typed errors, CRUD, list and watch."""
 
-from setpoint.client.client import Client, ObjectList, PatchType, Resource, Selector, WatchEvent, WatchStream
+from setpoint.client.client import (
+    Client,
+    FieldValidation,
+    ObjectList,
+    PatchType,
+    Resource,
+    Selector,
+    WatchEvent,
+    WatchStream,
+)
 from setpoint.client.config import ClientConfig, ConfigError
 from setpoint.client.errors import (
     AlreadyExists,
@@ -40,6 +49,7 @@ __all__ = [
     "Conflict",
     "ConnectionFailed",
     "Expired",
+    "FieldValidation",
     "Forbidden",
     "Gone",
     "IdleTimeout",

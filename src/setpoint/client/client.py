@@ -19,7 +19,8 @@ from __future__ import annotations
 import builtins
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
+import re
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
@@ -48,6 +49,7 @@ PATCH_TYPES = {
     "strategic": "application/strategic-merge-patch+json",  # built-in kinds only
 }
 PatchType = Literal["merge", "json", "strategic"]
+FieldValidation = Literal["Strict", "Warn", "Ignore"]
 Selector = str | Mapping[str, str]
 
 # A watch line longer than this is refused rather than buffered without bound. The server's
@@ -163,8 +165,12 @@ class Client:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 100,
+        warning_handler: Callable[[str], None] | None = None,
     ) -> None:
+        """``warning_handler`` gets the text of each ``Warning`` header a response carries (as
+        kubectl prints them: an unknown field under ``fieldValidation=Warn``, a deprecation)."""
         self.config = config
+        self.warning_handler = warning_handler
         headers = {"Accept": JSON, "User-Agent": f"setpoint-client/{__version__}", **config.extra_headers}
         if config.token:
             headers["Authorization"] = f"Bearer {config.token}"
@@ -245,6 +251,9 @@ class Client:
             except httpx.TransportError as e:
                 raise ConnectionFailed(f"{method} {url}: {type(e).__name__}: {e}") from e
             self._server_index = index
+            if self.warning_handler is not None:
+                for value in response.headers.get_list("Warning"):
+                    self.warning_handler(_warning_text(value))
             if response.status_code >= 400:
                 try:
                     if stream:
@@ -441,11 +450,13 @@ class Client:
         namespace: str | None = None,
         idempotency_key: str | None = None,
         dry_run: bool = False,
+        field_validation: FieldValidation | None = None,
     ) -> dict[str, Any]:
         """Create ``obj``; ``apiVersion`` and ``kind`` are filled in from ``resource`` when absent.
 
         With ``idempotency_key``, retrying the same create returns the first result instead of
-        creating a second object (even across a server restart).
+        creating a second object (even across a server restart). ``field_validation="Strict"``
+        makes a field the schema does not know a 400 instead of silently dropped.
         """
         ns = _namespace_of(resource, obj, namespace)
         body = dict(obj)
@@ -454,26 +465,26 @@ class Client:
             body.setdefault("kind", resource.kind)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         return await self._json("POST", resource.path(ns), body=body, headers=headers,
-                                params=_dry_run(dry_run))
+                                params=_write_params(dry_run, field_validation))
 
     async def update(
         self, resource: Resource, obj: Mapping[str, Any], *, namespace: str | None = None,
-        dry_run: bool = False,
+        dry_run: bool = False, field_validation: FieldValidation | None = None,
     ) -> dict[str, Any]:
         """Replace the object (PUT). ``metadata.resourceVersion`` is the precondition: a stale
         one raises :class:`Conflict`. With a status subresource, ``status`` is ignored here."""
-        return await self._put(resource, obj, namespace, None, dry_run)
+        return await self._put(resource, obj, namespace, None, dry_run, field_validation)
 
     async def update_status(
         self, resource: Resource, obj: Mapping[str, Any], *, namespace: str | None = None,
         dry_run: bool = False,
     ) -> dict[str, Any]:
         """Replace the object's ``status`` (PUT to ``/status``); everything else is ignored."""
-        return await self._put(resource, obj, namespace, "status", dry_run)
+        return await self._put(resource, obj, namespace, "status", dry_run, None)
 
     async def _put(
         self, resource: Resource, obj: Mapping[str, Any], namespace: str | None, sub: str | None,
-        dry_run: bool,
+        dry_run: bool, field_validation: FieldValidation | None,
     ) -> dict[str, Any]:
         ns = _namespace_of(resource, obj, namespace)
         body = dict(obj)
@@ -481,7 +492,7 @@ class Client:
             body.setdefault("apiVersion", resource.api_version)
             body.setdefault("kind", resource.kind)
         return await self._json("PUT", resource.path(ns, _name_of(obj), sub), body=body,
-                                params=_dry_run(dry_run))
+                                params=_write_params(dry_run, field_validation))
 
     async def patch(
         self,
@@ -493,11 +504,13 @@ class Client:
         patch_type: PatchType = "merge",
         subresource: str | None = None,
         dry_run: bool = False,
+        field_validation: FieldValidation | None = None,
     ) -> dict[str, Any]:
         """Patch one object: ``"merge"`` (RFC 7386, a dict) or ``"json"`` (RFC 6902, a list of
         operations). A merge patch without ``metadata.resourceVersion`` applies to the newest version."""
         return await self._json("PATCH", resource.path(namespace, name, subresource), body=patch,
-                                content_type=PATCH_TYPES[patch_type], params=_dry_run(dry_run))
+                                content_type=PATCH_TYPES[patch_type],
+                                params=_write_params(dry_run, field_validation))
 
     async def delete(
         self,
@@ -561,9 +574,12 @@ class Client:
             params["allowWatchBookmarks"] = "true"
         if timeout_seconds is not None:
             params["timeoutSeconds"] = str(int(timeout_seconds))
+        # A peer that stays silent through the TLS handshake is as dead as one that goes silent
+        # mid-stream: the handshake falls under httpx's connect timeout, so bound it the same way.
+        connect = self.config.timeout if idle_timeout is None else min(self.config.timeout, idle_timeout)
+        timeout = httpx.Timeout(self.config.timeout, read=idle_timeout, connect=connect)
         if catch_up:
             params["catchUp"] = "true"
-        timeout = httpx.Timeout(self.config.timeout, read=idle_timeout)
         return WatchStream(self, resource.path(namespace, name), params, timeout)
 
     async def transfer_info(self) -> dict[str, Any]:
@@ -598,6 +614,22 @@ class Client:
 
 def _dry_run(dry_run: bool) -> dict[str, str] | None:
     return {"dryRun": "All"} if dry_run else None
+
+
+def _write_params(dry_run: bool, field_validation: FieldValidation | None) -> dict[str, str] | None:
+    params = _dry_run(dry_run) or {}
+    if field_validation is not None:
+        params["fieldValidation"] = field_validation
+    return params or None
+
+
+def _warning_text(header: str) -> str:
+    """The text of a ``299 - "text"`` Warning header (RFC 7234), unquoted as kubectl shows it."""
+    code, _, rest = header.partition(" ")
+    agent, _, quoted = rest.partition(" ")
+    if code.isdigit() and agent and len(quoted) >= 2 and quoted[0] == quoted[-1] == '"':
+        return re.sub(r"\\(.)", r"\1", quoted[1:-1])
+    return header
 
 
 class WatchStream:

@@ -46,6 +46,9 @@ def _resource_entries(t: ResourceType) -> list[dict[str, Any]]:
     if t.status_subresource:
         out.append({"name": f"{t.plural}/status", "singularName": "", "namespaced": t.namespaced,
                     "kind": t.kind, "verbs": ["get", "patch", "update"]})
+    if t.scale is not None:
+        out.append({"name": f"{t.plural}/scale", "singularName": "", "namespaced": t.namespaced,
+                    "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]})
     return out
 
 
@@ -77,12 +80,21 @@ def _aggregated_resource(t: ResourceType, version: str) -> dict[str, Any]:
         entry["shortNames"] = list(t.short_names)
     if t.categories:
         entry["categories"] = list(t.categories)
+    subresources = []
     if t.status_subresource:
-        entry["subresources"] = [{
+        subresources.append({
             "subresource": "status",
             "responseKind": {"group": t.group, "version": version, "kind": t.kind},
             "verbs": ["get", "patch", "update"],
-        }]
+        })
+    if t.scale is not None:
+        subresources.append({
+            "subresource": "scale",
+            "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"},
+            "verbs": ["get", "patch", "update"],
+        })
+    if subresources:
+        entry["subresources"] = subresources
     return entry
 
 

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 import setpoint.transfer.digest as digest
-from setpoint.server import bodies, idempotency, managedfields, protobuf, tables
+from setpoint.server import bodies, idempotency, managedfields, protobuf, scale, tables
 from setpoint.server.admission import admit_node_write, node_of
 from setpoint.server.errors import (
     AlreadyExists,
@@ -30,6 +30,7 @@ from setpoint.server.errors import (
     Expired,
     Forbidden,
     Invalid,
+    MethodNotAllowed,
     NotFound,
     Timeout,
     UnsupportedMediaType,
@@ -149,7 +150,8 @@ class ResourceHandlers:
                 raise NotFound("the server could not find the requested resource")
         elif info.namespace and not (rtype.plural == "namespaces" and info.name == info.namespace):
             raise NotFound("the server could not find the requested resource")
-        if info.subresource and not (info.subresource == "status" and rtype.status_subresource):
+        if info.subresource and not (info.subresource == "status" and rtype.status_subresource) and not (
+                info.subresource == "scale" and rtype.scale is not None):
             raise NotFound("the server could not find the requested resource")
         return rtype
 
@@ -158,6 +160,8 @@ class ResourceHandlers:
         if rtype.plural == "namespaces":
             info.namespace = ""
         verb = info.verb
+        if info.subresource == "scale":
+            return await self.scale(request, info, rtype)
         if verb == "get":
             return await self.get(request, info, rtype)
         if verb == "list":
@@ -874,6 +878,49 @@ class ResourceHandlers:
 
         status, out = await self._update(info, rtype, mutate, None, dry_run)
         return json_response(out, status)
+
+    async def scale(self, request: Request, info: RequestInfo, rtype: ResourceType) -> Response:
+        """GET, PUT and PATCH of ``NAME/scale``: the object seen as an autoscaling/v1 Scale; a
+        change writes the replica count into the object (a normal update of it, with its
+        admission, generation and resourceVersion precondition)."""
+        spec = rtype.scale
+        assert spec is not None
+        key = rtype.key(info.namespace, info.name)
+        if info.verb == "get":
+            return json_response(scale.to_scale(await self._get_object(rtype, info, key, None), spec))
+        if info.verb not in ("update", "patch"):
+            raise MethodNotAllowed(f"{info.verb} is not supported on the scale subresource")
+        body = await bodies.read_body(request, self.settings.max_body_bytes)
+        dry_run = self._dry_run(request)
+        if info.verb == "update":
+            sent = bodies.decode(body, bodies.media_type(request))
+            expected = self._parse_rv(((sent.get("metadata") or {}) if isinstance(sent, dict) else {})
+                                      .get("resourceVersion"), "metadata.resourceVersion")
+            if isinstance(sent, dict) and sent.get("kind") not in (None, scale.SCALE_KIND):
+                raise BadRequest(f'the body must be a {scale.SCALE_KIND}, not {sent.get("kind")!r}')
+        else:
+            ctype = bodies.media_type(request)
+            accepted = (bodies.MERGE_PATCH, bodies.JSON_PATCH, bodies.STRATEGIC_MERGE_PATCH)
+            if ctype not in accepted:
+                raise UnsupportedMediaType("the scale subresource accepts " + ", ".join(accepted))
+            patch_doc = bodies.decode(body, bodies.JSON, (bodies.JSON,))
+            apply_patch: Callable[[Any, Any], Any] = json_patch if ctype == bodies.JSON_PATCH else merge_patch
+            sent = None
+            expected = None
+
+        def mutate(old: dict[str, Any]) -> dict[str, Any]:
+            current = scale.to_scale(old, spec)
+            wanted = sent if info.verb == "update" else apply_patch(current, patch_doc)
+            replicas, why = scale.replicas_of(wanted)
+            if replicas is None:
+                raise_invalid(scale.SCALE_KIND, "autoscaling", info.name, [("FieldValueInvalid", why, "spec.replicas")])
+                raise AssertionError("unreachable")
+            return scale.with_replicas(copy.deepcopy(old), spec, replicas)
+
+        main = copy.copy(info)
+        main.subresource = ""
+        _, out = await self._update(main, rtype, mutate, expected, dry_run)
+        return json_response(scale.to_scale(msgspec.json.decode(out), spec))
 
     async def server_side_apply(self, request: Request, info: RequestInfo, rtype: ResourceType) -> Response:
         """PATCH with application/apply-patch+yaml: the request body is the manager's whole

@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from setpoint.server import scale
 from setpoint.server.errors import Invalid
+from setpoint.server.scale import ScaleSpec
 
 
 class Validator(Protocol):
@@ -34,6 +36,7 @@ class ResourceType:
     short_names: tuple[str, ...] = ()
     categories: tuple[str, ...] = ()
     status_subresource: bool = False
+    scale: ScaleSpec | None = None  # the scale subresource, when the CRD declares one
     allow_create_on_update: bool = False
     allow_unconditional_update: bool = True
     validators: dict[str, Validator] = field(default_factory=dict, compare=False, hash=False)
@@ -183,6 +186,7 @@ def resource_type_from_crd(
     columns: dict[str, list[dict[str, Any]]] = {}
     schemas: dict[str, dict[str, Any]] = {}
     status_sub = False
+    scale_spec: ScaleSpec | None = None
     fields: set[str] = set()
     for i, v in enumerate(versions):
         if not isinstance(v, dict) or not isinstance(v.get("name"), str):
@@ -205,6 +209,12 @@ def resource_type_from_crd(
         subresources = v.get("subresources") or {}
         if isinstance(subresources, dict) and "status" in subresources:
             status_sub = True
+        if isinstance(subresources, dict) and subresources.get("scale") is not None:
+            parsed, errors = scale.parse(subresources["scale"], f"spec.versions[{i}].subresources.scale")
+            for fld, msg in errors:
+                bad(fld, msg)
+            if parsed is not None and (v.get("storage") or scale_spec is None):
+                scale_spec = parsed
         selectable = v.get("selectableFields")
         if selectable is not None:
             if not isinstance(selectable, list):
@@ -244,6 +254,7 @@ def resource_type_from_crd(
         short_names=tuple(names.get("shortNames") or ()),
         categories=tuple(names.get("categories") or ()),
         status_subresource=status_sub,
+        scale=scale_spec,
         allow_create_on_update=False,
         allow_unconditional_update=False,
         validators=validators,

@@ -33,11 +33,32 @@ _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # what may not appear in 
 
 _NO_BODY_STATUS = frozenset({204, 304})
 
+# After answering a request before its body was read (a 413, a 401...), the rest of the body is
+# read and thrown away, up to this much, so that a client that writes its whole body before
+# reading (urllib, urllib3, the official Python client) gets to read the answer instead of a
+# connection reset; past it the connection is closed, so that no client can make the server
+# read without end. Go's server and nginx's lingering close do the same.
+DRAIN_LIMIT = 16 << 20
+
 
 class APIProtocol(HttpToolsProtocol):
     """One connection. ``api`` is set on the subclass :func:`protocol_for` makes."""
 
     api: Server
+    _drained = 0
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if cycle is not None and cycle.response_complete:
+            self._drained += len(body)
+            if self._drained > DRAIN_LIMIT:
+                self.transport.close()
+            return
+        super().on_body(body)
+
+    def on_message_begin(self) -> None:
+        self._drained = 0
+        super().on_message_begin()
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         # ``app`` is uvicorn's 503 responder when over the concurrency limit: leave that to it.

@@ -67,3 +67,47 @@ def test_a_cluster_scoped_dependent_of_a_namespaced_owner_is_left_alone(
                    timeout=15, what="the dangling dependent collected")
         got = c.get(f"/api/v1/namespaces/{ns_name}")
         assert got.status_code == 200 and not got.json()["metadata"].get("deletionTimestamp")
+
+
+def test_an_object_the_collector_cannot_process_does_not_stop_it(tmp_path: Path) -> None:
+    """An object stored before depth limits existed (nested 900 levels, one live and one missing
+    owner) cannot be rewritten; the collector skips it, says so, and goes on with the others."""
+    import asyncio
+    import uuid
+
+    from setpoint.server.objects import for_storage, new_uid
+    from setpoint.store import SQLiteBackend
+
+    srv = ServerProcess(tmp_path / "data").start()
+    try:
+        with srv.sync_client() as c:
+            ensure_crd(c)
+            owner = _create(c, widget("alive"))
+        srv.stop()
+        live = {"apiVersion": "example.com/v1", "kind": "Widget", "name": "alive", "uid": owner["metadata"]["uid"]}
+        missing = {"apiVersion": "example.com/v1", "kind": "Widget", "name": "gone", "uid": str(uuid.uuid4())}
+        deep: Any = {"leaf": True}
+        for _ in range(900):
+            deep = {"x": deep}
+        stuck = widget("stuck")
+        stuck["spec"]["deep"] = deep
+        stuck["metadata"].update(uid=new_uid(), creationTimestamp="2026-01-01T00:00:00Z", generation=1,
+                                 namespace="default", ownerReferences=[live, missing])
+
+        async def plant() -> None:
+            async with SQLiteBackend(tmp_path / "data" / "state.db") as b:
+                await b.create("/registry/example.com/widgets/default/stuck", for_storage(stuck))
+
+        asyncio.run(plant())
+        srv.start()
+        with srv.sync_client() as c:
+            orphan = widget("orphan")
+            orphan["metadata"]["ownerReferences"] = [missing]
+            _create(c, orphan)
+            wait_until(lambda: c.get(wpath("default", "orphan")).status_code == 404, timeout=20,
+                       what="the orphan collected despite the stuck object")
+            metrics = c.get("/metrics").text
+            assert "setpoint_gc_skipped_objects 1.0" in metrics
+    finally:
+        srv.stop()
+    assert "garbage collection skips /registry/example.com/widgets/default/stuck" in "".join(srv.output)

@@ -104,6 +104,7 @@ class Server:
                                    interval=options.compact_interval)
         self.namespaces = NamespaceFinalizer(self.handlers)
         self.gc = GarbageCollector(self.handlers)
+        self.metrics.track_gc(lambda: float(len(self.gc.skipped)))
         self.discovery = DiscoveryCache(self.registry)
         self.publisher = (NatsPublisher(options.nats_url, self.cache, prefix=options.nats_prefix)
                           if options.nats_url else None)

@@ -69,6 +69,7 @@ def decode(body: bytes, ctype: str, accepted: tuple[str, ...] = (JSON, YAML)) ->
         docs = [d for d in docs if d is not None]
         if len(docs) != 1:
             raise BadRequest(f"the request body must hold exactly one YAML document, not {len(docs)}")
+        _check_metadata_keys(docs[0])
         return _normalise_yaml(docs[0])
     try:
         return _json_decoder.decode(body)
@@ -76,10 +77,33 @@ def decode(body: bytes, ctype: str, accepted: tuple[str, ...] = (JSON, YAML)) ->
         raise BadRequest(f"error decoding JSON: {e}") from None
 
 
+def _check_metadata_keys(doc: Any) -> None:
+    """Labels and annotations are maps of strings: a YAML key ``1``, ``true`` or ``null`` there
+    is a mistake (it would collide with ``"1"``, or become a label nobody meant), so refuse it."""
+    meta = doc.get("metadata") if isinstance(doc, dict) else None
+    if not isinstance(meta, dict):
+        return
+    for name in ("labels", "annotations"):
+        value = meta.get(name)
+        if isinstance(value, dict):
+            for k in value:
+                if not isinstance(k, str):
+                    raise BadRequest(f"metadata.{name}: key {k!r} is not a string (quote it in YAML)")
+
+
+def _key(k: Any) -> str:
+    """A YAML key as JSON needs it, spelled as Kubernetes' YAML conversion spells it."""
+    if k is None:
+        return "null"
+    if isinstance(k, bool):
+        return "true" if k else "false"
+    return str(k)
+
+
 def _normalise_yaml(value: Any) -> Any:
     """YAML has types JSON lacks (dates, non-string keys); make them what a JSON client would send."""
     if isinstance(value, dict):
-        return {str(k): _normalise_yaml(v) for k, v in value.items()}
+        return {_key(k): _normalise_yaml(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_normalise_yaml(v) for v in value]
     if isinstance(value, (str, int, float, bool)) or value is None:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from setpoint.server.errors import APIError, NotFound
 from setpoint.server.paths import RequestInfo
 from setpoint.server.resources import ResourceType
-from setpoint.store import StoreError
+from setpoint.store import StoreError, Unavailable
 from setpoint.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -57,6 +57,9 @@ def _parse_key(key: str) -> tuple[str, str, str, str] | None:
     return ("" if group == "core" else group), plural, namespace, name
 
 
+MAX_FAILURES = 3
+
+
 class GarbageCollector:
     def __init__(self, handlers: ResourceHandlers, *, sweep_interval: float = 60.0,
                  max_pending: int = 10_000) -> None:
@@ -72,6 +75,10 @@ class GarbageCollector:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.deleted = 0  # dependents deleted, for tests and metrics
+        # One object the collector cannot process must not stop it for all the others: after
+        # MAX_FAILURES tries it is skipped (and said so) until it changes.
+        self._failures: dict[str, int] = {}
+        self.skipped: dict[str, str] = {}  # key -> why, for tests, metrics and the log
         handlers.cache.add_event_hook(self._on_event)
 
     # ---- lifecycle ------------------------------------------------------------------------------
@@ -116,6 +123,9 @@ class GarbageCollector:
         self._wake.set()
 
     def _on_event(self, etype: str, key: str, cached: CachedObject) -> None:
+        if self.skipped or self._failures:  # it changed: worth another try
+            self.skipped.pop(key, None)
+            self._failures.pop(key, None)
         owners = self._owners_of.get(key, ())
         if not owners and not self._foreground:
             # Most writes concern no owner at all: tell so from the bytes, without decoding.
@@ -200,9 +210,36 @@ class GarbageCollector:
     async def _work(self) -> None:
         if self._overflow:
             await self._sweep()
+        retry: set[str] = set()
         while self._pending:
             key = self._pending.pop()
-            await self._process(key)
+            if key in self.skipped:
+                continue
+            try:
+                await self._process(key)
+            except Unavailable:
+                self._pending.add(key)
+                raise  # the store is down: every object would fail; the loop waits and retries
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # this object, not the collector: count it, go on with the others
+                failures = self._failures[key] = self._failures.get(key, 0) + 1
+                if failures >= MAX_FAILURES or not isinstance(e, StoreError | APIError):
+                    self._skip(key, e)
+                else:
+                    retry.add(key)
+            else:
+                self._failures.pop(key, None)
+        if retry:
+            await asyncio.sleep(1.0)  # a conflict or a busy store: try those again shortly
+            self._pending |= retry
+
+    def _skip(self, key: str, error: BaseException) -> None:
+        why = f"{type(error).__name__}: {str(error)[:200]}"
+        self.skipped[key] = why
+        self._failures.pop(key, None)
+        log.error("garbage collection skips %s until it changes: %s", key, why,
+                  exc_info=error if not isinstance(error, StoreError | APIError) else None)
 
     async def _process(self, key: str) -> None:
         parsed = _parse_key(key)

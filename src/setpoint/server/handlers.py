@@ -71,6 +71,7 @@ JSON_MEDIA = "application/json"
 # A write without a client precondition (a patch, a finalizer change) retries on a fresh read
 # until it lands, as Kubernetes does; the bound only stops a pathological livelock.
 MAX_CONFLICT_RETRIES = 200
+MAX_PAGE = 1 << 31
 NAMESPACE_KEY_PREFIX = "/registry/core/namespaces/"
 
 
@@ -191,7 +192,7 @@ class ResourceHandlers:
         elif verb == "deletecollection":
             response = await self.delete_collection(request, info, rtype)
         else:
-            raise APIError(f"verb {verb} is not supported")
+            raise MethodNotAllowed(f"the server does not allow this method on the requested resource ({verb})")
         if info.warnings:
             for w in info.warnings:
                 response.headers.append("Warning", w)
@@ -398,7 +399,11 @@ class ResourceHandlers:
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
             data = msgspec.json.decode(raw)
-            return int(data["rv"]), str(data["start"])
+            revision, start = data["rv"], data["start"]
+            if not isinstance(revision, int) or isinstance(revision, bool) or revision < 1 or \
+                    not isinstance(start, str):
+                raise ValueError("not a token this server made")
+            return revision, start
         except Exception:
             raise BadRequest(f'invalid continue token "{token[:64]}"') from None
 
@@ -444,7 +449,9 @@ class ResourceHandlers:
             limit = int(limit_s) if limit_s else 0
         except ValueError:
             raise BadRequest(f'invalid limit "{limit_s}"') from None
-        limit = max(limit, 0)
+        # Any int64 is a valid limit (kube accepts 2**63-1); past what a page could ever hold it
+        # means "no limit" in practice, and the store's integers stop at 2**63 - 1.
+        limit = min(max(limit, 0), MAX_PAGE)
         token = q.get("continue")
         rv_s = q.get("resourceVersion")
         match = q.get("resourceVersionMatch")
@@ -460,6 +467,8 @@ class ResourceHandlers:
             return self._list_buckets(request, rtype, info.version, key_prefix, pred)
         if token:
             revision, start_after = self._decode_continue(token)
+            if revision > self.cache.revision and revision > await self.backend.current_revision():
+                raise BadRequest(f'invalid continue token "{token[:64]}": it names a revision this server never had')
             return await self._list_from_store(request, rtype, info.version, key_prefix, pred, limit,
                                                revision, start_after, continuing=True)
         if rv is not None and match != "Exact" and not limit:
@@ -606,10 +615,15 @@ class ResourceHandlers:
         timeout = self.settings.watch_max_seconds
         ts = q.get("timeoutSeconds")
         if ts:
-            try:
-                timeout = min(float(ts), timeout)
-            except ValueError:
-                raise BadRequest(f'invalid timeoutSeconds "{ts}"') from None
+            # An integer number of seconds, as kube takes it (int64): "nan", "inf" or "1e9" are
+            # a 400; 0 means the server's default, not "end after the first event".
+            if not ts.lstrip("-").isdigit():
+                raise BadRequest(f'invalid timeoutSeconds "{ts[:32]}": must be an integer')
+            seconds = int(ts)
+            if seconds < 0:
+                raise BadRequest(f'invalid timeoutSeconds "{ts[:32]}": must not be negative')
+            if seconds:
+                timeout = min(float(seconds), timeout)
         bookmarks = q.get("allowWatchBookmarks", "").lower() in ("1", "true")
         # The tick is also when the deadline is checked, so it never exceeds the timeout.
         tick = min(self.settings.bookmark_interval if bookmarks else 30.0, max(timeout, 0.05))
@@ -1077,6 +1091,11 @@ class ResourceHandlers:
         self, rtype: ResourceType, info: RequestInfo, old: dict[str, Any], new: dict[str, Any]
     ) -> dict[str, Any]:
         old_meta = old["metadata"]
+        if rtype.builtin:
+            # Built-in kinds' spec and status are structs: anything else is a decoding error.
+            for part in ("spec", "status"):
+                if new.get(part) is not None and not isinstance(new[part], dict):
+                    raise BadRequest(f"{part}: must be an object, not {type(new[part]).__name__}")
         if info.subresource == "status":
             result = copy.deepcopy(old)
             if "status" in new:
@@ -1125,6 +1144,7 @@ class ResourceHandlers:
             if not isinstance(decoded, dict):
                 raise BadRequest("DeleteOptions must be an object")
             opts = decoded
+        _check_delete_options(opts)
         q = request.query_params
         if "propagationPolicy" in q:
             opts["propagationPolicy"] = q["propagationPolicy"]
@@ -1208,7 +1228,8 @@ class ResourceHandlers:
         self, request: Request, info: RequestInfo, rtype: ResourceType
     ) -> Response:
         opts = await self._delete_options(request)
-        dry_run = self._dry_run(request)
+        # client-go sends a collection delete's dryRun in the body's DeleteOptions.
+        dry_run = self._dry_run(request) or opts.get("dryRun") == ["All"]
         label, field = self._selectors(request, rtype)
         pred = self._predicate(label, field)
         key_prefix = self._scope(info, rtype, field)
@@ -1226,3 +1247,31 @@ class ResourceHandlers:
                 continue
             deleted.append(out)
         return json_response(self._list_body(rtype, info.version, page.revision, deleted))
+
+
+_DELETE_OPTION_TYPES: dict[str, tuple[type, ...]] = {
+    "kind": (str,), "apiVersion": (str,), "gracePeriodSeconds": (int,), "propagationPolicy": (str,),
+    "orphanDependents": (bool,), "dryRun": (list,), "preconditions": (dict,),
+}
+
+
+def _check_delete_options(opts: dict[str, Any]) -> None:
+    """DeleteOptions of the wrong shape are a 400, as kube-apiserver's decoder makes them: a
+    ``dryRun`` given as a string, above all, must not be taken for "no dry run" and delete."""
+    for name, types in _DELETE_OPTION_TYPES.items():
+        value = opts.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise BadRequest(f"DeleteOptions.{name}: wrong type {type(value).__name__}; "
+                             f"expected {'/'.join(t.__name__ for t in types)}")
+    dry_run = opts.get("dryRun")
+    if dry_run is not None:
+        for v in dry_run:
+            if v != "All":
+                raise BadRequest(f'Invalid dryRun value "{v}": the only supported value is "All"')
+    pre = opts.get("preconditions")
+    if pre is not None:
+        for name in ("uid", "resourceVersion"):
+            if pre.get(name) is not None and not isinstance(pre[name], str):
+                raise BadRequest(f"DeleteOptions.preconditions.{name}: must be a string")

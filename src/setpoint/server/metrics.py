@@ -57,6 +57,11 @@ class Metrics:
             "setpoint_store_revision", "Newest revision seen by the watch cache.", registry=self.registry
         )
 
+    def track_gc(self, skipped: Callable[[], float]) -> None:
+        Gauge("setpoint_gc_skipped_objects",
+              "Objects the garbage collector could not process and skips until they change.",
+              registry=self.registry).set_function(skipped)
+
     def track_revision(self, fn: Callable[[], float]) -> None:
         self.store_revision.set_function(fn)
 

@@ -218,8 +218,17 @@ def _managed_fields_causes(managed: Any) -> list[tuple[str, str, str]]:
     return causes
 
 
+# Deeper than this is refused at the door: every later path (copies, patches, encoding, field
+# tracking, the garbage collector) handles it, so an object that was accepted stays writable.
+MAX_DEPTH = 128
+_META_STRINGS = ("name", "namespace", "generateName", "resourceVersion", "uid", "creationTimestamp",
+                 "deletionTimestamp", "selfLink")
+
+
 def ensure_object_shape(obj: Any) -> dict[str, Any]:
-    """A body must be a JSON object with an object ``metadata``; anything else is a 400."""
+    """A body must be a JSON object with an object ``metadata`` whose fields have the types
+    Kubernetes gives them, nested no deeper than :data:`MAX_DEPTH`; anything else is a 400, as
+    kube-apiserver's decoder makes it, before anything is stored."""
     if not isinstance(obj, dict):
         raise BadRequest("the request body must be a JSON or YAML object")
     meta = obj.get("metadata")
@@ -227,7 +236,38 @@ def ensure_object_shape(obj: Any) -> dict[str, Any]:
         obj["metadata"] = meta = {}
     if not isinstance(meta, dict):
         raise BadRequest("metadata must be an object")
+    for name in _META_STRINGS:
+        value = meta.get(name)
+        if value is not None and not isinstance(value, str):
+            raise BadRequest(f"metadata.{name}: must be a string, not {type(value).__name__}")
+    for name in ("labels", "annotations"):
+        value = meta.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            raise BadRequest(f"metadata.{name}: must be a map of strings")
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise BadRequest(f"metadata.{name}: key {k!r} is not a string (quote it in YAML)")
+            if v is not None and not isinstance(v, str):
+                raise BadRequest(f"metadata.{name}[{k}]: must be a string, not {type(v).__name__}")
+    if _too_deep(obj, MAX_DEPTH):
+        raise BadRequest(f"the object is nested more than {MAX_DEPTH} levels deep")
     return obj
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Iterative, so that checking a very deep object cannot itself overflow the stack."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(v, dict):
+            stack.extend((x, depth + 1) for x in v.values() if isinstance(x, dict | list))
+        elif isinstance(v, list):
+            stack.extend((x, depth + 1) for x in v if isinstance(x, dict | list))
+    return False
 
 
 def raise_invalid(kind: str, group: str, name: str, causes: list[tuple[str, str, str]]) -> None:

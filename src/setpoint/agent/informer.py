@@ -318,6 +318,11 @@ class Informer:
             while True:
                 try:
                     await self.transport.step(self)
+                    this = asyncio.current_task()
+                    if this is not None and this.cancelling():
+                        # A library below swallowed our cancellation (turned it into a timeout):
+                        # honour it here, or stop() would wait for ever.
+                        raise asyncio.CancelledError
                 except Gone as e:
                     self.stats.expired += 1
                     self.stats.last_error = str(e)

@@ -12,15 +12,19 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from setpoint.agent.conditions import is_converged
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_dev_brings_up_server_controllers_agent_and_example(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transfer", ["watch", "command"])
+def test_dev_brings_up_server_controllers_agent_and_example(tmp_path: Path, transfer: str) -> None:
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     out = tmp_path / "out.txt"
-    proc = subprocess.Popen([sys.executable, "-m", "setpoint", "dev", "--data-dir", str(tmp_path / "sp")],
+    proc = subprocess.Popen([sys.executable, "-m", "setpoint", "dev", "--data-dir", str(tmp_path / "sp"),
+                             "--transfer", transfer],
                             cwd=tmp_path, stdout=open(out, "wb"), stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 60
@@ -60,7 +64,11 @@ def test_dev_brings_up_server_controllers_agent_and_example(tmp_path: Path) -> N
     for pid in alive:
         os.kill(pid, signal.SIGKILL)
     assert not alive, f"processes of the demo still running after dev stopped: {alive}"
-    assert "stopped the processes of 1 ProcessSets" in (tmp_path / "sp" / "logs" / "agent-local.log").read_text()
+    agent_log = (tmp_path / "sp" / "logs" / "agent-local.log").read_text()
+    assert "stopped the processes of 1 ProcessSets" in agent_log and f"transfer {transfer}" in agent_log
+    for ports in (tmp_path / "sp" / "nats" / "ports").glob("*.ports"):  # the NATS dev started, if any
+        nats_pid = int(ports.stem.rsplit("_", 1)[1])
+        assert not _alive(nats_pid), "the NATS server dev started outlived it"
 
 
 def _alive(pid: int) -> bool:

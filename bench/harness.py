@@ -483,6 +483,10 @@ class Bench:
             from bench import southbound
             with self.section("southbound"):
                 self.results["southbound"] = southbound.run(self)
+        if "transfer" in p or not self.a.only:  # watch, poll, NATS interrupt and command under faults
+            from bench import transfer
+            with self.section("transfer"):
+                self.results["transfer"] = {k: v for k, v in transfer.run(self).items() if k != "markdown"}
         if "clients" in p or not self.a.only:  # the kubernetes client and kopf as informers: bench/clients.py
             from bench import clients
             with self.section("clients"):

@@ -40,6 +40,9 @@ class NatsFaults:
     duplicate: float = 0.0
     reorder: float = 0.0
     seed: int | None = None
+    # Only messages on subjects starting with one of these (none: every message). Replies to
+    # requests (``_INBOX.``) are left alone by naming the subjects that carry the data.
+    subjects: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("drop", "duplicate", "reorder"):
@@ -114,8 +117,12 @@ class _NatsFramer:
         return unit, False
 
     def _frame(self, frame: bytes) -> bytes:
-        self.stats.frames += 1
         f = self.faults
+        if f.subjects:
+            subject = frame.split(b" ", 2)[1].decode(errors="replace")
+            if not subject.startswith(f.subjects):
+                return frame + self.flush()
+        self.stats.frames += 1
         out = b""
         if self.rng.random() < f.drop:
             self.stats.dropped += 1
@@ -229,6 +236,12 @@ class FaultProxy:
     # -- forwarding ------------------------------------------------------------------------------
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # Its own task (asyncio's, for each connection): ended by close(), which owns it, so a
+        # cancellation here is the normal end, not an error for asyncio to report.
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._connection(reader, writer)
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)

@@ -121,7 +121,7 @@ class CommandTransport(Transport):
             await self._js.delete_consumer(stream, durable)
         subject = names.command_filter(target.resource.group, target.resource.plural, target.namespace)
         config = ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, ack_policy=AckPolicy.EXPLICIT,
-                                ack_wait=30.0, max_ack_pending=10 * self.batch, inactive_threshold=600.0)
+                                ack_wait=5.0, max_ack_pending=10 * self.batch, inactive_threshold=600.0)
         try:
             seed = await self._js.get_last_msg(stream, names.seed)
         except NotFoundError:

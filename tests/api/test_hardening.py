@@ -137,3 +137,37 @@ def test_watch_timeout_seconds_zero_is_the_default_not_one_event(c: httpx.Client
         for line in lines:
             if json.loads(line)["object"]["metadata"]["name"] == name:
                 break  # still open after the first event
+
+
+def test_a_yaml_alias_bomb_is_refused_quickly(c: httpx.Client, ns: str) -> None:
+    lines = ['a: &a ["x","x","x","x","x","x","x","x","x","x"]']
+    for i in range(1, 10):
+        prev = chr(ord("a") + i - 1)
+        cur = chr(ord("a") + i)
+        lines.append(f"{cur}: &{cur} [{', '.join(['*' + prev] * 10)}]")
+    body = "metadata: {name: bomb}\nspec:\n" + "\n".join("  " + ln for ln in lines) + "\n"
+    assert len(body) < 1000
+    r = c.post(f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases", content=body,
+               headers={"Content-Type": "application/yaml"}, timeout=30)
+    assert r.status_code == 413 and "aliases" in str(status_of(r)["message"])
+
+
+def test_a_small_yaml_body_cannot_store_a_large_object(c: httpx.Client, ns: str) -> None:
+    big = "y" * 400
+    lines = [f'a: &a "{big}"', "b: &b [*a, *a, *a, *a]", "c: &c [*b, *b, *b, *b]", "d: &d [*c, *c, *c, *c]",
+             "e: &e [*d, *d, *d, *d]", "f: &f [*e, *e, *e, *e]", "g: &g [*f, *f, *f, *f]", "h: [*g, *g, *g, *g]"]
+    body = "metadata: {name: wide}\nspec:\n" + "\n".join("  " + ln for ln in lines) + "\n"
+    r = c.post(f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases", content=body,
+               headers={"Content-Type": "application/yaml"}, timeout=30)
+    assert r.status_code == 413, r.text[:200]
+    assert c.get(f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/wide").status_code == 404
+
+
+def test_json_patch_copies_cannot_blow_an_object_up(c: httpx.Client, ns: str) -> None:
+    leases = f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases"
+    assert c.post(leases, json={"metadata": {"name": "cp"}, "spec": {}, "d": ["x" * 1000]}).status_code == 201
+    # Each copy of the list into itself doubles it: 25 operations would make 32 GB.
+    ops = [{"op": "copy", "from": "/d", "path": "/d/-"} for _ in range(25)]
+    r = c.patch(f"{leases}/cp", json=ops, headers={"Content-Type": "application/json-patch+json"}, timeout=30)
+    assert r.status_code == 413, r.text[:200]
+    assert len(c.get(f"{leases}/cp").json()["d"]) == 1

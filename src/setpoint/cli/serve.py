@@ -156,7 +156,7 @@ def serve(
         compact_interval=compact_interval, watch_cache_window=watch_cache_window,
         watcher_queue=watcher_queue, watch_fast_forward_keys=watch_fast_forward_keys, nats_url=nats or None,
         nats_prefix=nats_prefix,
-        idempotency_ttl=idempotency_ttl, settings=Settings(max_body_bytes=max_body_bytes),
+        idempotency_ttl=idempotency_ttl, settings=Settings(max_body_bytes=max_body_bytes, max_object_bytes=max_body_bytes),
         server_address=f"{url_host}:{bound_port}",
     )
     kubeconfig = write_kubeconfig(data_dir, url, admin_token, tls_cert if tls else None)

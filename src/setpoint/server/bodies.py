@@ -70,7 +70,8 @@ def decode(body: bytes, ctype: str, accepted: tuple[str, ...] = (JSON, YAML)) ->
         if len(docs) != 1:
             raise BadRequest(f"the request body must hold exactly one YAML document, not {len(docs)}")
         _check_metadata_keys(docs[0])
-        return _normalise_yaml(docs[0])
+        budget = [MAX_YAML_VALUES]
+        return _normalise_yaml(docs[0], budget)
     try:
         return _json_decoder.decode(body)
     except msgspec.DecodeError as e:
@@ -100,12 +101,21 @@ def _key(k: Any) -> str:
     return str(k)
 
 
-def _normalise_yaml(value: Any) -> Any:
-    """YAML has types JSON lacks (dates, non-string keys); make them what a JSON client would send."""
+# YAML aliases let a few hundred bytes stand for billions of values (a "billion laughs"): the
+# document is refused once it expands to more values than a body of the size limit could hold.
+MAX_YAML_VALUES = 1_000_000
+
+
+def _normalise_yaml(value: Any, budget: list[int]) -> Any:
+    """YAML has types JSON lacks (dates, non-string keys); make them what a JSON client would send.
+    ``budget`` counts the values made, aliases expanded, and stops an alias bomb."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise RequestEntityTooLarge("the YAML document expands to too many values (aliases); refused")
     if isinstance(value, dict):
-        return {_key(k): _normalise_yaml(v) for k, v in value.items()}
+        return {_key(k): _normalise_yaml(v, budget) for k, v in value.items()}
     if isinstance(value, list):
-        return [_normalise_yaml(v) for v in value]
+        return [_normalise_yaml(v, budget) for v in value]
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)

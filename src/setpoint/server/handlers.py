@@ -32,6 +32,7 @@ from setpoint.server.errors import (
     Invalid,
     MethodNotAllowed,
     NotFound,
+    RequestEntityTooLarge,
     Timeout,
     UnsupportedMediaType,
 )
@@ -106,6 +107,7 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 class Settings(msgspec.Struct):
     max_body_bytes: int = 3 * 1024 * 1024 // 2
+    max_object_bytes: int = 3 * 1024 * 1024 // 2  # etcd's default request limit, as kube keeps to
     watch_max_seconds: float = 1800.0
     bookmark_interval: float = 5.0
     cache_wait_seconds: float = 3.0
@@ -199,6 +201,15 @@ class ResourceHandlers:
         return response
 
     # ---- helpers ------------------------------------------------------------------------------
+
+    def _stored(self, obj: dict[str, Any]) -> bytes:
+        """The bytes to store, within the size limit: a small body can still make a large object
+        (YAML aliases, patches), and the limit is on what is kept, not only on what was sent."""
+        data = for_storage(obj)
+        limit = self.settings.max_object_bytes
+        if len(data) > limit:
+            raise RequestEntityTooLarge(f"the object would be {len(data)} bytes, over the limit of {limit}")
+        return data
 
     def not_found(self, rtype: ResourceType, name: str) -> NotFound:
         return NotFound(f'{rtype.group_resource} "{name}" not found', details_name=name,
@@ -792,7 +803,7 @@ class ResourceHandlers:
             return 201, encode(self._with_version(obj, rtype, info.version))
         key = rtype.key(info.namespace, name)
         try:
-            kv = await self.backend.create(key, for_storage(obj))
+            kv = await self.backend.create(key, self._stored(obj))
         except KeyExists:
             if idem is not None:
                 existing = await self.backend.get(key)
@@ -1044,7 +1055,7 @@ class ResourceHandlers:
                     self._after_delete(rtype, new)
                     meta["resourceVersion"] = str(gone.mod_revision)
                     return 200, encode(self._with_version(new, rtype, info.version))
-                kv2 = await self.backend.update(key, for_storage(new), rev)
+                kv2 = await self.backend.update(key, self._stored(new), rev)
             except RevisionMismatch:
                 if expected is not None:
                     raise self.conflict(rtype, info.name) from None

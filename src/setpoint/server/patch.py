@@ -19,6 +19,7 @@ from typing import Any, Final
 
 import jsonpatch
 import jsonpointer
+import msgspec
 
 from setpoint.server.errors import BadRequest, Invalid, RequestEntityTooLarge
 
@@ -33,6 +34,7 @@ __all__ = [
 # The API server's limit (maxJSONPatchOperations): applying a patch is O(ops x document), so
 # an unbounded count lets one request burn arbitrary CPU.
 MAX_JSON_PATCH_OPERATIONS: Final = 10000
+MAX_COPY_BYTES: Final = 3 << 20  # what all copy operations of one patch may copy, in JSON bytes
 
 
 def copy_json(value: Any) -> Any:
@@ -203,7 +205,18 @@ def json_patch(target: Any, patch: Any) -> Any:
     """
     ops = _decode(patch)
     doc = copy_json(target)
+    copied = 0
     for index, (single, raw) in enumerate(zip(ops, patch, strict=True)):
+        if raw["op"] == "copy":
+            # What copies add up to, as kube-apiserver bounds it (json-patch's
+            # AccumulatedCopySizeLimit): a patch of a few copies, each of the result of the last,
+            # doubles the object with every operation.
+            value = jsonpointer.resolve_pointer(doc, raw["from"], None)
+            copied += len(msgspec.json.encode(value))
+            if copied > MAX_COPY_BYTES:
+                raise RequestEntityTooLarge(
+                    f"Request entity too large: json patch copy operations would copy more than "
+                    f"{MAX_COPY_BYTES} bytes (operation {index})")
         try:
             doc = single.apply(doc, in_place=True)
         except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as e:

@@ -69,3 +69,20 @@ def test_one_sqlite_file_under_two_data_directories(tmp_path: Path) -> None:
         assert not (tmp_path / "b" / "kubeconfig.yaml").exists()
     finally:
         first.stop()
+
+
+def test_the_data_directory_and_store_are_private(tmp_path: Path) -> None:
+    import stat
+
+    from tests.servers import ServerProcess
+
+    data = tmp_path / "data"
+    data.mkdir(mode=0o755)
+    srv = ServerProcess(data).start()
+    try:
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        for p in data.iterdir():
+            if p.name.startswith("state.db"):
+                assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+    finally:
+        srv.stop()

@@ -453,3 +453,22 @@ async def test_open_backend_default_creates_data_dir(tmp_path: Path) -> None:
     async with backend:
         await backend.create("/x", b"1")
     assert (tmp_path / "new" / "dir" / "state.db").exists()
+
+
+async def test_the_store_files_are_private(tmp_path: Path) -> None:
+    """Every object, secrets included, is in these files: 0600, also when they were not."""
+    import os
+    import stat
+
+    path = tmp_path / "state.db"
+    async with SQLiteBackend(path) as b:
+        await b.create("/k", b"v")
+    for suffix in ("-wal", "-shm"):
+        p = path.with_name(path.name + suffix)
+        if p.exists():
+            os.chmod(p, 0o644)
+    os.chmod(path, 0o644)
+    async with SQLiteBackend(path) as b:
+        await b.create("/k2", b"v")
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in sorted(tmp_path.glob("state.db*"))}  # noqa: ASYNC240
+    assert modes and set(modes.values()) == {0o600}, modes

@@ -132,6 +132,7 @@ def serve(
     except ValueError as e:
         raise typer.BadParameter(str(e), param_hint="--store") from None
     data_dir.mkdir(parents=True, exist_ok=True)
+    _private_dir(data_dir)
     # Before anything is written: a second server on this data directory must leave the first
     # one's files (kubeconfig, certificate) as they are.
     lock = _lock_data_dir(data_dir, backend)
@@ -156,7 +157,8 @@ def serve(
         compact_interval=compact_interval, watch_cache_window=watch_cache_window,
         watcher_queue=watcher_queue, watch_fast_forward_keys=watch_fast_forward_keys, nats_url=nats or None,
         nats_prefix=nats_prefix,
-        idempotency_ttl=idempotency_ttl, settings=Settings(max_body_bytes=max_body_bytes, max_object_bytes=max_body_bytes),
+        idempotency_ttl=idempotency_ttl,
+        settings=Settings(max_body_bytes=max_body_bytes, max_object_bytes=max_body_bytes),
         server_address=f"{url_host}:{bound_port}",
     )
     kubeconfig = write_kubeconfig(data_dir, url, admin_token, tls_cert if tls else None)
@@ -214,6 +216,18 @@ def _lock_data_dir(data_dir: Path, backend: object) -> DataDirLock:
         stop = f"Stop it first (kill {e.pid})" if e.pid else "Stop it first"
         console.print(f"[red]cannot start[/red]: {e}. {stop}, or give another --data-dir.", highlight=False)
         raise typer.Exit(1) from None
+
+
+def _private_dir(data_dir: Path) -> None:
+    """The data directory holds the store, the tokens and the TLS key: the server's alone (0700)."""
+    mode = data_dir.stat().st_mode & 0o777
+    if mode & 0o077:
+        try:
+            data_dir.chmod(0o700)
+        except OSError as e:
+            console.print(f"[red]the data directory {data_dir} is open to other users (mode {mode:o}) and cannot "
+                          f"be made private[/red]: {e.strerror}", highlight=False)
+            raise typer.Exit(2) from None
 
 
 @app.command("node-token")

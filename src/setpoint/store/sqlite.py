@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import os
 from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,6 +126,7 @@ class SQLiteBackend(Backend):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise Unavailable(f"sqlite store {self.path}: cannot create its directory: {exc}") from exc
+        await asyncio.to_thread(private_files, self.path)
         self._write_slots = asyncio.Semaphore(self._max_pending_writes)
         self._read_slots = asyncio.Semaphore(self._max_pending_reads)
         self._writer_ready = loop.create_future()
@@ -324,3 +326,28 @@ class SQLiteBackend(Backend):
         """Live watch subscriptions (for /metrics)."""
         return len(self._hub)
 
+
+def private_files(path: Path) -> None:
+    """The store holds every object, secrets included: its files are the server's alone (0600;
+    SQLite gives ``-wal`` and ``-shm`` the mode of the database file). And every file SQLite
+    will write must be writable now: an unwritable ``-shm`` is otherwise a SIGBUS later, with
+    nothing logged."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        os.close(fd)
+    except OSError as exc:
+        raise Unavailable(f"sqlite store {path}: cannot open it for writing: {exc.strerror}") from exc
+    for p in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            continue
+        if st.st_mode & 0o077:
+            try:
+                os.chmod(p, 0o600)
+            except OSError as exc:
+                raise Unavailable(f"sqlite store: {p} is readable by other users (mode {st.st_mode & 0o777:o}) "
+                                  f"and cannot be made private: {exc.strerror}") from exc
+        if not os.access(p, os.R_OK | os.W_OK):
+            raise Unavailable(f"sqlite store: {p} is not writable by this process (uid {os.geteuid()}); "
+                              "fix its owner or mode, or remove it if no server is running")

@@ -88,5 +88,11 @@ def test_node_may_manage_its_own_cleanup_finalizer_only(data_dir: Path) -> None:
         assert r.status_code == 403
         r = a.patch(f"{PS}/mine", content=b'{"metadata":{"finalizers":null}}', headers=patch)
         assert r.status_code == 200
+        # managedFields are not the node's to rewrite, alone or with a finalizer change.
+        forged = b'{"metadata":{"managedFields":[{"manager":"admin","operation":"Update","apiVersion":"v1"}]}}'
+        assert a.patch(f"{PS}/mine", content=forged, headers=patch).status_code == 403
+        forged2 = (b'{"metadata":{"finalizers":["setpoint.dev/processes"],"managedFields":'
+                   b'[{"manager":"admin","operation":"Update","apiVersion":"v1"}]}}')
+        assert a.patch(f"{PS}/mine", content=forged2, headers=patch).status_code == 403
     finally:
         srv.stop()

@@ -68,8 +68,10 @@ def _assigned(obj: dict[str, Any]) -> Any:
 def _only_own_finalizers_changed(old: dict[str, Any], new: dict[str, Any]) -> bool:
     """An agent adds and removes its cleanup finalizers (``setpoint.dev/...``); nothing else."""
     def without_finalizers(obj: dict[str, Any]) -> dict[str, Any]:
+        # managedFields are compared too: who owns which field is not the node's to rewrite (the
+        # server records the node's own changes itself, after this check).
         meta = {k: v for k, v in (obj.get("metadata") or {}).items()
-                if k not in ("finalizers", "resourceVersion", "managedFields")}
+                if k not in ("finalizers", "resourceVersion")}
         rest = {k: v for k, v in obj.items() if k not in ("metadata", "status")}
         return {"metadata": meta, **rest}
 

@@ -88,6 +88,11 @@ def serve(
     nats: Annotated[str, typer.Option(
         help="NATS server URL (nats://host:4222): publish interrupts and commands for agents that use "
              "--transfer interrupt or command.")] = "",
+    request_header_timeout: Annotated[float, typer.Option(
+        help="Seconds a connection has to send a request's headers (after it opens, or after its last "
+             "response) before it is closed.")] = 10.0,
+    max_connections_per_client: Annotated[int, typer.Option(
+        help="Open connections one client address may hold; past it new ones are closed.")] = 512,
     nats_prefix: Annotated[str, typer.Option(
         help="First token of the NATS subjects and stream name: one per control plane sharing a NATS.")]
     = "setpoint",
@@ -156,7 +161,8 @@ def serve(
         history_revisions=history_revisions, history_seconds=history_seconds,
         compact_interval=compact_interval, watch_cache_window=watch_cache_window,
         watcher_queue=watcher_queue, watch_fast_forward_keys=watch_fast_forward_keys, nats_url=nats or None,
-        nats_prefix=nats_prefix,
+        nats_prefix=nats_prefix, header_timeout=request_header_timeout,
+        max_connections_per_client=max_connections_per_client,
         idempotency_ttl=idempotency_ttl,
         settings=Settings(max_body_bytes=max_body_bytes, max_object_bytes=max_body_bytes),
         server_address=f"{url_host}:{bound_port}",

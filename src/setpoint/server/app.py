@@ -74,6 +74,8 @@ class ServerOptions:
     watcher_queue: int = 1_000
     watch_fast_forward_keys: int = 100_000  # 0: a watcher that falls behind is cut off at once
     nats_url: str | None = None  # publish interrupts and commands for the NATS transfers
+    header_timeout: float = 10.0  # seconds a connection has to send a request's headers
+    max_connections_per_client: int = 512  # open connections one client address may hold
     nats_prefix: str = "setpoint"  # the first token of every subject: one per control plane on a shared NATS
     idempotency_ttl: float = 24 * 3600.0
     settings: Settings = field(default_factory=Settings)

@@ -40,12 +40,70 @@ _NO_BODY_STATUS = frozenset({204, 304})
 # read without end. Go's server and nginx's lingering close do the same.
 DRAIN_LIMIT = 16 << 20
 
+# A connection must deliver a request's headers within ServerOptions.header_timeout of opening
+# (or of its previous response): one that sends nothing, or half a request, is closed instead of
+# holding a file descriptor for ever (idle keep-alive connections are uvicorn's
+# timeout_keep_alive). And one client address may hold at most max_connections_per_client open
+# connections: past it new ones are closed at once, so that one client, which needs no token to
+# open sockets, cannot exhaust the server's file descriptors. Open connections per address:
+_per_client: dict[str, int] = {}
+
 
 class APIProtocol(HttpToolsProtocol):
     """One connection. ``api`` is set on the subclass :func:`protocol_for` makes."""
 
     api: Server
     _drained = 0
+    _header_timer: asyncio.TimerHandle | None = None
+    _counted: str | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        host = self.client[0] if self.client else ""
+        cap = self.api.options.max_connections_per_client
+        if _per_client.get(host, 0) >= cap:
+            self.logger.warning("closing a connection from %s: it holds %d already", host, cap)
+            transport.close()
+            return
+        _per_client[host] = _per_client.get(host, 0) + 1
+        self._counted = host
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._counted is not None:
+            left = _per_client.get(self._counted, 1) - 1
+            if left > 0:
+                _per_client[self._counted] = left
+            else:
+                _per_client.pop(self._counted, None)
+            self._counted = None
+        self._disarm_header_timer()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        self._disarm_header_timer()
+        self._header_timer = self.loop.call_later(self.api.options.header_timeout, self._header_timeout)
+
+    def _disarm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing():
+            self.transport.close()
+
+    def on_headers_complete(self) -> None:
+        self._disarm_header_timer()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        # The next request's headers are due as soon as the connection is idle; uvicorn's
+        # keep-alive timer (shorter) usually closes it first.
+        if not self.transport.is_closing() and not self.pipeline:
+            self._arm_header_timer()
 
     def on_body(self, body: bytes) -> None:
         cycle = self.cycle
@@ -58,6 +116,8 @@ class APIProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         self._drained = 0
+        if self._header_timer is None:
+            self._arm_header_timer()
         super().on_message_begin()
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:

@@ -783,3 +783,28 @@ def test_shaping_in_place_gives_what_shaping_a_copy_gives(value: dict[str, Any])
     assert out is mine  # no copy was made...
     assert out == expected  # ...and the result is the same, key order included
     assert json.dumps(out) == json.dumps(expected)
+
+
+@pytest.mark.timeout(30)  # the backtracking engine took hours on this input; RE2 takes microseconds
+def test_patterns_run_in_linear_time() -> None:
+    v = compile_schema({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+        "name": {"type": "string", "pattern": "^([a-z0-9]+-?)*[a-z0-9]$"}}}}})
+    with pytest.raises(Invalid) as e:
+        v({"spec": {"name": "a" * 60 + "!"}})
+    assert "spec.name" in str(e.value)
+    assert v({"spec": {"name": "ab-c"}})["spec"]["name"] == "ab-c"
+
+
+@pytest.mark.timeout(30)
+def test_formats_run_in_linear_time() -> None:
+    v = compile_schema({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+        "mail": {"type": "string", "format": "email"}, "d": {"type": "string", "format": "duration"}}}}})
+    with pytest.raises(Invalid):
+        v({"spec": {"mail": "a@" * 30_000}})
+    with pytest.raises(Invalid):
+        v({"spec": {"d": "1" * 30_000 + "x"}})
+
+
+def test_a_pattern_outside_re2_is_refused_with_its_reason() -> None:
+    with pytest.raises(ValueError, match="pattern"):
+        compile_schema({"type": "object", "properties": {"x": {"type": "string", "pattern": r"(a)\1"}}})

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import fastjsonschema
+import re2
 
 from setpoint.server.errors import Invalid
 from setpoint.server.patch import copy_json
@@ -53,6 +54,16 @@ _META_FIELDS: Final = frozenset({"apiVersion", "kind", "metadata"})
 # Formats. Kubernetes checks the formats of its strfmt registry and ignores all others (int32,
 # int64, float, double, ... annotate numbers and are no constraint), so unknown ones are dropped.
 
+# Patterns from users' schemas, and formats whose expressions could backtrack, run on RE2: time
+# linear in the input, as Kubernetes (Go's regexp) has it, so no value can stall the event loop.
+_RE2_OPTIONS: Final = re2.Options()
+_RE2_OPTIONS.log_errors = False
+
+
+def re2_compile(pattern: str) -> Any:
+    return re2.compile(pattern, options=_RE2_OPTIONS)
+
+
 _DATE_RE: Final = re.compile(r"^(\d{4})-(\d{2})-(\d{2})$")
 _DATETIME_RE: Final = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?([Zz]|[+-]\d{2}:?\d{2})?$"
@@ -71,12 +82,12 @@ _MAC_RE: Final = re.compile(
     r"^([0-9a-fA-F]{2}([:-]))[0-9a-fA-F]{2}(\2[0-9a-fA-F]{2}){4}((\2[0-9a-fA-F]{2}){2}|(\2[0-9a-fA-F]{2}){14})?$"
     r"|^[0-9a-fA-F]{4}\.[0-9a-fA-F]{4}\.[0-9a-fA-F]{4}(\.[0-9a-fA-F]{4}){0,7}$"
 )
-_DURATION_RE: Final = re.compile(
+_DURATION_RE: Final = re2_compile(
     r"^[-+]?(\s*(\d+(\.\d*)?|\.\d+)\s*"
     r"(ns|us|µs|ms|s|m|h|d|w|sec|secs|second|seconds|min|mins|minute|minutes|hr|hrs|hour|hours|"
     r"day|days|wk|wks|week|weeks))+$"
 )
-_EMAIL_RE: Final = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_EMAIL_RE: Final = re2_compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
 def _is_date(s: str) -> bool:
@@ -192,7 +203,7 @@ class _Node:
     multiple_of: float | None = None
     max_length: int | None = None
     min_length: int | None = None
-    pattern: re.Pattern[str] | None = None
+    pattern: Any = None  # an RE2 expression
     max_items: int | None = None
     min_items: int | None = None
     unique_items: bool = False
@@ -290,8 +301,8 @@ def _build(schema: Any, where: str) -> _Node:
     if "pattern" in schema:
         _expect(isinstance(schema["pattern"], str), where, "pattern must be a string")
         try:
-            node.pattern = re.compile(schema["pattern"])
-        except re.error as e:
+            node.pattern = re2_compile(schema["pattern"])
+        except re2.error as e:
             raise ValueError(
                 f"{where or '<root>'}: pattern {schema['pattern']!r} is not a valid regular expression: {e}"
             ) from None
@@ -322,6 +333,32 @@ def _build(schema: Any, where: str) -> _Node:
     return node
 
 
+PATTERN_FORMAT: Final = "setpoint-re2-pattern:"
+
+
+def _re2_check(expr: Any) -> Callable[[str], bool]:
+    def check(value: str) -> bool:
+        return expr.search(value) is not None
+
+    return check
+
+
+def _pattern_formats(translated: Any) -> dict[str, Callable[[str], bool]]:
+    """The RE2 check of every pattern in a translated schema, by its format name."""
+    found: dict[str, Callable[[str], bool]] = {}
+    stack = [translated]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            fmt = node.get("format")
+            if isinstance(fmt, str) and fmt.startswith(PATTERN_FORMAT) and fmt not in found:
+                found[fmt] = _re2_check(re2_compile(fmt[len(PATTERN_FORMAT):]))
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
+
+
 def _translate(schema: Mapping[str, Any], *, root: bool = False) -> dict[str, Any]:
     """The schema in JSON Schema draft 7 terms, with Kubernetes' extensions spelled out."""
     out: dict[str, Any] = {}
@@ -335,7 +372,6 @@ def _translate(schema: Mapping[str, Any], *, root: bool = False) -> dict[str, An
         "multipleOf",
         "maxLength",
         "minLength",
-        "pattern",
         "maxItems",
         "minItems",
         "uniqueItems",
@@ -366,6 +402,9 @@ def _translate(schema: Mapping[str, Any], *, root: bool = False) -> dict[str, An
         out["not"] = _translate(schema["not"])
     if schema.get("format") in _FORMATS:
         out["format"] = schema["format"]
+    if isinstance(schema.get("pattern"), str):
+        # Checked by RE2 through a format of its own, not by fastjsonschema's backtracking ``re``.
+        out["allOf"] = [*out.get("allOf", []), {"format": PATTERN_FORMAT + schema["pattern"]}]
     if schema.get("x-kubernetes-list-type") == "set":
         out["uniqueItems"] = True
     if schema.get("x-kubernetes-embedded-resource") and not root:
@@ -739,8 +778,10 @@ class Validator:
             # apiVersion, kind and metadata of the object itself are not the schema's to prune
             # (they are validated and defaulted elsewhere), as in an embedded resource.
             root.keeps_meta = True
+            translated = _translate(schema, root=True)
             self._check: Callable[[Any], Any] = fastjsonschema.compile(
-                _translate(schema, root=True), formats=_FORMATS, use_default=False, use_formats=True
+                translated, formats={**_FORMATS, **_pattern_formats(translated)}, use_default=False,
+                use_formats=True,
             )
         except ValueError:
             raise

@@ -121,7 +121,7 @@ async def scenario(url: str, token: str, nats_url: str, prefix: str, transport: 
                 inf.add_handler(on_add=count, on_update=lambda _o, _n, i=i: count(i=i), on_delete=count)
                 inf.start()
                 informers.append(inf)
-            await asyncio.gather(*(inf.wait_synced(timeout=60) for inf in informers))
+            await asyncio.gather(*(inf.wait_synced(timeout=300) for inf in informers))
             down0 = api_proxy.stats.bytes_down + nats_proxy.stats.bytes_down
             conns0 = api_proxy.stats.connections
             before = [(inf.stats.events, inf.stats.stale, inf.stats.skipped) for inf in informers]
@@ -141,7 +141,7 @@ async def scenario(url: str, token: str, nats_url: str, prefix: str, transport: 
                 have = dict(informers[i].cached_versions())
                 return all(int(have.get(k, "0") or 0) >= v for k, v in final.items())
 
-            deadline = last_write + 120
+            deadline = last_write + 300
             while any(c != c for c in converged) and time.monotonic() < deadline:  # nan: not yet
                 for i in range(agents):
                     if converged[i] != converged[i] and done(i):
@@ -260,6 +260,7 @@ def measure(workdir: Path, *, agents: int, objects: int, updates: int, large: in
                 row = asyncio.run(scenario(url, s.token, nats.url, prefix, transport, loss, agents=agents,
                                            objects=objects, updates=updates, seed=i))
                 log(f"transfer: {transport} {loss:.0%}: p99 {row['converge_p99_s']}s, {row['bytes_to_agents']:,} B")
+                log("transfer row: " + json.dumps(row))
                 rows.append(row)
             big = asyncio.run(large_state(url, s.token, large))
             log(f"transfer: large state: digests {big['digest_bytes']:,} B vs relist {big['relist_bytes']:,} B")

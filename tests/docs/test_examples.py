@@ -10,7 +10,7 @@ from typing import Any
 
 from setpoint.agent.conditions import get_condition, is_converged
 from setpoint.client import Client, NotFound, Resource
-from tests.agent.support import eventually, prepare
+from tests.agent.support import eventually
 from tests.docs import guides
 from tests.servers import ServerProcess
 
@@ -86,30 +86,5 @@ async def test_the_guide_runs_as_written(server: ServerProcess, tmp_path: Path) 
     """The CRD block applied, the program saved as greetings.py and run with python: it makes its
     own directory, writes the file, reports a refused greeting as a condition and a Warning
     Event, and lets both objects be deleted."""
-    doc = "writing-a-controller.md"
-    async with Client(server.client_config()) as client:
-        crd = await guides.apply_crd_from(doc, client)
-        resource = Resource(crd["spec"]["group"], "v1", crd["spec"]["names"]["plural"], kind="Greeting")
-        await eventually(lambda: _served(client, resource), timeout=10, what="kind served")
-        ns = await prepare(client)
-        with guides.program_from(doc, "greetings.py", server.data_dir / "kubeconfig.yaml", tmp_path) as proc:
-            await client.create(resource, {"metadata": {"name": "hello"}, "spec": {"text": "hi"}}, namespace=ns)
-            target = tmp_path / "greetings" / f"{ns}.hello.txt"
-            await eventually(lambda: target.exists(), timeout=20, what="greetings/ made and the file written")
-            await client.create(resource, {"metadata": {"name": "long"}, "spec": {"text": "x" * 2000}},
-                                namespace=ns)
+    await guides.run_as_written("writing-a-controller.md", "greetings.py", "greetings", ".txt", server, tmp_path)
 
-            async def refused() -> bool:
-                cond = get_condition((await client.get(resource, "long", namespace=ns)).get("status"), "Ready")
-                return (cond is not None and cond["reason"] == "TooLong"
-                        and bool(await guides.warning_events(client, ns, "long")))
-
-            await eventually(refused, timeout=20, what="the refusal as a condition and a Warning Event")
-            for name in ("long", "hello"):
-                await client.delete(resource, name, namespace=ns)
-
-            async def both_gone() -> bool:
-                return not (await client.list(resource, namespace=ns)).items and not target.exists()
-
-            await eventually(both_gone, timeout=20, what="both deleted, the failed one included")
-            assert proc.poll() is None, (tmp_path / "greetings.py.log").read_text()

@@ -78,38 +78,5 @@ async def test_the_driver_in_the_guide_works(server: ServerProcess, tmp_path: Pa
 async def test_the_driver_guide_runs_as_written(server: ServerProcess, tmp_path: Path) -> None:
     """The guide's CRD applied and its program run as ``python notes.py``: it makes ./notes,
     writes each note, refuses a long one with a condition and a Warning Event, deletes both."""
-    doc = "writing-a-driver.md"
-    async with Client(server.client_config()) as client:
-        await guides.apply_crd_from(doc, client)
-        notes = Resource("example.com", "v1", "notes", kind="Note")
+    await guides.run_as_written("writing-a-driver.md", "notes.py", "notes", "", server, tmp_path)
 
-        async def served() -> bool:
-            try:
-                await client.list(notes, namespace="default", limit=1)
-                return True
-            except NotFound:
-                return False
-
-        await eventually(served, what="Note served")
-        space = await prepare(client)
-        with guides.program_from(doc, "notes.py", server.data_dir / "kubeconfig.yaml", tmp_path) as proc:
-            await client.create(notes, {"metadata": {"name": "hello"}, "spec": {"text": "hi"}}, namespace=space)
-            target = tmp_path / "notes" / f"{space}.hello"
-            await eventually(lambda: target.exists(), timeout=20, what="notes/ made and the file written")
-            await client.create(notes, {"metadata": {"name": "long"}, "spec": {"text": "x" * 2000}},
-                                namespace=space)
-
-            async def refused() -> bool:
-                cond = get_condition((await client.get(notes, "long", namespace=space)).get("status"), "Ready")
-                return (cond is not None and cond["reason"] == "TooLong"
-                        and bool(await guides.warning_events(client, space, "long")))
-
-            await eventually(refused, timeout=20, what="the refusal as a condition and a Warning Event")
-            for name in ("long", "hello"):
-                await client.delete(notes, name, namespace=space)
-
-            async def both_gone() -> bool:
-                return not (await client.list(notes, namespace=space)).items and not target.exists()
-
-            await eventually(both_gone, timeout=20, what="both deleted, the failed one included")
-            assert proc.poll() is None, (tmp_path / "notes.py.log").read_text()

@@ -5,14 +5,8 @@ only on the difference from what should be, so calling it twice does no harm. Ev
 changes something carries an :class:`OperationId` derived from the object (uid + generation +
 action), the same on every retry, so a subsystem that can deduplicate will.
 
-Failures are classified, because they call for different reactions:
-
-- :class:`Transient`: try again soon, with backoff (a lost request, a refused connection). When
-  ``uncertain`` is set the request may have been carried out (a timeout, a lost reply): the
-  runtime observes again before it acts, instead of blindly resending.
-- :class:`NotReady`: the subsystem said "not now" (busy, warming up, locked): retry later.
-- :class:`Permanent`: retrying cannot help (bad input, unsupported): stop, mark the object
-  failed, raise an alert.
+Failures are classified (Transient, possibly ``uncertain``; NotReady; Permanent), because they call
+for different reactions: see :mod:`setpoint.agent.errors`.
 
 The error classes and :class:`OperationId` are defined in :mod:`setpoint.agent.errors` (the runtime
 that retries owns them) and re-exported here. How long to keep retrying is the driver's

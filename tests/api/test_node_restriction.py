@@ -47,8 +47,15 @@ def test_node_restriction(data_dir: Path) -> None:
                  "spec": {"holderIdentity": "a", "leaseDurationSeconds": 40}}
         assert a.put(f"{LEASES}/a", json=lease).status_code == 201
         assert a.put(f"{LEASES}/b", json={**lease, "metadata": {"name": "b"}}).status_code == 403
-        # Reads are allowed.
-        assert len(a.get(PS).json()["items"]) == 2
+        # Reads: its own share only.
+        assert a.get(PS).status_code == 403
+        mine = a.get(PS, params={"fieldSelector": "spec.nodeName=a"}).json()["items"]
+        assert [o["metadata"]["name"] for o in mine] == ["mine"]
+        assert a.get(PS, params={"fieldSelector": "spec.nodeName=b"}).status_code == 403
+        assert a.get(f"{PS}/mine").status_code == 200
+        theirs_read = a.get(f"{PS}/theirs")
+        assert theirs_read.status_code == 403 and "not assigned" in theirs_read.json()["message"]
+        assert a.get(f"{PS}/theirs", params={"watch": "1"}).status_code == 403
         # Status of its own work: yes; of another node's work, or the spec of anything: no.
         patch = {"Content-Type": "application/merge-patch+json"}
         assert a.patch(f"{PS}/mine/status", content=b'{"status":{"readyReplicas":1}}',
@@ -94,5 +101,34 @@ def test_node_may_manage_its_own_cleanup_finalizer_only(data_dir: Path) -> None:
         forged2 = (b'{"metadata":{"finalizers":["setpoint.dev/processes"],"managedFields":'
                    b'[{"manager":"admin","operation":"Update","apiVersion":"v1"}]}}')
         assert a.patch(f"{PS}/mine", content=forged2, headers=patch).status_code == 403
+    finally:
+        srv.stop()
+
+
+def test_a_node_reads_only_what_it_needs_of_every_kind(data_dir: Path) -> None:
+    """Every kind the server serves, from discovery: a node lists none without its selector
+    except those every agent needs (namespaces, CRDs)."""
+    srv = ServerProcess(data_dir).start()
+    try:
+        admin = srv.sync_client()
+        a = node_client(srv, "a")
+        readable = {("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions")}
+        checked = 0
+        groups = [("", "v1", "/api/v1")] + [
+            (g["name"], g["preferredVersion"]["version"], f"/apis/{g['preferredVersion']['groupVersion']}")
+            for g in admin.get("/apis").json()["groups"]]
+        for group, _version, base in groups:
+            for res in admin.get(base).json()["resources"]:
+                if "/" in res["name"] or "list" not in res["verbs"]:
+                    continue
+                checked += 1
+                r = a.get(f"{base}/{res['name']}")
+                want = 200 if (group, res["name"]) in readable else 403
+                assert r.status_code == want, (group, res["name"], r.status_code, r.text[:200])
+        assert checked >= 6
+        assert a.get(f"{NODES}/a").status_code in (200, 404)  # its own Node: allowed (may not exist yet)
+        assert a.get(f"{NODES}/b").status_code == 403
+        assert a.get(NODES, params={"fieldSelector": "metadata.name=a"}).status_code == 200
+        assert a.get(f"{LEASES}/b").status_code == 403
     finally:
         srv.stop()

@@ -1,5 +1,11 @@
 """Node restriction: an agent's credentials can only touch its own node's business.
 
+Reads too, as Kubernetes' Node authorizer has them: a node reads its own Node and Lease, the
+objects assigned to it (kinds with a selectable ``spec.nodeName``: one by name if it is its own,
+lists and watches only with ``fieldSelector=spec.nodeName=<node>``), and the kinds every agent
+needs to find its way (namespaces, CRDs); not another node's ProcessSet, whose environment may
+hold a password, nor any other kind.
+
 Agents authenticate as ``system:node:<name>`` in group ``system:nodes`` (as kubelets do in
 Kubernetes). Whatever the policy file grants that group, writes are narrowed here, after the
 object is known: a node may write its own Node and its heartbeat Lease, Events, and, of objects
@@ -26,6 +32,60 @@ def node_of(user: Any) -> str | None:
         return None
     name: str = user.name
     return name[len(NODE_USER_PREFIX):] if name.startswith(NODE_USER_PREFIX) else ""
+
+
+# Kinds every agent may read: what it needs to find its way, and nothing anyone keeps secret.
+_READABLE: frozenset[tuple[str, str]] = frozenset({
+    ("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions"),
+})
+NODE_FIELD = "spec.nodeName"
+
+
+def selects_node(field_selector: str | None, node: str) -> bool:
+    """Whether a field selector keeps a list to the objects assigned to ``node``."""
+    for term in (field_selector or "").split(","):
+        key, op, value = term.partition("==") if "==" in term else term.partition("=")
+        if op and not key.endswith("!") and key.strip() == NODE_FIELD and value.strip() == node:
+            return True
+    return False
+
+
+def _names_itself(field_selector: str | None, node: str) -> bool:
+    for term in (field_selector or "").split(","):
+        key, op, value = term.partition("==") if "==" in term else term.partition("=")
+        if op and not key.endswith("!") and key.strip() == "metadata.name" and value.strip() == node:
+            return True
+    return False
+
+
+def admit_node_read(node: str, verb: str, rtype: ResourceType, namespace: str, name: str,
+                    field_selector: str | None) -> bool | None:
+    """For a get, list or watch by node ``node``: True (allowed), None (allowed if the object
+    turns out to be assigned to the node: the caller looks), or raises Forbidden."""
+    gr = (rtype.group, rtype.plural)
+    if gr in _READABLE:
+        return True
+    if gr == ("setpoint.dev", "nodes"):
+        if (name == node) or (not name and _names_itself(field_selector, node)):
+            return True
+    elif gr == ("coordination.k8s.io", "leases"):
+        if namespace == LEASE_NAMESPACE and ((name == node) or (not name and _names_itself(field_selector, node))):
+            return True
+    elif NODE_FIELD in rtype.selectable_fields:
+        if name and verb in ("get", "watch"):
+            return None
+        if selects_node(field_selector, node):
+            return True
+    what = rtype.group_resource
+    raise Forbidden(
+        f'node "{node}" cannot {verb} {what}{f" {name!r}" if name else ""}: a node reads only its own Node and '
+        f"Lease and the objects assigned to it (list them with fieldSelector={NODE_FIELD}={node})",
+        details_name=name or None, details_kind=rtype.plural, details_group=rtype.group or None,
+    )
+
+
+def assigned_to(obj: dict[str, Any] | None, node: str) -> bool:
+    return obj is not None and _assigned(obj) == node
 
 
 def admit_node_write(

@@ -21,7 +21,7 @@ from starlette.responses import Response, StreamingResponse
 
 import setpoint.transfer.digest as digest
 from setpoint.server import bodies, idempotency, managedfields, protobuf, scale, tables
-from setpoint.server.admission import admit_node_write, node_of
+from setpoint.server.admission import admit_node_read, admit_node_write, assigned_to, node_of
 from setpoint.server.errors import (
     AlreadyExists,
     APIError,
@@ -163,6 +163,10 @@ class ResourceHandlers:
         if rtype.plural == "namespaces":
             info.namespace = ""
         verb = info.verb
+        if verb in ("get", "list", "watch") and info.user is not None:
+            node = node_of(info.user)
+            if node is not None:
+                self._admit_node_read(request, info, rtype, node)
         if info.subresource == "scale":
             return await self.scale(request, info, rtype)
         if verb == "get":
@@ -201,6 +205,15 @@ class ResourceHandlers:
         return response
 
     # ---- helpers ------------------------------------------------------------------------------
+
+    def _admit_node_read(self, request: Request, info: RequestInfo, rtype: ResourceType, node: str) -> None:
+        fields = request.query_params.get("fieldSelector") if request.scope["query_string"] else None
+        if admit_node_read(node, info.verb, rtype, info.namespace, info.name, fields) is None:
+            cached = self.cache.get(rtype.key(info.namespace, info.name))
+            if not assigned_to(cached.obj if cached is not None else None, node):
+                raise Forbidden(f'node "{node}" cannot {info.verb} {rtype.group_resource} {info.name!r}: '
+                                "it is not assigned to this node", details_name=info.name,
+                                details_kind=rtype.plural, details_group=rtype.group or None)
 
     def _stored(self, obj: dict[str, Any]) -> bytes:
         """The bytes to store, within the size limit: a small body can still make a large object

@@ -10,14 +10,15 @@ in status. Processes whose ProcessSet no longer exists or moved to another node 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 from pathlib import Path
 from typing import Any
 
-from setpoint.agent import Controller, OperationId, Result
-from setpoint.client import Client
-from setpoint.controllers.resources import PROCESS_FINALIZER, PROCESSSETS
+from setpoint.agent import Controller, NotReady, OperationId, Permanent, Result
+from setpoint.client import Client, NotFound
+from setpoint.controllers.resources import PROCESS_FINALIZER, PROCESSSETS, SECRETS
 from setpoint.drivers.process import ProcessDriver, ProcessesNotReady
 from setpoint.types import Object
 
@@ -47,11 +48,52 @@ class ProcessSetController(Controller):
     async def reconcile(self, obj: Object) -> Result:
         op = OperationId.for_object(obj, "ensure")
         try:
+            obj = await self._with_secret_values(obj)
+        except NotReady as e:  # a Secret not there (yet): say so on the object, look again soon
+            self.events.warning(obj, e.reason, e.message)
+            return Result(ready=False, reason=e.reason, message=e.message, requeue_after=e.retry_after)
+        try:
             observed = await self.driver.ensure(obj, None, op)
         except ProcessesNotReady as e:
             status = self.driver.status_for(obj, e.observed)
             return _result(status, requeue_after=e.retry_after)
         return _result(self.driver.status_for(obj, observed))
+
+    async def _with_secret_values(self, obj: Object) -> Object:
+        """``env[].valueFrom.secretKeyRef`` resolved into values, read at each reconcile (a changed
+        Secret restarts the replicas, as a changed value would). The values go to the processes'
+        environment only: never into status, events or logs."""
+        env = (obj.get("spec") or {}).get("env")
+        if not isinstance(env, list) or not any(isinstance(e, dict) and "valueFrom" in e for e in env):
+            return obj
+        namespace = obj["metadata"].get("namespace", "")
+        resolved: list[dict[str, Any]] = []
+        cache: dict[str, dict[str, Any] | None] = {}
+        for i, item in enumerate(env):
+            if not isinstance(item, dict) or "valueFrom" not in item:
+                resolved.append(item)
+                continue
+            ref = (item.get("valueFrom") or {}).get("secretKeyRef")
+            if not isinstance(ref, dict) or not isinstance(ref.get("name"), str) or not isinstance(ref.get("key"), str):
+                raise Permanent(f"spec.env[{i}].valueFrom.secretKeyRef needs a name and a key", reason="InvalidSpec")
+            name, key, optional = ref["name"], ref["key"], bool(ref.get("optional"))
+            if name not in cache:
+                try:
+                    cache[name] = await self.client.get(SECRETS, name, namespace=namespace)
+                except NotFound:
+                    cache[name] = None
+            secret = cache[name]
+            data = (secret or {}).get("data") or {}
+            if secret is None or key not in data:
+                if optional:
+                    continue
+                what = f'secret "{name}"' if secret is None else f'key "{key}" of secret "{name}"'
+                raise NotReady(f"spec.env[{i}] ({item.get('name')}): {what} not found", retry_after=5.0,
+                               reason="SecretNotFound")
+            value = base64.b64decode(data[key]).decode(errors="replace")
+            resolved.append({"name": item.get("name"), "value": value})
+        spec = {**obj["spec"], "env": resolved}
+        return {**obj, "spec": spec}
 
     async def finalize(self, obj: Object) -> None:
         await self.driver.delete(obj, OperationId.for_object(obj, "delete"))

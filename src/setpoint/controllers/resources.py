@@ -6,6 +6,7 @@ PROCESSSETS = Resource("setpoint.dev", "v1alpha1", "processsets", namespaced=Tru
 NODES = Resource("setpoint.dev", "v1alpha1", "nodes", namespaced=False, kind="Node")
 LEASES = Resource("coordination.k8s.io", "v1", "leases", namespaced=True, kind="Lease")
 NAMESPACES = Resource("", "v1", "namespaces", namespaced=False, kind="Namespace")
+SECRETS = Resource("", "v1", "secrets", namespaced=True, kind="Secret")
 
 NODE_LEASE_NAMESPACE = "setpoint-node-lease"
 SYSTEM_NAMESPACE = "setpoint-system"

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 import setpoint.transfer.digest as digest
-from setpoint.server import bodies, idempotency, managedfields, protobuf, scale, tables
+from setpoint.server import bodies, idempotency, managedfields, protobuf, scale, secrets, tables
 from setpoint.server.admission import admit_node_read, admit_node_write, assigned_to, node_of
 from setpoint.server.errors import (
     AlreadyExists,
@@ -208,6 +208,14 @@ class ResourceHandlers:
 
     def _admit_node_read(self, request: Request, info: RequestInfo, rtype: ResourceType, node: str) -> None:
         fields = request.query_params.get("fieldSelector") if request.scope["query_string"] else None
+        if rtype.plural == "secrets" and not rtype.group and info.name and info.verb == "get":
+            # A node reads a Secret only when a ProcessSet assigned to it takes a value from it.
+            for co in self.cache.list("/registry/setpoint.dev/processsets/", f"/registry/setpoint.dev/processsets/"
+                                      f"{info.namespace}/"):
+                if assigned_to(co.obj, node) and secrets.referenced_by(co.obj, info.name):
+                    return
+            raise Forbidden(f'node "{node}" cannot get secret {info.name!r}: no ProcessSet assigned to it uses it',
+                            details_name=info.name, details_kind="secrets")
         if admit_node_read(node, info.verb, rtype, info.namespace, info.name, fields) is None:
             cached = self.cache.get(rtype.key(info.namespace, info.name))
             if not assigned_to(cached.obj if cached is not None else None, node):
@@ -839,7 +847,9 @@ class ResourceHandlers:
         return 201, encode(self._with_version(obj, rtype, info.version))
 
     def _builtin_create_defaults(self, rtype: ResourceType, obj: dict[str, Any]) -> None:
-        if rtype.plural == "namespaces" and not rtype.group:
+        if rtype.plural == "secrets" and not rtype.group:
+            secrets.prepare(obj)
+        elif rtype.plural == "namespaces" and not rtype.group:
             spec = obj.setdefault("spec", {})
             if isinstance(spec, dict):
                 spec.setdefault("finalizers", ["kubernetes"])
@@ -1120,6 +1130,8 @@ class ResourceHandlers:
             for part in ("spec", "status"):
                 if new.get(part) is not None and not isinstance(new[part], dict):
                     raise BadRequest(f"{part}: must be an object, not {type(new[part]).__name__}")
+            if rtype.plural == "secrets" and not rtype.group:
+                secrets.prepare(new)
         if info.subresource == "status":
             result = copy.deepcopy(old)
             if "status" in new:

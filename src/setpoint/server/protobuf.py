@@ -9,6 +9,7 @@ the kinds below are understood; anything else is a 415 that names the JSON types
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -115,8 +116,34 @@ def _namespace(data: bytes) -> dict[str, Any]:
     return obj
 
 
+def _secret(data: bytes) -> dict[str, Any]:
+    """core/v1 Secret: metadata 1, data 2 (map<string, bytes>), type 3, stringData 4, immutable 5.
+    (``kubectl create secret`` sends it this way.)"""
+    obj: dict[str, Any] = {"metadata": {}}
+    for n, v in _fields(data):
+        if n == 1 and isinstance(v, bytes):
+            obj["metadata"] = _object_meta(v)
+        elif n == 2 and isinstance(v, bytes):
+            key, raw = "", b""
+            for m, x in _fields(v):
+                if m == 1:
+                    key = _str(x)
+                elif m == 2 and isinstance(x, bytes):
+                    raw = x
+            obj.setdefault("data", {})[key] = base64.b64encode(raw).decode()
+        elif n == 3:
+            obj["type"] = _str(v)
+        elif n == 4:
+            k, val = _map_entry(v)
+            obj.setdefault("stringData", {})[k] = val
+        elif n == 5:
+            obj["immutable"] = bool(v)
+    return obj
+
+
 _KINDS: dict[tuple[str, str], Callable[[bytes], dict[str, Any]]] = {
     ("v1", "Namespace"): _namespace,
+    ("v1", "Secret"): _secret,
 }
 
 

@@ -296,6 +296,12 @@ BUILTIN_SCHEMAS: dict[str, dict[str, Any]] = {
             "reason": _STR, "message": _STR, "type": _STR, "count": _INT,
         },
     },
+    "secrets": {
+        "type": "object", "x-kubernetes-preserve-unknown-fields": True,
+        "properties": {"type": _STR, "immutable": {"type": "boolean"},
+                       "data": {"type": "object", "additionalProperties": _STR},
+                       "stringData": {"type": "object", "additionalProperties": _STR}},
+    },
     "customresourcedefinitions": {
         "type": "object", "x-kubernetes-preserve-unknown-fields": True,
         "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
@@ -333,6 +339,9 @@ def _builtin_types() -> list[ResourceType]:
             group="", versions=("v1",), kind="Event", plural="events", singular="event",
             namespaced=True, short_names=("ev",), allow_create_on_update=True,
             selectable_fields=EVENT_FIELDS,
+        ),
+        ResourceType(
+            group="", versions=("v1",), kind="Secret", plural="secrets", singular="secret", namespaced=True,
         ),
         ResourceType(
             group="coordination.k8s.io", versions=("v1",), kind="Lease", plural="leases",

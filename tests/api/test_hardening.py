@@ -171,3 +171,16 @@ def test_json_patch_copies_cannot_blow_an_object_up(c: httpx.Client, ns: str) ->
     r = c.patch(f"{leases}/cp", json=ops, headers={"Content-Type": "application/json-patch+json"}, timeout=30)
     assert r.status_code == 413, r.text[:200]
     assert len(c.get(f"{leases}/cp").json()["d"]) == 1
+
+
+@pytest.mark.parametrize(("body", "ctype"), [
+    ('{"metadata":{"name":"n"},"spec":{"leaseDurationSeconds":' + "1" * 401 + "}}", "application/json"),
+    ("metadata: {name: n}\nspec: {x: .nan}\n", "application/yaml"),
+    ("metadata: {name: n}\nspec: {x: .inf}\n", "application/yaml"),
+    ('{"metadata":{"name":"n"},"spec":{"a":' + "[" * 1000 + "]" * 1000 + "}}", "application/json"),
+    ("metadata: {name: n}\nspec: {a: " + "[" * 1000 + "]" * 1000 + "}\n", "application/yaml"),
+])
+def test_numbers_json_cannot_hold_and_deep_documents_are_400(c: httpx.Client, ns: str, body: str, ctype: str) -> None:
+    r = c.post(f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases", content=body, headers={"Content-Type": ctype})
+    assert r.status_code == 400, r.text[:200]
+    assert c.get(f"/apis/coordination.k8s.io/v1/namespaces/{ns}/leases/n").status_code == 404

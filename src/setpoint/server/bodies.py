@@ -66,16 +66,23 @@ def decode(body: bytes, ctype: str, accepted: tuple[str, ...] = (JSON, YAML)) ->
             docs = list(yaml.load_all(body, Loader=_SafeLoader))
         except yaml.YAMLError as e:
             raise BadRequest(f"error decoding YAML: {e}") from None
+        except RecursionError:
+            raise BadRequest("error decoding YAML: the document is nested too deeply") from None
         docs = [d for d in docs if d is not None]
         if len(docs) != 1:
             raise BadRequest(f"the request body must hold exactly one YAML document, not {len(docs)}")
         _check_metadata_keys(docs[0])
         budget = [MAX_YAML_VALUES]
-        return _normalise_yaml(docs[0], budget)
+        try:
+            return _normalise_yaml(docs[0], budget)
+        except RecursionError:
+            raise BadRequest("error decoding YAML: the document is nested too deeply") from None
     try:
         return _json_decoder.decode(body)
     except msgspec.DecodeError as e:
         raise BadRequest(f"error decoding JSON: {e}") from None
+    except RecursionError:
+        raise BadRequest("error decoding JSON: the document is nested too deeply") from None
 
 
 def _check_metadata_keys(doc: Any) -> None:

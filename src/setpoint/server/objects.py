@@ -7,6 +7,7 @@ resourceVersion, so it is filled in when an object is read rather than stored tw
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import secrets
@@ -251,23 +252,36 @@ def ensure_object_shape(obj: Any) -> dict[str, Any]:
                 raise BadRequest(f"metadata.{name}: key {k!r} is not a string (quote it in YAML)")
             if v is not None and not isinstance(v, str):
                 raise BadRequest(f"metadata.{name}[{k}]: must be a string, not {type(v).__name__}")
-    if _too_deep(obj, MAX_DEPTH):
-        raise BadRequest(f"the object is nested more than {MAX_DEPTH} levels deep")
+    problem = _shape_problem(obj, MAX_DEPTH)
+    if problem:
+        raise BadRequest(problem)
     return obj
 
 
-def _too_deep(value: Any, limit: int) -> bool:
-    """Iterative, so that checking a very deep object cannot itself overflow the stack."""
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def _shape_problem(value: Any, limit: int) -> str:
+    """What makes an object unstorable as Kubernetes' JSON, or "": nesting deeper than ``limit``,
+    an integer outside int64, a float that is not finite (YAML's .nan and .inf). Iterative, so
+    that checking a very deep object cannot itself overflow the stack."""
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
         v, depth = stack.pop()
         if depth > limit:
-            return True
+            return f"the object is nested more than {limit} levels deep"
         if isinstance(v, dict):
-            stack.extend((x, depth + 1) for x in v.values() if isinstance(x, dict | list))
+            stack.extend((x, depth + 1) for x in v.values())
         elif isinstance(v, list):
-            stack.extend((x, depth + 1) for x in v if isinstance(x, dict | list))
-    return False
+            stack.extend((x, depth + 1) for x in v)
+        elif isinstance(v, bool) or v is None or isinstance(v, str):
+            continue
+        elif isinstance(v, int):
+            if not _INT64[0] <= v <= _INT64[1]:
+                return f"a number is out of range (integers are 64-bit): {str(v)[:24]}..."
+        elif isinstance(v, float) and not math.isfinite(v):
+            return f"{v} is not a number JSON can hold"
+    return ""
 
 
 def raise_invalid(kind: str, group: str, name: str, causes: list[tuple[str, str, str]]) -> None:

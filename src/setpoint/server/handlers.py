@@ -46,6 +46,7 @@ from setpoint.server.objects import (
     generate_name,
     new_uid,
     now,
+    plain_json,
     raise_invalid,
     spec_changed,
     validate_metadata,
@@ -758,7 +759,9 @@ class ResourceHandlers:
         ctype = bodies.media_type(request)
         if ctype == protobuf.MEDIA:
             return body, ensure_object_shape(protobuf.decode(body))
-        obj = ensure_object_shape(bodies.decode(body, ctype))
+        decoded = bodies.decode(body, ctype)
+        json_body = ctype in (bodies.JSON, "") and body[:1] == b"{"
+        obj = ensure_object_shape(decoded, walk=not (json_body and plain_json(body)))
         return body, obj
 
     async def create(self, request: Request, info: RequestInfo, rtype: ResourceType) -> Response:

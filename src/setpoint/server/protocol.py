@@ -56,6 +56,7 @@ class APIProtocol(HttpToolsProtocol):
     _drained = 0
     _header_timer: asyncio.TimerHandle | None = None
     _counted: str | None = None
+    _in_headers = False  # a request has begun and its headers are not complete yet
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -95,14 +96,16 @@ class APIProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def on_headers_complete(self) -> None:
+        self._in_headers = False
         self._disarm_header_timer()
         super().on_headers_complete()
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        # The next request's headers are due as soon as the connection is idle; uvicorn's
-        # keep-alive timer (shorter) usually closes it first.
-        if not self.transport.is_closing() and not self.pipeline:
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # Only a request whose headers did not arrive whole gets a timer: the usual request,
+        # headers in one read, costs nothing here. (An idle connection after a response is
+        # uvicorn's keep-alive timeout.)
+        if self._in_headers and self._header_timer is None and not self.transport.is_closing():
             self._arm_header_timer()
 
     def on_body(self, body: bytes) -> None:
@@ -116,8 +119,7 @@ class APIProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         self._drained = 0
-        if self._header_timer is None:
-            self._arm_header_timer()
+        self._in_headers = True
         super().on_message_begin()
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:

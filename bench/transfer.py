@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -285,6 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--large", type=int, default=20_000)
     ap.add_argument("--rates", default=",".join(str(r) for r in LOSS_RATES))
     a = ap.parse_args(argv)
+
+    def on_signal(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")  # so the servers it started are stopped on the way out
+
+    signal.signal(signal.SIGTERM, on_signal)
     with tempfile.TemporaryDirectory(prefix="setpoint-transfer-") as d:
         res = measure(Path(d), agents=a.agents, objects=a.objects, updates=a.updates, large=a.large,
                       rates=tuple(float(r) for r in a.rates.split(",")), log=lambda m: print(m, file=sys.stderr))

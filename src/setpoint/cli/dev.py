@@ -171,10 +171,26 @@ def _announce(url: str, kubeconfig: Path, applied: list[str], logs: Path) -> Non
     if applied:
         console.print(f"applied: {', '.join(applied)} (two web servers on node local)", highlight=False)
     console.print("try:", highlight=False)
-    console.print(f"  setpoint get processsets --kubeconfig {kubeconfig}", highlight=False)
-    console.print(f"  setpoint apply --wait -f examples/processset.yaml --kubeconfig {kubeconfig}"
+    sp, kubectl = _command("setpoint"), _command("kubectl")
+    console.print(f"  {sp} get processsets --kubeconfig {kubeconfig}", highlight=False)
+    console.print(f"  {sp} apply --wait -f examples/processset.yaml --kubeconfig {kubeconfig}"
                   "   # after changing replicas: 2 -> 3", highlight=False)
-    console.print(f"  kubectl --kubeconfig {kubeconfig} get processsets -w", highlight=False)
+    console.print(f"  {kubectl} --kubeconfig {kubeconfig} get processsets -w", highlight=False)
     console.print(f"  curl -s --cacert {kubeconfig.parent / 'tls.crt'} -H 'Authorization: Bearer {token}' "
                   f"{url}/apis/setpoint.dev/v1alpha1/namespaces/default/processsets/web", highlight=False)
     console.print("Ctrl-C stops everything.", highlight=False)
+
+
+def _command(name: str) -> str:
+    """How to run ``name`` as printed: plain when it is on PATH, else the path next to this
+    Python (``.venv/bin/setpoint`` after ``make run``), so the printed commands work as printed."""
+    import os
+    import shutil
+
+    beside = Path(sys.executable).parent / name
+    if shutil.which(name) == str(beside) or not beside.exists():
+        return name
+    try:
+        return os.path.relpath(beside)
+    except ValueError:
+        return str(beside)

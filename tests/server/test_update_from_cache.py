@@ -11,13 +11,15 @@ from typing import Any
 import msgspec
 import pytest
 
+from setpoint.server.builtins import builtin_types
 from setpoint.server.errors import Conflict, NotFound
-from setpoint.server.handlers import ResourceHandlers, Settings
+from setpoint.server.handlers import ResourceHandlers
 from setpoint.server.idempotency import IdempotencyCache
 from setpoint.server.objects import for_storage
 from setpoint.server.paths import RequestInfo
-from setpoint.server.resources import Registry, ResourceType, builtin_types
+from setpoint.server.resources import Registry, ResourceType
 from setpoint.server.schema import compile_schema
+from setpoint.server.settings import Settings
 from setpoint.server.watchcache import WatchCache
 from setpoint.store import SQLiteBackend
 
@@ -76,7 +78,7 @@ async def test_a_patch_applies_to_the_stored_object_not_the_cached_one(stale: An
         old["spec"]["leaseDurationSeconds"] = 10
         return old
 
-    status, _ = await h._update(_info(), _rtype(h), mutate, None, False)
+    status, _ = await h.update_object(_info(), _rtype(h), mutate)
     assert status == 200
     spec = (await _stored(backend))["spec"]
     assert spec == {"holderIdentity": "b", "leaseDurationSeconds": 10}  # "b" not lost
@@ -84,7 +86,7 @@ async def test_a_patch_applies_to_the_stored_object_not_the_cached_one(stale: An
 
 async def test_a_precondition_on_the_current_revision_is_no_conflict(stale: Any) -> None:
     h, backend, rev = stale
-    status, _ = await h._update(_info(), _rtype(h), lambda old: lease("c", str(rev)), rev, False)
+    status, _ = await h.update_object(_info(), _rtype(h), lambda old: lease("c", str(rev)), rev)
     assert status == 200
     assert (await _stored(backend))["spec"]["holderIdentity"] == "c"
 
@@ -92,14 +94,14 @@ async def test_a_precondition_on_the_current_revision_is_no_conflict(stale: Any)
 async def test_a_precondition_on_the_cached_revision_is_a_conflict(stale: Any) -> None:
     h, backend, rev = stale
     with pytest.raises(Conflict):
-        await h._update(_info(), _rtype(h), lambda old: lease("c", str(rev - 1)), rev - 1, False)
+        await h.update_object(_info(), _rtype(h), lambda old: lease("c", str(rev - 1)), rev - 1)
     assert (await _stored(backend))["spec"]["holderIdentity"] == "b"
 
 
 async def test_no_change_from_the_cache_is_still_a_change_to_the_store(stale: Any) -> None:
     h, backend, rev = stale
     # The cache holds "a"; writing "a" back changes the stored "b".
-    status, _ = await h._update(_info(), _rtype(h), lambda old: lease("a"), None, False)
+    status, _ = await h.update_object(_info(), _rtype(h), lambda old: lease("a"))
     assert status == 200
     assert (await _stored(backend))["spec"]["holderIdentity"] == "a"
     assert await backend.current_revision() == rev + 1
@@ -109,5 +111,5 @@ async def test_gone_from_the_store_is_not_found_whatever_the_cache_says(stale: A
     h, backend, _rev = stale
     await backend.delete(KEY)
     with pytest.raises(NotFound):
-        await h._update(_info(), _rtype(h), lambda old: lease("c"), None, False)
+        await h.update_object(_info(), _rtype(h), lambda old: lease("c"))
     assert await backend.get(KEY) is None

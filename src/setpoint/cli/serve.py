@@ -106,8 +106,8 @@ def serve(
 
     from setpoint.server.app import Server, ServerOptions
     from setpoint.server.bootstrap import ensure_policy, ensure_tokens, write_kubeconfig
-    from setpoint.server.handlers import Settings
     from setpoint.server.protocol import protocol_for
+    from setpoint.server.settings import Settings
     from setpoint.store import open_backend
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

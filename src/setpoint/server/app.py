@@ -32,6 +32,7 @@ from setpoint.server.auth import (
     User,
     forbidden_message,
 )
+from setpoint.server.builtins import builtin_types
 from setpoint.server.discovery import DiscoveryCache, aggregated_discovery, discovery, version_info
 from setpoint.server.errors import (
     APIError,
@@ -42,7 +43,7 @@ from setpoint.server.errors import (
     ServiceUnavailable,
 )
 from setpoint.server.gc import GarbageCollector
-from setpoint.server.handlers import ResourceHandlers, Settings, json_response
+from setpoint.server.handlers import ResourceHandlers, json_response
 from setpoint.server.metrics import Metrics
 from setpoint.server.namespaces import NamespaceFinalizer
 from setpoint.server.negotiation import DISCOVERY_V2_MEDIA, wants_aggregated_discovery
@@ -51,8 +52,10 @@ from setpoint.server.openapi import OpenAPI
 from setpoint.server.paths import parse_request
 from setpoint.server.publisher import NatsPublisher, public_url
 from setpoint.server.requests import APIRequest
-from setpoint.server.resources import CRD_GROUP, Registry, builtin_types
+from setpoint.server.resources import CRD_GROUP, Registry
 from setpoint.server.schema import compile_schema
+from setpoint.server.settings import Settings
+from setpoint.server.strategies.crd import install as install_crd
 from setpoint.server.watchcache import WatchCache
 from setpoint.store import Backend, KeyExists, RevisionMismatch, StoreError, Unavailable
 from setpoint.store.compactor import Compactor
@@ -193,14 +196,14 @@ class Server:
                 stored["spec"] = crd["spec"]
                 with contextlib.suppress(RevisionMismatch):
                     await self.backend.update(key, for_storage(stored), current.mod_revision)
-                self.handlers._crd_event("MODIFIED", stored, None)
+                install_crd(self.registry, "MODIFIED", stored)
                 continue
             obj = copy.deepcopy(crd)
             obj["metadata"].update(uid=new_uid(), creationTimestamp=now(), generation=1)
-            self.handlers._builtin_create_defaults(rtype, obj)
+            rtype.strategy.prepare_create(obj)
             with contextlib.suppress(KeyExists):
                 await self.backend.create(key, for_storage(obj))
-            self.handlers._crd_event("ADDED", obj, None)
+            install_crd(self.registry, "ADDED", obj)
 
     async def _ensure_namespace(self, name: str) -> None:
         rtype = self.registry.by_group_resource("", "namespaces")
@@ -341,10 +344,10 @@ class Server:
         return response
 
     async def _serve(self, request: Request, info: Any) -> Response:
+        user: User | None = None
         if self.authn is not None:
             user = self.authn.authenticate(request.headers.get("authorization"))
             request.scope["setpoint.user"] = user.name
-            info.user = user
             attrs = Attributes(
                 user=user, verb=info.verb, namespace=info.namespace, resource=info.resource,
                 api_group=info.group, subresource=info.subresource, name=info.name,
@@ -355,7 +358,7 @@ class Server:
                                 details_kind=info.resource or None,
                                 details_group=info.group or None)
         if info.resource_request:
-            return await self.handlers.handle(request, info)
+            return await self.handlers.handle(request, info, user)
         if info.api_prefix and request.method in ("GET", "HEAD"):
             accept = request.headers.get("accept")
             if not info.group and not info.version and wants_aggregated_discovery(accept):

@@ -305,10 +305,9 @@ class GarbageCollector:
         policy = "Foreground" if any(s == "foreground" for _, s in states) else "Background"
         meta = obj["metadata"]
         try:
-            await self.handlers._delete_one(
+            await self.handlers.delete_object(
                 rtype, namespace, meta["name"],
-                {"propagationPolicy": policy, "preconditions": {"uid": meta.get("uid")}},
-                False, rtype.storage_version)
+                {"propagationPolicy": policy, "preconditions": {"uid": meta.get("uid")}})
             self.deleted += 1
         except NotFound:
             pass
@@ -377,4 +376,4 @@ class GarbageCollector:
             return change(current)  # type: ignore[no-any-return]
 
         with contextlib.suppress(NotFound):
-            await self.handlers._update(info, rtype, mutate, None, False)
+            await self.handlers.update_object(info, rtype, mutate)

@@ -85,8 +85,7 @@ class NamespaceFinalizer:
                 if co.obj["metadata"].get("deletionTimestamp"):
                     continue  # waiting on its own finalizers
                 with contextlib.suppress(APIError):
-                    await h._delete_one(rtype, namespace, co.obj["metadata"]["name"], {}, False,
-                                        rtype.storage_version)
+                    await h.delete_object(rtype, namespace, co.obj["metadata"]["name"], {})
         if remaining:
             return
         key = NAMESPACES + namespace

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from setpoint.server import scale
 from setpoint.server.errors import Invalid
 from setpoint.server.scale import ScaleSpec
+from setpoint.server.strategies.base import DEFAULT, Strategy
 
 
 class Validator(Protocol):
@@ -50,6 +51,8 @@ class ResourceType:
     # What is derived from the type once and reused by every request (table columns, OpenAPI
     # fragments); a CRD change builds a new type, so the memo never goes stale.
     memo: dict[Any, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+    # What this kind adds to the verbs (see ``server/strategies/``).
+    strategy: Strategy = field(default=DEFAULT, compare=False, hash=False, repr=False)
 
     @property
     def storage_version(self) -> str:
@@ -90,6 +93,7 @@ class Registry:
         self._builtins = {(t.group, t.plural): t for t in builtins}
         self._types: dict[tuple[str, str], ResourceType] = dict(self._builtins)
         self._crd_owner: dict[str, tuple[str, str]] = {}  # CRD name -> (group, plural)
+        self._crd_revision: dict[str, str] = {}  # CRD name -> resourceVersion its type was built from
         self.generation = 0  # bumped on every change, so discovery documents can be cached
 
     def lookup(self, group: str, version: str, plural: str) -> ResourceType | None:
@@ -110,8 +114,13 @@ class Registry:
             out.setdefault(t.group, []).append(t)
         return out
 
-    def put_crd(self, crd_name: str, rtype: ResourceType) -> None:
+    def crd_revision(self, crd_name: str) -> str | None:
+        """The resourceVersion of the CRD the served type was built from."""
+        return self._crd_revision.get(crd_name)
+
+    def put_crd(self, crd_name: str, rtype: ResourceType, revision: str = "") -> None:
         with self._lock:
+            self._crd_revision[crd_name] = revision
             old = self._crd_owner.get(crd_name)
             if old is not None and old != (rtype.group, rtype.plural):
                 self._types.pop(old, None)
@@ -121,6 +130,7 @@ class Registry:
 
     def remove_crd(self, crd_name: str) -> ResourceType | None:
         with self._lock:
+            self._crd_revision.pop(crd_name, None)
             gr = self._crd_owner.pop(crd_name, None)
             if gr is None:
                 return None
@@ -263,94 +273,3 @@ def resource_type_from_crd(
         builtin=False,
         selectable_fields=frozenset(fields),
     )
-
-
-_STR = {"type": "string"}
-_INT = {"type": "integer"}
-_STRINGS = {"type": "array", "items": _STR}
-# Built-in kinds get schemas for the fields setpoint itself reads; everything else is kept as sent.
-BUILTIN_SCHEMAS: dict[str, dict[str, Any]] = {
-    "namespaces": {
-        "type": "object", "x-kubernetes-preserve-unknown-fields": True,
-        "properties": {
-            "spec": {"type": "object", "properties": {"finalizers": _STRINGS}},
-            "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
-                       "properties": {"phase": _STR}},
-        },
-    },
-    "leases": {
-        "type": "object", "x-kubernetes-preserve-unknown-fields": True,
-        "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
-                                "properties": {
-                                    "holderIdentity": {**_STR, "nullable": True},
-                                    "leaseDurationSeconds": {**_INT, "nullable": True},
-                                    "acquireTime": {**_STR, "nullable": True},
-                                    "renewTime": {**_STR, "nullable": True},
-                                    "leaseTransitions": {**_INT, "nullable": True},
-                                }}},
-    },
-    "events": {
-        "type": "object", "x-kubernetes-preserve-unknown-fields": True,
-        "properties": {
-            "involvedObject": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-            "reason": _STR, "message": _STR, "type": _STR, "count": _INT,
-        },
-    },
-    "secrets": {
-        "type": "object", "x-kubernetes-preserve-unknown-fields": True,
-        "properties": {"type": _STR, "immutable": {"type": "boolean"},
-                       "data": {"type": "object", "additionalProperties": _STR},
-                       "stringData": {"type": "object", "additionalProperties": _STR}},
-    },
-    "customresourcedefinitions": {
-        "type": "object", "x-kubernetes-preserve-unknown-fields": True,
-        "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
-                       "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-    },
-}
-
-
-# kubectl describe finds an object's Events with these (Kubernetes' event field selectors).
-EVENT_FIELDS = frozenset({
-    "involvedObject.kind", "involvedObject.namespace", "involvedObject.name", "involvedObject.uid",
-    "involvedObject.apiVersion", "involvedObject.resourceVersion", "involvedObject.fieldPath",
-    "reason", "reportingComponent", "source", "type",
-})
-
-
-def builtin_types(compile_schema: Callable[[dict[str, Any]], Validator] | None = None) -> list[ResourceType]:
-    types = _builtin_types()
-    if compile_schema is not None:
-        for t in types:
-            schema = BUILTIN_SCHEMAS.get(t.plural)
-            if schema is not None:
-                t.validators[t.storage_version] = compile_schema(schema)
-                t.schemas[t.storage_version] = schema
-    return types
-
-
-def _builtin_types() -> list[ResourceType]:
-    return [
-        ResourceType(
-            group="", versions=("v1",), kind="Namespace", plural="namespaces", singular="namespace",
-            namespaced=False, short_names=("ns",), status_subresource=True, name_is_label=True,
-        ),
-        ResourceType(
-            group="", versions=("v1",), kind="Event", plural="events", singular="event",
-            namespaced=True, short_names=("ev",), allow_create_on_update=True,
-            selectable_fields=EVENT_FIELDS,
-        ),
-        ResourceType(
-            group="", versions=("v1",), kind="Secret", plural="secrets", singular="secret", namespaced=True,
-        ),
-        ResourceType(
-            group="coordination.k8s.io", versions=("v1",), kind="Lease", plural="leases",
-            singular="lease", namespaced=True, allow_create_on_update=True,
-        ),
-        ResourceType(
-            group=CRD_GROUP, versions=("v1",), kind="CustomResourceDefinition",
-            plural="customresourcedefinitions", singular="customresourcedefinition",
-            namespaced=False, short_names=("crd", "crds"), categories=("api-extensions",),
-            status_subresource=True, allow_unconditional_update=False,
-        ),
-    ]

@@ -15,11 +15,12 @@ ROOT = Path(setpoint.__file__).resolve().parent
 SHARED_MODULES = {"setpoint.transfer.subjects", "setpoint.transfer.digest"}
 
 # What each top-level part of the package may import from setpoint (besides itself).
-BASE = {"types", "tasks", "backoff", "__init__"}
+BASE = {"types", "tasks", "backoff", "files", "__init__"}
 ALLOWED: dict[str, set[str]] = {
     "types": set(),
     "tasks": set(),
     "backoff": set(),
+    "files": set(),
     "__init__": set(),
     "crds": set(),
     "testing": BASE,

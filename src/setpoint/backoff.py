@@ -1,10 +1,29 @@
 """Exponential backoff with jitter, capped: the one implementation every retry loop uses
-(reconnecting informers, the work queue's per-item limiter, driver retry policies, the CLI)."""
+(reconnecting informers, the work queue's per-item limiter, driver retry policies, the CLI).
+
+:func:`exponential` is the formula; :class:`Backoff` counts failures in a row for one loop; the
+work queue's per-key limiter (``agent.ratelimit.ExponentialBackoff``) and the drivers' per-class
+policies (``agent.retry.Backoff``) keep their own counts and call the same formula."""
 
 from __future__ import annotations
 
 import logging
 import random
+
+# Past this many doublings every wait is at the cap anyway; the bound keeps ``factor ** n`` finite.
+_MAX_EXPONENT = 64
+
+
+def exponential(failures: int, initial: float, cap: float, factor: float = 2.0, jitter: float = 0.0,
+                rng: random.Random | None = None) -> float:
+    """The wait after the ``failures``-th failure in a row (1 for the first): ``initial``, times
+    ``factor`` per further failure, at most ``cap``, shortened by a random fraction below
+    ``jitter`` (so ``cap`` stays a true maximum and clients that failed together spread out)."""
+    n = min(max(failures - 1, 0), _MAX_EXPONENT)
+    d = min(cap, initial * factor ** n)
+    if jitter:
+        d *= 1.0 - jitter * (rng or random).random()
+    return d
 
 
 class Backoff:
@@ -25,8 +44,7 @@ class Backoff:
 
     def delay(self, failures: int) -> float:
         """The delay after the ``failures``-th failure in a row (1 for the first), jittered."""
-        d = min(self.cap, self.initial * self.factor ** min(max(failures - 1, 0), 64))
-        return d * (1 - self.jitter * self._rng.random())
+        return exponential(failures, self.initial, self.cap, self.factor, self.jitter, self._rng)
 
     def next(self) -> float:
         self.failures += 1

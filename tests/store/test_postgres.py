@@ -298,8 +298,14 @@ async def test_compactor_keeps_the_log_bounded(harness: PostgresHarness, postgre
         for round_ in range(200):
             await asyncio.gather(*(b.update(f"/b/{i}", str(round_).encode()) for i in range(10)))
         await compactor.compact_once()
-        rows = int(postgres.psql(f"SELECT count(*) FROM {harness.schema('bounded')}.log"))
-        assert rows <= 10 + 200 + 1, rows  # live keys + the history kept
+        # The background round may be sweeping what compact_once found already compacted: the
+        # bound holds once that sweep is through, which takes its chunks' time on a busy machine.
+        bound = 10 + 200 + 1  # live keys + the history kept
+
+        async def bounded() -> bool:
+            return int(postgres.psql(f"SELECT count(*) FROM {harness.schema('bounded')}.log")) <= bound
+
+        await wait_until(bounded, f"at most {bound} rows in the log", within=20)
         assert await b.compacted_revision() >= await b.current_revision() - 201
     finally:
         await compactor.stop()

@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Protocol
 
+from setpoint.backoff import exponential
+
 Clock = Callable[[], float]
 """A callable returning monotonic seconds, like :func:`time.monotonic`."""
 
@@ -91,10 +93,9 @@ class ExponentialBackoff:
     def when(self, key: Hashable) -> float:
         n = self._failures.get(key, 0)
         self._failures[key] = n + 1
-        delay = self.cap if n >= self._max_exponent else min(self.cap, math.ldexp(self.base, n))
-        if self.jitter:
-            delay *= 1.0 - self.jitter * self._rng.random()
-        return delay
+        if n >= self._max_exponent:  # at the cap: no power to compute
+            return exponential(1, self.cap, self.cap, jitter=self.jitter, rng=self._rng)
+        return exponential(n + 1, self.base, self.cap, jitter=self.jitter, rng=self._rng)
 
     def forget(self, key: Hashable) -> None:
         self._failures.pop(key, None)

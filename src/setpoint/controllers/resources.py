@@ -7,6 +7,9 @@ NODES = Resource("setpoint.dev", "v1alpha1", "nodes", namespaced=False, kind="No
 LEASES = Resource("coordination.k8s.io", "v1", "leases", namespaced=True, kind="Lease")
 NAMESPACES = Resource("", "v1", "namespaces", namespaced=False, kind="Namespace")
 SECRETS = Resource("", "v1", "secrets", namespaced=True, kind="Secret")
+LOADBALANCERS = Resource("setpoint.dev", "v1alpha1", "loadbalancers", namespaced=True, kind="LoadBalancer")
+ENDPOINTSLICES = Resource("discovery.k8s.io", "v1", "endpointslices", namespaced=True, kind="EndpointSlice")
+SERVICES = Resource("", "v1", "services", namespaced=True, kind="Service")
 
 NODE_LEASE_NAMESPACE = "setpoint-node-lease"
 SYSTEM_NAMESPACE = "setpoint-system"

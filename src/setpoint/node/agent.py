@@ -1,6 +1,8 @@
 """``setpoint agent --node NAME``: registers its node, heartbeats, runs the node's controllers.
 
-The heartbeat is a Lease (``setpoint-node-lease/<node>``) renewed every ``heartbeat`` seconds; a
+Besides ProcessSets it runs the LoadBalancers assigned to the node (HAProxy or Envoy processes
+it starts and keeps in step with their backends). The heartbeat is a Lease
+(``setpoint-node-lease/<node>``) renewed every ``heartbeat`` seconds; a
 node whose lease is not renewed within ``lease_duration`` is considered lost by the control
 plane. The agent's credentials (``setpoint node-token``) let it write only its own Node and
 Lease and the status of the work assigned to it.
@@ -19,6 +21,7 @@ from setpoint.agent import EventRecorder
 from setpoint.agent.conditions import now_micro, set_condition
 from setpoint.backoff import Backoff, Outage
 from setpoint.client import AlreadyExists, Client, ClientError
+from setpoint.controllers.loadbalancer import LoadBalancerController
 from setpoint.controllers.processset import ProcessSetController
 from setpoint.controllers.resources import LEASES, NODE_LEASE_NAMESPACE, NODES
 
@@ -36,6 +39,9 @@ class NodeAgent:
         lease_duration: float = 40.0,
         workers: int = 4,
         stop_processes_on_exit: bool = False,
+        address: str = "127.0.0.1",
+        haproxy: str = "haproxy",
+        envoy: str = "envoy",
     ) -> None:
         self.client = client
         self.stop_processes_on_exit = stop_processes_on_exit
@@ -46,6 +52,9 @@ class NodeAgent:
         self.events = EventRecorder(client, f"agent/{node}", host=node)
         self.processsets = ProcessSetController(client, node, self.state_dir / "processes",
                                                 workers=workers, events=self.events)
+        self.address = address
+        self.loadbalancers = LoadBalancerController(client, node, self.state_dir / "loadbalancers",
+                                                    haproxy=haproxy, envoy=envoy, events=self.events)
         self.heartbeats = 0
 
     async def run(self) -> None:
@@ -56,6 +65,7 @@ class NodeAgent:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._heartbeat_loop(), name="heartbeat")
                 tg.create_task(self.processsets.run(), name="processsets")
+                tg.create_task(self.loadbalancers.run(), name="loadbalancers")
         finally:
             await self.events.stop()
             await self._leave_processes()
@@ -67,12 +77,15 @@ class NodeAgent:
         driver = self.processsets.driver
         if self.stop_processes_on_exit:
             count = await asyncio.shield(driver.stop_everything())
-            log.info("stopped the processes of %d ProcessSets before exiting", count)
+            stopped = await asyncio.shield(self.loadbalancers.stop_balancers())
+            log.info("stopped the processes of %d ProcessSets and %d load balancers before exiting",
+                     count, stopped)
             return
         owners = driver.list_owners()
-        if owners:
-            log.info("leaving the processes of %d ProcessSets running: the next agent for node %s adopts them",
-                     len(owners), self.node)
+        balancers = self.loadbalancers.balancers()
+        if owners or balancers:
+            log.info("leaving the processes of %d ProcessSets and %d load balancers running: the next agent "
+                     "for node %s adopts them", len(owners), len(balancers), self.node)
 
     async def register(self) -> None:
         """Create this node's Node (or find it) and report the agent in its status."""
@@ -88,7 +101,7 @@ class NodeAgent:
                 except AlreadyExists:
                     node = await self.client.get(NODES, self.node)
                 status = dict(node.get("status") or {})
-                status.update(agentVersion=__version__, hostname=socket.gethostname())
+                status.update(agentVersion=__version__, hostname=socket.gethostname(), addresses=[self.address])
                 set_condition(status, "Ready", True, reason="AgentReady", message="the agent is running")
                 await self.client.patch(NODES, self.node, {"status": status}, subresource="status")
                 await self._renew()

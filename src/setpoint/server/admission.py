@@ -34,9 +34,12 @@ def node_of(user: Any) -> str | None:
     return name[len(NODE_USER_PREFIX):] if name.startswith(NODE_USER_PREFIX) else ""
 
 
-# Kinds every agent may read: what it needs to find its way, and nothing anyone keeps secret.
+# Kinds every agent may read: what it needs to find its way, and nothing anyone keeps secret. A
+# load balancer on one node sends traffic to backends on others, so where services run is
+# readable by every node (kube-proxy reads all EndpointSlices for the same reason).
 _READABLE: frozenset[tuple[str, str]] = frozenset({
     ("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions"),
+    ("", "services"), ("discovery.k8s.io", "endpointslices"),
 })
 NODE_FIELD = "spec.nodeName"
 

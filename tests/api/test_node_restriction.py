@@ -107,12 +107,14 @@ def test_node_may_manage_its_own_cleanup_finalizer_only(data_dir: Path) -> None:
 
 def test_a_node_reads_only_what_it_needs_of_every_kind(data_dir: Path) -> None:
     """Every kind the server serves, from discovery: a node lists none without its selector
-    except those every agent needs (namespaces, CRDs)."""
+    except those every agent needs (namespaces, CRDs; Services and EndpointSlices, for load
+    balancers whose backends run on other nodes)."""
     srv = ServerProcess(data_dir).start()
     try:
         admin = srv.sync_client()
         a = node_client(srv, "a")
-        readable = {("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions")}
+        readable = {("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions"),
+                    ("", "services"), ("discovery.k8s.io", "endpointslices")}
         checked = 0
         groups = [("", "v1", "/api/v1")] + [
             (g["name"], g["preferredVersion"]["version"], f"/apis/{g['preferredVersion']['groupVersion']}")

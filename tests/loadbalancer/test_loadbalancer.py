@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -21,6 +20,7 @@ import pytest
 from setpoint.agent.conditions import get_condition
 from setpoint.client import Client
 from setpoint.controllers.resources import ENDPOINTSLICES, LOADBALANCERS, PROCESSSETS
+from setpoint.drivers.loadbalancer.haproxy import find_haproxy
 from tests.agent.support import eventually
 from tests.node.test_node_agent import Agent, ControllerManager
 from tests.servers import ServerProcess
@@ -31,7 +31,7 @@ STOP = "--stop-processes-on-exit"  # the agent stops its replicas and balancers 
 
 
 def _require(driver: str) -> None:
-    if driver == "haproxy" and shutil.which("haproxy") is None:
+    if driver == "haproxy" and find_haproxy() is None:
         pytest.skip("HAProxy is not installed (Debian package haproxy)")
     if driver == "envoy":
         try:

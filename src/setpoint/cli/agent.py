@@ -156,7 +156,7 @@ def controller_manager(
     poll_interval: PollIntervalOpt = 5.0,
     nats: NatsOpt = "",
 ) -> None:
-    """Run the scheduler and node lifecycle controllers (leader-elected: run several)."""
+    """Run the scheduler, node lifecycle and ProcessSet endpoints controllers (leader-elected: run several)."""
     from setpoint.client import Client
     from setpoint.controllers.nodes import ControllerManager
 

@@ -82,10 +82,13 @@ class NodeAgent:
                      count, stopped)
             return
         owners = driver.list_owners()
+        if owners:
+            log.info("leaving the processes of %d ProcessSets running: the next agent for node %s adopts them",
+                     len(owners), self.node)
         balancers = self.loadbalancers.balancers()
-        if owners or balancers:
-            log.info("leaving the processes of %d ProcessSets and %d load balancers running: the next agent "
-                     "for node %s adopts them", len(owners), len(balancers), self.node)
+        if balancers:
+            log.info("leaving %d load balancers serving: the next agent for node %s adopts them",
+                     len(balancers), self.node)
 
     async def register(self) -> None:
         """Create this node's Node (or find it) and report the agent in its status."""

@@ -97,6 +97,11 @@ def render(desired: Desired, socket_path: Path, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def find_haproxy(binary: str = "haproxy") -> str | None:
+    """``binary`` on PATH, or where Debian's package puts it (``/usr/sbin``, not on every user's PATH)."""
+    return shutil.which(binary) or shutil.which(binary, path="/usr/local/sbin:/usr/sbin:/sbin")
+
+
 def _pid_alive(pid: int, config: Path) -> bool:
     """Whether ``pid`` is an HAProxy running ``config`` (not a pid reused by something else)."""
     try:
@@ -228,7 +233,7 @@ class HAProxyDriver:
                 inst.drains.pop(name, None)
 
     async def _start(self, uid: str, inst: Instance, frontend: Frontend, replacing: int | None) -> None:
-        binary = shutil.which(self.binary)
+        binary = find_haproxy(self.binary)
         if binary is None:
             raise Permanent(f"HAProxy is not installed on this node ({self.binary!r} not found on PATH)",
                             reason="BalancerNotInstalled")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from setpoint.agent.conditions import get_condition
 from setpoint.client import Client
@@ -25,7 +26,9 @@ from tests.agent.support import eventually
 from tests.node.test_node_agent import Agent, ControllerManager
 from tests.servers import ServerProcess
 
-BACKEND = str(Path(__file__).resolve().parents[2] / "examples" / "loadbalancer" / "backend.py")
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "loadbalancer" / "web.yaml"
+# The example's backend: answers with its port, keeps serving a second after SIGTERM.
+HELLO = next(d for d in yaml.safe_load_all(EXAMPLE.read_text()) if d["kind"] == "ProcessSet")
 DRIVERS = ["haproxy", "envoy"]
 STOP = "--stop-processes-on-exit"  # the agent stops its replicas and balancers at the end of a test
 
@@ -129,8 +132,7 @@ async def admin(cluster: tuple[ServerProcess, Agent]) -> AsyncIterator[Client]:
 def web(replicas: int) -> dict[str, Any]:
     return {"apiVersion": "setpoint.dev/v1alpha1", "kind": "ProcessSet",
             "metadata": {"name": "web", "labels": {"app": "web"}},
-            "spec": {"command": sys.executable, "args": [BACKEND], "portEnv": "PORT", "replicas": replicas,
-                     "nodeName": "n1", "stopGracePeriodSeconds": 2,
+            "spec": {**HELLO["spec"], "command": sys.executable, "replicas": replicas, "nodeName": "n1",
                      "restartBackoff": {"initialSeconds": 0.2, "maxSeconds": 1}}}
 
 
@@ -309,7 +311,8 @@ def endpoint_slice(name: str, ports: list[int]) -> dict[str, Any]:
 def backends() -> Iterator[list[int]]:
     """Four backends running outside setpoint (another cluster's pods, as far as the test goes)."""
     ports = [free_port() for _ in range(4)]
-    procs = [subprocess.Popen([sys.executable, BACKEND], env={**os.environ, "PORT": str(p)}) for p in ports]
+    procs = [subprocess.Popen([sys.executable, *HELLO["spec"]["args"]], env={**os.environ, "PORT": str(p)})
+             for p in ports]
     yield ports
     for proc in procs:
         proc.kill()

@@ -116,7 +116,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     default=os.environ.get("BENCH_PROFILE_NATIVE", "1") not in ("", "0"),
                     help="py-spy --native: C frames too (GC, write(2), msgspec, sqlite); default on")
     ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""),
-                    help="comma list of parts: loadgen,sqlite,ceiling,etcd,setpoint,agent")
+                    help="comma list of parts: loadgen,sqlite,ceiling,etcd,setpoint,agent,backends,southbound,"
+                         "transfer,loadbalancer,clients")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("BENCH_OUT", RESULTS)))
     ap.add_argument("--tmp-dir", default=os.environ.get("BENCH_TMPDIR"),
                     help="where data directories go (default: the system temp dir)")
@@ -487,6 +488,10 @@ class Bench:
             from bench import transfer
             with self.section("transfer"):
                 self.results["transfer"] = {k: v for k, v in transfer.run(self).items() if k != "markdown"}
+        if "loadbalancer" in p or not self.a.only:  # HAProxy and Envoy following their backends
+            from bench import loadbalancer
+            with self.section("loadbalancer"):
+                self.results["loadbalancer"] = {k: v for k, v in loadbalancer.run(self).items() if k != "markdown"}
         if "clients" in p or not self.a.only:  # the kubernetes client and kopf as informers: bench/clients.py
             from bench import clients
             with self.section("clients"):

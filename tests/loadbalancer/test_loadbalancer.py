@@ -349,3 +349,23 @@ async def test_endpoints_of_another_server_are_followed_through_a_cut_event_stre
             assert {b["port"] for b in lb["status"]["backends"]} == want
     finally:
         external.stop()
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+async def test_a_frontend_change_moves_the_balancer_to_the_new_port(admin: Client, driver: str) -> None:
+    _require(driver)
+    port, new_port = free_port(), free_port()
+    await admin.create(PROCESSSETS, web(2), namespace="default")
+    await admin.create(LOADBALANCERS, balancer(driver, port), namespace="default")
+    await eventually(lambda: serves_exactly(admin, port, 2), timeout=30, what="2 backends on the first port")
+    await admin.patch(LOADBALANCERS, "lb", {"spec": {"frontend": {"port": new_port}}}, namespace="default")
+    await eventually(lambda: serves_exactly(admin, new_port, 2), timeout=30, what="2 backends on the new port")
+
+    def old_port_closed() -> bool:
+        try:
+            get(port, timeout=1)
+            return False
+        except OSError:
+            return True
+
+    await eventually(old_port_closed, timeout=30, what="the old port released")

@@ -164,6 +164,10 @@ class LoadBalancerController(Controller):
             # balancer cannot start yet (its port is taken...) and is tried again later.
             self.events.warning(obj, e.reason, e.message)
             return Result(ready=False, reason=e.reason, message=e.message, requeue_after=e.retry_after or 5.0)
+        before = (obj.get("status") or {}).get("pid")
+        if observed.pid is not None and observed.pid != before:
+            self.events.normal(obj, "BalancerStarted", f"{spec.get('driver') or 'haproxy'} running as pid "
+                               f"{observed.pid} on node {self.node}" + (f" (was pid {before})" if before else ""))
         serving = observed.in_service
         status: dict[str, Any] = {
             "inService": len(serving),

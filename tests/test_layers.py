@@ -30,9 +30,11 @@ ALLOWED: dict[str, set[str]] = {
     "client": BASE,
     "agent": BASE | {"client", "transfer"},
     "drivers": BASE | {"agent", "client", "transfer"},
-    "controllers": BASE | {"drivers", "agent", "client", "crds", "transfer"},
-    "node": BASE | {"controllers", "drivers", "agent", "client", "crds", "transfer"},
-    "cli": BASE | {"node", "controllers", "drivers", "agent", "client", "crds", "server", "store", "transfer"},
+    "templates": BASE | {"agent", "client", "transfer"},
+    "controllers": BASE | {"drivers", "templates", "agent", "client", "crds", "transfer"},
+    "node": BASE | {"controllers", "drivers", "templates", "agent", "client", "crds", "transfer"},
+    "cli": BASE | {"node", "controllers", "drivers", "templates", "agent", "client", "crds", "server", "store",
+                   "transfer"},
     "__main__": {"cli"},
 }
 

@@ -114,7 +114,7 @@ def test_a_node_reads_only_what_it_needs_of_every_kind(data_dir: Path) -> None:
         admin = srv.sync_client()
         a = node_client(srv, "a")
         readable = {("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions"),
-                    ("", "services"), ("discovery.k8s.io", "endpointslices")}
+                    ("", "services"), ("discovery.k8s.io", "endpointslices"), ("", "configmaps")}
         checked = 0
         groups = [("", "v1", "/api/v1")] + [
             (g["name"], g["preferredVersion"]["version"], f"/apis/{g['preferredVersion']['groupVersion']}")

@@ -10,6 +10,8 @@ SECRETS = Resource("", "v1", "secrets", namespaced=True, kind="Secret")
 LOADBALANCERS = Resource("setpoint.dev", "v1alpha1", "loadbalancers", namespaced=True, kind="LoadBalancer")
 ENDPOINTSLICES = Resource("discovery.k8s.io", "v1", "endpointslices", namespaced=True, kind="EndpointSlice")
 SERVICES = Resource("", "v1", "services", namespaced=True, kind="Service")
+CONFIGMAPS = Resource("", "v1", "configmaps", namespaced=True, kind="ConfigMap")
+TEMPLATES = Resource("setpoint.dev", "v1alpha1", "templates", namespaced=True, kind="Template")
 
 NODE_LEASE_NAMESPACE = "setpoint-node-lease"
 SYSTEM_NAMESPACE = "setpoint-system"

@@ -1,10 +1,10 @@
 """``setpoint agent --node NAME``: registers its node, heartbeats, runs the node's controllers.
 
 Besides ProcessSets it runs the LoadBalancers assigned to the node (HAProxy or Envoy processes
-it starts and keeps in step with their backends). The heartbeat is a Lease
-(``setpoint-node-lease/<node>``) renewed every ``heartbeat`` seconds; a
-node whose lease is not renewed within ``lease_duration`` is considered lost by the control
-plane. The agent's credentials (``setpoint node-token``) let it write only its own Node and
+it starts and keeps in step with their backends) and its Templates (files rendered from
+objects). The heartbeat is a Lease (``setpoint-node-lease/<node>``) renewed every ``heartbeat``
+seconds; a node whose lease is not renewed within ``lease_duration`` is considered lost by the
+control plane. The agent's credentials (``setpoint node-token``) let it write only its own Node and
 Lease and the status of the work assigned to it.
 """
 
@@ -24,6 +24,7 @@ from setpoint.client import AlreadyExists, Client, ClientError
 from setpoint.controllers.loadbalancer import LoadBalancerController
 from setpoint.controllers.processset import ProcessSetController
 from setpoint.controllers.resources import LEASES, NODE_LEASE_NAMESPACE, NODES
+from setpoint.controllers.template import TemplateController
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class NodeAgent:
         self.processsets = ProcessSetController(client, node, self.state_dir / "processes",
                                                 workers=workers, events=self.events)
         self.address = address
+        self.templates = TemplateController(client, node, events=self.events)
         self.loadbalancers = LoadBalancerController(client, node, self.state_dir / "loadbalancers",
                                                     haproxy=haproxy, envoy=envoy, events=self.events)
         self.heartbeats = 0
@@ -66,6 +68,7 @@ class NodeAgent:
                 tg.create_task(self._heartbeat_loop(), name="heartbeat")
                 tg.create_task(self.processsets.run(), name="processsets")
                 tg.create_task(self.loadbalancers.run(), name="loadbalancers")
+                tg.create_task(self.templates.run(), name="templates")
         finally:
             await self.events.stop()
             await self._leave_processes()

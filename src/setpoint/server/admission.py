@@ -40,6 +40,8 @@ def node_of(user: Any) -> str | None:
 _READABLE: frozenset[tuple[str, str]] = frozenset({
     ("", "namespaces"), ("apiextensions.k8s.io", "customresourcedefinitions"),
     ("", "services"), ("discovery.k8s.io", "endpointslices"),
+    # Configuration that Templates on any node may render (Secrets stay restricted).
+    ("", "configmaps"),
 })
 NODE_FIELD = "spec.nodeName"
 

@@ -49,6 +49,12 @@ BUILTIN_SCHEMAS: dict[str, dict[str, Any]] = {
                        "data": {"type": "object", "additionalProperties": _STR},
                        "stringData": {"type": "object", "additionalProperties": _STR}},
     },
+    "configmaps": {
+        "type": "object", "x-kubernetes-preserve-unknown-fields": True,
+        "properties": {"data": {"type": "object", "additionalProperties": _STR},
+                       "binaryData": {"type": "object", "additionalProperties": _STR},
+                       "immutable": {"type": "boolean"}},
+    },
     "services": {
         "type": "object", "x-kubernetes-preserve-unknown-fields": True,
         "properties": {"spec": {"type": "object", "x-kubernetes-preserve-unknown-fields": True,
@@ -117,6 +123,10 @@ def _builtin_types() -> list[ResourceType]:
         ResourceType(
             group="", versions=("v1",), kind="Secret", plural="secrets", singular="secret", namespaced=True,
             strategy=SecretStrategy(),
+        ),
+        ResourceType(
+            group="", versions=("v1",), kind="ConfigMap", plural="configmaps", singular="configmap",
+            namespaced=True, short_names=("cm",),
         ),
         ResourceType(
             group="", versions=("v1",), kind="Service", plural="services", singular="service",

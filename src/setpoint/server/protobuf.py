@@ -141,9 +141,33 @@ def _secret(data: bytes) -> dict[str, Any]:
     return obj
 
 
+def _configmap(data: bytes) -> dict[str, Any]:
+    """core/v1 ConfigMap: metadata 1, data 2 (map<string, string>), binaryData 3 (map<string,
+    bytes>), immutable 4. (``kubectl create configmap`` sends it this way.)"""
+    obj: dict[str, Any] = {"metadata": {}}
+    for n, v in _fields(data):
+        if n == 1 and isinstance(v, bytes):
+            obj["metadata"] = _object_meta(v)
+        elif n == 2:
+            k, val = _map_entry(v)
+            obj.setdefault("data", {})[k] = val
+        elif n == 3 and isinstance(v, bytes):
+            key, raw = "", b""
+            for m, x in _fields(v):
+                if m == 1:
+                    key = _str(x)
+                elif m == 2 and isinstance(x, bytes):
+                    raw = x
+            obj.setdefault("binaryData", {})[key] = base64.b64encode(raw).decode()
+        elif n == 4:
+            obj["immutable"] = bool(v)
+    return obj
+
+
 _KINDS: dict[tuple[str, str], Callable[[bytes], dict[str, Any]]] = {
     ("v1", "Namespace"): _namespace,
     ("v1", "Secret"): _secret,
+    ("v1", "ConfigMap"): _configmap,
 }
 
 

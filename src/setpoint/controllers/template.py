@@ -40,6 +40,7 @@ def config_of(obj: Object) -> TemplateConfig:
         source_configmap=(str(ref["name"]), str(ref["key"])) if ref else None,
         destination=destination, mode=int(str(spec.get("mode") or "0644"), 8),
         command=str(spec.get("command") or ""), command_timeout=float(spec.get("commandTimeoutSeconds") or 30),
+        command_dir=str(destination.parent),
         wait_min=float(wait.get("minSeconds") or 0), wait_max=float(wait.get("maxSeconds") or 0),
         namespace=namespace)
 

@@ -47,6 +47,7 @@ class TemplateConfig:
     mode: int = 0o644
     command: str = ""
     command_timeout: float = 30.0
+    command_dir: str | None = None  # where the command runs (None: this process's directory)
     wait_min: float = 0.0
     wait_max: float = 0.0  # 0: no bound beyond wait_min's quiet period
     namespace: str = "default"
@@ -209,8 +210,7 @@ class Entry:
         cfg = self.config
         o = self.outcome
         o.commands += 1
-        result: CommandResult = await run_command(cfg.command, cfg.command_timeout,
-                                                  cwd=str(cfg.destination.parent) if cfg.destination else None)
+        result: CommandResult = await run_command(cfg.command, cfg.command_timeout, cwd=cfg.command_dir)
         o.command_exit = result.exit_code
         o.command_output = result.output
         if result.ok:
@@ -221,6 +221,9 @@ class Entry:
         delay = self._backoff.next()
         why = (f"timed out after {cfg.command_timeout:g}s and was killed" if result.timed_out
                else f"exited with code {result.exit_code}")
+        last = result.output.strip().splitlines()[-1:] or [""]
+        if last[0]:
+            why += f" ({last[0][:200]})"
         self._report(False, "CommandFailed", f"template {cfg.name}: the command {why}; retrying in {delay:.1f}s")
         loop = asyncio.get_running_loop()
         self._retry = loop.call_later(delay, self.mark_dirty)

@@ -175,3 +175,29 @@ def controller_manager(
 
     _run(main)
 
+
+
+@app.command("cloud-controller")
+def cloud_controller(
+    kubeconfig: KubeconfigOpt = None,
+    server: ServersOpt = None,
+    identity: Annotated[str, typer.Option(help="This replica's name in leader election.")] = "",
+    drift_interval: Annotated[float, typer.Option(help="Seconds between looks at each resource for drift.")] = 30.0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the cloud controllers (group aws.setpoint.dev): VPCs, subnets, security groups, instances
+    and buckets, with AWS credentials from the environment or a profile (leader-elected)."""
+    from setpoint.client import Client
+    from setpoint.controllers.cloud import CloudControllers
+
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    config = _client_config(kubeconfig, server)
+    ident = identity or f"{socket.gethostname()}-{os.getpid()}"
+
+    async def main() -> None:
+        async with Client(config) as client:
+            await CloudControllers(client, ident, drift_interval=drift_interval).run()
+
+    _run(main)

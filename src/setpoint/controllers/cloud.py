@@ -1,0 +1,70 @@
+"""Cloud resources as objects: one controller per kind of group ``aws.setpoint.dev``, each the
+cloud driver's observe-then-ensure loop (``setpoint.drivers.aws``), run by ``setpoint
+cloud-controller`` under one leader election.
+
+Deleting an object deletes its resource (a finalizer) and waits for what depends on it: a VPC
+with subnets left is NotReady until they are gone, not an error loop. A resource changed or
+deleted behind setpoint's back is seen at the next look (every ``drift_interval``) and put back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from setpoint.agent import LeaderElector, Result
+from setpoint.client import Client
+from setpoint.drivers.aws import KINDS, AwsDriver, resource
+from setpoint.drivers.aws.session import Clients
+from setpoint.drivers.reconciler import DriverController
+from setpoint.types import Object
+
+log = logging.getLogger(__name__)
+
+FINALIZER = "aws.setpoint.dev/cleanup"
+
+
+class CloudController(DriverController[AwsDriver]):
+    finalizer = FINALIZER
+
+    def __init__(self, client: Client, plural: str, clients: Clients, **kw: Any) -> None:
+        self.resource = resource(plural)  # type: ignore[misc]
+        self.name = f"aws-{plural}"  # type: ignore[misc]
+        super().__init__(client, AwsDriver(plural, client, clients), **kw)
+
+    def status_for(self, obj: Object, observed: Any) -> Result:
+        status, ready = self.driver.status(observed)
+        if ready:
+            return Result(status=status, ready=True, reason="Ready", message="the cloud reports it ready")
+        return Result(status=status, ready=False, reason="Provisioning",
+                      message=f"the cloud reports it {status.get('state') or 'not ready'}", requeue_after=1.0)
+
+
+class CloudControllers:
+    """Every cloud kind's controller, under one leader election (run several for availability)."""
+
+    def __init__(self, client: Client, identity: str, *, leader_election: bool = True,
+                 lease_namespace: str = "setpoint-node-lease", drift_interval: float = 30.0) -> None:
+        self.client = client
+        self.clients = Clients()
+        self.elector = (LeaderElector(client, namespace=lease_namespace, name="setpoint-cloud-controller",
+                                      identity=identity) if leader_election else None)
+        self.drift_interval = drift_interval
+        self.controllers: list[CloudController] = []
+
+    async def _lead(self) -> None:
+        self.controllers = [CloudController(self.client, plural, self.clients, drift_interval=self.drift_interval)
+                            for plural in KINDS]
+        async with asyncio.TaskGroup() as tg:
+            for c in self.controllers:
+                tg.create_task(c.run())
+
+    async def run(self) -> None:
+        if self.elector is None:
+            await self._lead()
+        else:
+            await self.elector.run(self._lead)
+
+
+__all__ = ["CloudController", "CloudControllers"]

@@ -1,0 +1,279 @@
+"""The cloud resources setpoint manages, one class each: how to find one by its owner tag, create
+it (with the object's uid in its tags, and a client token where the API takes one), bring it
+back in line, delete it, and report it.
+
+Finding by tag is what makes a create exactly-once: before any create the driver looks for a
+resource tagged with the object's uid, so a create whose reply was lost is found, not repeated
+(a client token alone is not enough: not every API takes one, and not every AWS-compatible API
+honours it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from setpoint.agent.errors import NotReady, Permanent
+from setpoint.types import Object
+
+OWNER_UID = "setpoint.dev/owner-uid"
+OWNER_KIND = "setpoint.dev/owner-kind"
+OWNER = "setpoint.dev/owner"
+GROUP = "aws.setpoint.dev"
+
+
+def owner_tags(obj: Object, kind: str) -> list[dict[str, str]]:
+    meta = obj["metadata"]
+    return [{"Key": OWNER_UID, "Value": str(meta["uid"])}, {"Key": OWNER_KIND, "Value": kind},
+            {"Key": OWNER, "Value": f"{meta.get('namespace', '')}/{meta['name']}"},
+            {"Key": "Name", "Value": str(meta["name"])}]
+
+
+def tag_dict(tags: list[dict[str, str]] | None) -> dict[str, str]:
+    return {t["Key"]: t["Value"] for t in tags or [] if "Key" in t}
+
+
+def client_token(obj: Object, action: str) -> str:
+    """The same on every retry of one desired state, at most 64 characters (EC2's limit)."""
+    meta = obj["metadata"]
+    return hashlib.sha256(f"{meta['uid']}:{meta.get('generation', 1)}:{action}".encode()).hexdigest()[:64]
+
+
+@dataclass
+class Refs:
+    """Ids of the objects this one refers to, resolved by the driver before it acts."""
+
+    vpc_id: str = ""
+    subnet_id: str = ""
+    group_ids: tuple[str, ...] = ()
+
+
+class CloudKind:
+    kind: ClassVar[str]
+    plural: ClassVar[str]
+    service: ClassVar[str] = "ec2"
+
+    async def find(self, api: Any, uid: str) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    async def create(self, api: Any, obj: Object, refs: Refs) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def align(self, api: Any, obj: Object, refs: Refs, current: dict[str, Any]) -> dict[str, Any]:
+        """Put back what was changed behind setpoint's back (what can be changed in place)."""
+        return current
+
+    async def delete(self, api: Any, current: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def status(self, current: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def ready(self, current: dict[str, Any]) -> bool:
+        return True
+
+
+def _filters(uid: str) -> list[dict[str, Any]]:
+    return [{"Name": f"tag:{OWNER_UID}", "Values": [uid]}]
+
+
+class VPC(CloudKind):
+    kind, plural = "VPC", "vpcs"
+
+    async def find(self, api: Any, uid: str) -> dict[str, Any] | None:
+        found = (await api("DescribeVpcs", "describe_vpcs", Filters=_filters(uid)))["Vpcs"]
+        return found[0] if found else None
+
+    async def create(self, api: Any, obj: Object, refs: Refs) -> dict[str, Any]:
+        spec = obj["spec"]
+        out = await api("CreateVpc", "create_vpc", CidrBlock=spec["cidrBlock"],
+                        TagSpecifications=[{"ResourceType": "vpc", "Tags": owner_tags(obj, self.kind)}])
+        vpc: dict[str, Any] = out["Vpc"]
+        return vpc
+
+    async def delete(self, api: Any, current: dict[str, Any]) -> None:
+        await api("DeleteVpc", "delete_vpc", VpcId=current["VpcId"])
+
+    def status(self, current: dict[str, Any]) -> dict[str, Any]:
+        return {"vpcId": current["VpcId"], "state": current.get("State", ""), "cidrBlock": current.get("CidrBlock")}
+
+    def ready(self, current: dict[str, Any]) -> bool:
+        return current.get("State") == "available"
+
+
+class Subnet(CloudKind):
+    kind, plural = "Subnet", "subnets"
+
+    async def find(self, api: Any, uid: str) -> dict[str, Any] | None:
+        found = (await api("DescribeSubnets", "describe_subnets", Filters=_filters(uid)))["Subnets"]
+        return found[0] if found else None
+
+    async def create(self, api: Any, obj: Object, refs: Refs) -> dict[str, Any]:
+        spec = obj["spec"]
+        kw: dict[str, Any] = {"VpcId": refs.vpc_id, "CidrBlock": spec["cidrBlock"],
+                              "TagSpecifications": [{"ResourceType": "subnet", "Tags": owner_tags(obj, self.kind)}]}
+        if spec.get("availabilityZone"):
+            kw["AvailabilityZone"] = spec["availabilityZone"]
+        subnet: dict[str, Any] = (await api("CreateSubnet", "create_subnet", **kw))["Subnet"]
+        return subnet
+
+    async def delete(self, api: Any, current: dict[str, Any]) -> None:
+        await api("DeleteSubnet", "delete_subnet", SubnetId=current["SubnetId"])
+
+    def status(self, current: dict[str, Any]) -> dict[str, Any]:
+        return {"subnetId": current["SubnetId"], "vpcId": current.get("VpcId"), "state": current.get("State", ""),
+                "availabilityZone": current.get("AvailabilityZone")}
+
+    def ready(self, current: dict[str, Any]) -> bool:
+        return current.get("State") == "available"
+
+
+class SecurityGroup(CloudKind):
+    kind, plural = "SecurityGroup", "securitygroups"
+
+    async def find(self, api: Any, uid: str) -> dict[str, Any] | None:
+        found = (await api("DescribeSecurityGroups", "describe_security_groups", Filters=_filters(uid)))
+        groups = found["SecurityGroups"]
+        return groups[0] if groups else None
+
+    @staticmethod
+    def _permissions(obj: Object) -> list[dict[str, Any]]:
+        return [{"IpProtocol": r.get("protocol", "tcp"), "FromPort": r["fromPort"],
+                 "ToPort": r.get("toPort", r["fromPort"]), "IpRanges": [{"CidrIp": r.get("cidr", "0.0.0.0/0")}]}
+                for r in obj["spec"].get("ingress") or []]
+
+    async def create(self, api: Any, obj: Object, refs: Refs) -> dict[str, Any]:
+        meta = obj["metadata"]
+        out = await api("CreateSecurityGroup", "create_security_group", VpcId=refs.vpc_id,
+                        GroupName=f"{meta['name']}-{str(meta['uid'])[:8]}",
+                        Description=obj["spec"].get("description")
+                        or f"setpoint {meta.get('namespace')}/{meta['name']}",
+                        TagSpecifications=[{"ResourceType": "security-group", "Tags": owner_tags(obj, self.kind)}])
+        perms = self._permissions(obj)
+        if perms:
+            await api("AuthorizeSecurityGroupIngress", "authorize_security_group_ingress", GroupId=out["GroupId"],
+                      IpPermissions=perms)
+        return await self.find(api, str(meta["uid"])) or {"GroupId": out["GroupId"]}
+
+    async def align(self, api: Any, obj: Object, refs: Refs, current: dict[str, Any]) -> dict[str, Any]:
+        def key(p: dict[str, Any]) -> set[tuple[Any, ...]]:
+            return {(p.get("IpProtocol"), p.get("FromPort"), p.get("ToPort"), r.get("CidrIp"))
+                    for r in p.get("IpRanges") or []}
+
+        want: set[tuple[Any, ...]] = set()
+        for p in self._permissions(obj):
+            want |= key(p)
+        have: set[tuple[Any, ...]] = set()
+        for p in current.get("IpPermissions") or []:
+            have |= key(p)
+        if want - have:
+            await api("AuthorizeSecurityGroupIngress", "authorize_security_group_ingress", GroupId=current["GroupId"],
+                      IpPermissions=[as_perm(t) for t in sorted(want - have, key=str)])
+        if have - want:
+            await api("RevokeSecurityGroupIngress", "revoke_security_group_ingress", GroupId=current["GroupId"],
+                      IpPermissions=[as_perm(t) for t in sorted(have - want, key=str)])
+        if want != have:
+            return await self.find(api, str(obj["metadata"]["uid"])) or current
+        return current
+
+    async def delete(self, api: Any, current: dict[str, Any]) -> None:
+        await api("DeleteSecurityGroup", "delete_security_group", GroupId=current["GroupId"])
+
+    def status(self, current: dict[str, Any]) -> dict[str, Any]:
+        return {"groupId": current["GroupId"], "vpcId": current.get("VpcId")}
+
+
+def as_perm(t: tuple[Any, ...]) -> dict[str, Any]:
+    return {"IpProtocol": t[0], "FromPort": t[1], "ToPort": t[2], "IpRanges": [{"CidrIp": t[3]}]}
+
+
+class Instance(CloudKind):
+    kind, plural = "Instance", "instances"
+
+    async def find(self, api: Any, uid: str) -> dict[str, Any] | None:
+        filters = [*_filters(uid), {"Name": "instance-state-name",
+                                    "Values": ["pending", "running", "stopping", "stopped"]}]
+        out = await api("DescribeInstances", "describe_instances", Filters=filters)
+        found = [i for r in out["Reservations"] for i in r["Instances"]]
+        return found[0] if found else None
+
+    async def create(self, api: Any, obj: Object, refs: Refs) -> dict[str, Any]:
+        spec = obj["spec"]
+        kw: dict[str, Any] = {
+            "ImageId": spec["imageId"], "InstanceType": spec.get("instanceType", "t3.micro"), "MinCount": 1,
+            "MaxCount": 1, "ClientToken": client_token(obj, "run"),
+            "TagSpecifications": [{"ResourceType": "instance", "Tags": owner_tags(obj, self.kind)}]}
+        if refs.subnet_id:
+            kw["SubnetId"] = refs.subnet_id
+        if refs.group_ids:
+            kw["SecurityGroupIds"] = list(refs.group_ids)
+        instance: dict[str, Any] = (await api("RunInstances", "run_instances", **kw))["Instances"][0]
+        return instance
+
+    async def delete(self, api: Any, current: dict[str, Any]) -> None:
+        await api("TerminateInstances", "terminate_instances", InstanceIds=[current["InstanceId"]])
+
+    def status(self, current: dict[str, Any]) -> dict[str, Any]:
+        return {"instanceId": current["InstanceId"], "state": (current.get("State") or {}).get("Name", ""),
+                "privateIp": current.get("PrivateIpAddress", ""), "instanceType": current.get("InstanceType")}
+
+    def ready(self, current: dict[str, Any]) -> bool:
+        return (current.get("State") or {}).get("Name") == "running"
+
+
+class Bucket(CloudKind):
+    kind, plural, service = "Bucket", "buckets", "s3"
+
+    @staticmethod
+    def bucket_name(obj: Object) -> str:
+        return str(obj["spec"].get("bucketName") or f"setpoint-{obj['metadata']['uid']}")
+
+    async def find(self, api: Any, uid: str) -> dict[str, Any] | None:
+        raise NotImplementedError  # buckets are found by name: see AwsDriver.observe
+
+    async def find_named(self, api: Any, name: str, uid: str) -> dict[str, Any] | None:
+        from setpoint.agent.errors import Permanent as _P
+
+        try:
+            tags = (await api("GetBucketTagging", "get_bucket_tagging", Bucket=name))["TagSet"]
+        except _P as e:  # NoSuchBucket, NoSuchTagSet
+            if "NoSuchBucket" in e.message:
+                return None
+            tags = []
+        owner = tag_dict(tags).get(OWNER_UID)
+        if owner not in (None, uid):
+            raise Permanent(f"bucket {name} belongs to another object (uid {owner})", reason="NameTaken")
+        return {"Name": name, "Tags": tags}
+
+    async def create(self, api: Any, obj: Object, refs: Refs) -> dict[str, Any]:
+        name, region = self.bucket_name(obj), obj["spec"].get("region", "us-east-1")
+        kw: dict[str, Any] = {"Bucket": name}
+        if region != "us-east-1":
+            kw["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        await api("CreateBucket", "create_bucket", **kw)
+        await api("PutBucketTagging", "put_bucket_tagging", Bucket=name,
+                  Tagging={"TagSet": owner_tags(obj, self.kind)})
+        return {"Name": name, "Tags": owner_tags(obj, self.kind)}
+
+    async def align(self, api: Any, obj: Object, refs: Refs, current: dict[str, Any]) -> dict[str, Any]:
+        if tag_dict(current.get("Tags")).get(OWNER_UID) != str(obj["metadata"]["uid"]):
+            await api("PutBucketTagging", "put_bucket_tagging", Bucket=current["Name"],
+                      Tagging={"TagSet": owner_tags(obj, self.kind)})
+            return {**current, "Tags": owner_tags(obj, self.kind)}
+        return current
+
+    async def delete(self, api: Any, current: dict[str, Any]) -> None:
+        await api("DeleteBucket", "delete_bucket", Bucket=current["Name"])
+
+    def status(self, current: dict[str, Any]) -> dict[str, Any]:
+        return {"bucketName": current["Name"], "arn": f"arn:aws:s3:::{current['Name']}"}
+
+
+KINDS: dict[str, CloudKind] = {k.plural: k for k in (VPC(), Subnet(), SecurityGroup(), Instance(), Bucket())}
+
+
+def require(value: str, what: str) -> str:
+    if not value:
+        raise NotReady(f"{what} has no id yet", retry_after=2.0, reason="DependencyNotReady")
+    return value

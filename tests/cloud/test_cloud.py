@@ -174,3 +174,35 @@ async def test_the_reaper_finds_the_forgotten_and_leaves_the_owned(
     assert all(states[s] in ("shutting-down", "terminated") for s in strays)
     assert states[kept] == "running"
     assert not elb.describe_load_balancers()["LoadBalancers"]
+
+
+async def test_a_reaper_object_reports_orphans_on_its_schedule(admin: Client, moto: MotoServer) -> None:
+    reapers = resource_named("reapers")
+    stray = ec2(moto).run_instances(ImageId=AMI, MinCount=1, MaxCount=1, InstanceType="t3.micro")
+    stray_id = stray["Instances"][0]["InstanceId"]
+    await admin.create(reapers, {"apiVersion": "aws.setpoint.dev/v1alpha1", "kind": "Reaper",
+                                 "metadata": {"name": "hourly"},
+                                 "spec": {"endpointUrl": moto.url, "intervalSeconds": 1}}, namespace="default")
+
+    async def reported() -> dict[str, Any] | None:
+        r = await admin.get(reapers, "hourly", namespace="default")
+        ids = {o["id"] for o in (r.get("status") or {}).get("orphans") or []}
+        return r if stray_id in ids else None
+
+    r = await eventually(reported, timeout=30, what="the stray instance in the Reaper's status")
+    assert r["status"]["monthlyCost"] >= round(0.0104 * 730, 2) and r["status"]["deleted"] == []
+    first = r["status"]["lastRunTime"]
+
+    async def ran_again() -> bool:
+        return bool((await admin.get(reapers, "hourly", namespace="default"))["status"]["lastRunTime"] != first)
+
+    await eventually(ran_again, timeout=15, what="a second run on the schedule")
+    states = [i["State"]["Name"] for r in ec2(moto).describe_instances(InstanceIds=[stray_id])["Reservations"]
+              for i in r["Instances"]]
+    assert states == ["running"], "a reaper without delete: true deleted something"
+
+
+def resource_named(plural: str) -> Any:
+    from setpoint.client import Resource
+
+    return Resource("aws.setpoint.dev", "v1alpha1", plural, kind="Reaper")

@@ -9,7 +9,6 @@ did.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,8 +18,6 @@ import typer
 from setpoint.cli.agent import KubeconfigOpt, ServersOpt, _client_config, _run
 from setpoint.cli.app import app, console
 from setpoint.cli.template import parse_duration
-
-DELETE_ORDER = ["instance", "loadbalancer", "security-group", "subnet", "vpc", "bucket"]
 
 
 def _age(seconds: float | None) -> str:
@@ -45,11 +42,9 @@ def reap(
     server: ServersOpt = None,
 ) -> None:
     """Report cloud resources that no setpoint object owns, with their estimated monthly cost."""
-    from setpoint.agent.errors import DriverError
     from setpoint.client import Client
-    from setpoint.drivers.aws import KINDS, OWNER_UID, resource
-    from setpoint.drivers.aws.inventory import delete as delete_resource
-    from setpoint.drivers.aws.inventory import inventory, load_prices, monthly_cost
+    from setpoint.drivers.aws.inventory import load_prices
+    from setpoint.drivers.aws.reaper import reap as reap_once
     from setpoint.drivers.aws.session import Clients
 
     min_age = parse_duration(older_than)
@@ -58,37 +53,10 @@ def reap(
     result: dict[str, Any] = {}
 
     async def main() -> None:
-        clients = Clients()
         async with Client(config) as client:
-            live: set[str] = set()
-            for plural in KINDS:
-                async for obj in client.iter_list(resource(plural)):
-                    live.add(str(obj["metadata"].get("uid")))
-            now = dt.datetime.now(dt.UTC)
-            orphans = []
-            for r in region:
-                for a in await inventory(clients, r, endpoint_url):
-                    if a.owner_uid is not None and a.owner_uid in live:
-                        continue  # owned: never touched
-                    why = "untagged" if a.owner_uid is None else "its owner object is gone"
-                    orphans.append((a, why, a.age_seconds(now), monthly_cost(a, table_prices)))
-            deleted: list[str] = []
-            failed: list[str] = []
-            if delete:
-                # Dependents first: what runs in a network before the network.
-                for a, _, age, _ in sorted(orphans, key=lambda o: DELETE_ORDER.index(o[0].kind)):
-                    if (age is not None and age >= min_age) or (age is None and min_age == 0):
-                        try:
-                            await delete_resource(clients, a, endpoint_url)
-                            deleted.append(f"{a.kind} {a.id}")
-                        except DriverError as e:
-                            failed.append(f"{a.kind} {a.id}: {e.message}")
-            result["orphans"] = [{"kind": a.kind, "id": a.id, "region": a.region, "why": why, "owner": a.owner,
-                                  "ownerUid": a.tags.get(OWNER_UID), "ageSeconds": age, "monthlyCost": cost}
-                                 for a, why, age, cost in orphans]
-            result["monthlyCost"] = round(sum(c for *_, c in orphans), 2)
-            result["deleted"] = deleted
-            result["failed"] = failed
+            report = await reap_once(client, Clients(), list(region), endpoint_url=endpoint_url, prices=table_prices,
+                                     delete_orphans=delete, min_age=min_age)
+        result.update(report.as_dict())
 
     _run(main)
     code = 1 if result.get("failed") else 0

@@ -13,9 +13,12 @@ import asyncio
 import logging
 from typing import Any
 
-from setpoint.agent import LeaderElector, Result
-from setpoint.client import Client
+from setpoint.agent import Controller, LeaderElector, Result
+from setpoint.agent.conditions import now_micro
+from setpoint.client import Client, Resource
 from setpoint.drivers.aws import KINDS, AwsDriver, resource
+from setpoint.drivers.aws.inventory import load_prices
+from setpoint.drivers.aws.reaper import reap
 from setpoint.drivers.aws.session import Clients
 from setpoint.drivers.reconciler import DriverController
 from setpoint.types import Object
@@ -41,6 +44,39 @@ class CloudController(DriverController[AwsDriver]):
                       message=f"the cloud reports it {status.get('state') or 'not ready'}", requeue_after=1.0)
 
 
+REAPERS = Resource("aws.setpoint.dev", "v1alpha1", "reapers", namespaced=True, kind="Reaper")
+
+
+class ReaperController(Controller):
+    """``setpoint reap`` on a schedule (``spec.intervalSeconds``), its last report in status."""
+
+    resource = REAPERS
+    name = "reapers"
+
+    def __init__(self, client: Client, clients: Clients, **kw: Any) -> None:
+        super().__init__(client, **kw)
+        self.clients = clients
+        self.prices = load_prices()
+
+    async def reconcile(self, obj: Object) -> Result:
+        spec = obj.get("spec") or {}
+        report = await reap(self.client, self.clients, list(spec.get("regions") or ["us-east-1"]),
+                            endpoint_url=str(spec.get("endpointUrl") or ""), prices=self.prices,
+                            delete_orphans=bool(spec.get("delete")), min_age=float(spec.get("olderThanSeconds", 3600)))
+        doc = report.as_dict()
+        status = {"lastRunTime": now_micro(), "examined": report.examined, "orphanCount": len(report.orphans),
+                  "monthlyCost": report.monthly_cost, "orphans": doc["orphans"][:100], "deleted": report.deleted,
+                  "failed": report.failed}
+        if report.failed:
+            self.events.warning(obj, "NotDeleted", f"{len(report.failed)} orphans could not be deleted yet: "
+                                f"{report.failed[0]}")
+        if report.deleted:
+            self.events.normal(obj, "Reaped", f"deleted {len(report.deleted)}: {', '.join(report.deleted[:10])}")
+        message = f"{len(report.orphans)} orphans, about ${report.monthly_cost:.2f} a month"
+        return Result(status=status, ready=True, reason="Reaped", message=message,
+                      requeue_after=float(spec.get("intervalSeconds", 3600)))
+
+
 class CloudControllers:
     """Every cloud kind's controller, under one leader election (run several for availability)."""
 
@@ -51,11 +87,12 @@ class CloudControllers:
         self.elector = (LeaderElector(client, namespace=lease_namespace, name="setpoint-cloud-controller",
                                       identity=identity) if leader_election else None)
         self.drift_interval = drift_interval
-        self.controllers: list[CloudController] = []
+        self.controllers: list[Controller] = []
 
     async def _lead(self) -> None:
-        self.controllers = [CloudController(self.client, plural, self.clients, drift_interval=self.drift_interval)
-                            for plural in KINDS]
+        self.controllers = [
+            CloudController(self.client, plural, self.clients, drift_interval=self.drift_interval) for plural in KINDS]
+        self.controllers.append(ReaperController(self.client, self.clients))
         async with asyncio.TaskGroup() as tg:
             for c in self.controllers:
                 tg.create_task(c.run())

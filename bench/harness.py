@@ -117,7 +117,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="py-spy --native: C frames too (GC, write(2), msgspec, sqlite); default on")
     ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""),
                     help="comma list of parts: loadgen,sqlite,ceiling,etcd,setpoint,agent,backends,southbound,"
-                         "transfer,loadbalancer,templates,clients")
+                         "transfer,loadbalancer,templates,cloud,clients")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("BENCH_OUT", RESULTS)))
     ap.add_argument("--tmp-dir", default=os.environ.get("BENCH_TMPDIR"),
                     help="where data directories go (default: the system temp dir)")
@@ -496,6 +496,10 @@ class Bench:
             from bench import templates
             with self.section("templates"):
                 self.results["templates"] = {k: v for k, v in templates.run(self).items() if k != "markdown"}
+        if "cloud" in p or not self.a.only:  # cloud resources against moto's AWS API: bench/cloud.py
+            from bench import cloud
+            with self.section("cloud"):
+                self.results["cloud"] = {k: v for k, v in cloud.run(self).items() if k != "markdown"}
         if "clients" in p or not self.a.only:  # the kubernetes client and kopf as informers: bench/clients.py
             from bench import clients
             with self.section("clients"):

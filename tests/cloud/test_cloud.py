@@ -17,8 +17,9 @@ import pytest
 from setpoint.agent.conditions import get_condition
 from setpoint.client import Client, NotFound
 from setpoint.drivers.aws import resource
+from setpoint.testing.replyloss import ReplyLossProxy as LosingProxy
 from tests.agent.support import eventually
-from tests.cloud.support import CREDENTIALS, LosingProxy, MotoServer
+from tests.cloud.support import CREDENTIALS, MotoServer
 from tests.servers import ServerProcess
 
 boto3 = pytest.importorskip("boto3", reason="boto3 and moto are test extras")

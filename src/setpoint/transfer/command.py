@@ -44,6 +44,10 @@ from setpoint.types import Object
 log = logging.getLogger(__name__)
 
 _decode = msgspec.json.Decoder().decode
+# A message not acked within this is delivered again: what a delivery lost on the network costs.
+# An agent acks within milliseconds of receiving; a late ack only means a duplicate, dropped as stale.
+ACK_WAIT_SECONDS = 1.0
+BUSY_FETCH_SECONDS = 0.2
 _NAME = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -71,6 +75,7 @@ class CommandTransport(Transport):
         self._pred: Predicate | None = None
         self._tombstones: OrderedDict[str, int] = OrderedDict()
         self.snapshot_from_stream = False  # how the last start got its snapshot (for tests, metrics)
+        self._busy = False  # the last fetch brought messages
         self._instance = uuid.uuid4().hex[:8]
 
     def durable_name(self, target: Target) -> str:
@@ -89,7 +94,12 @@ class CommandTransport(Transport):
             if self._psub is None or target.resource_version is None:
                 await self._start(target)
                 return
-            await self._consume(target, timeout=max(1.0, min(target.idle_timeout, 5.0)))
+            # Busy (the last fetch brought messages): a short fetch. A delivery lost on the way
+            # leaves a fetch waiting for a batch that cannot fill; the short wait bounds that
+            # stall, and the message comes again after ack_wait. Idle: a long poll, so that an
+            # agent with nothing to do asks rarely.
+            idle = max(1.0, min(target.idle_timeout, 5.0))
+            await self._consume(target, timeout=BUSY_FETCH_SECONDS if self._busy else idle)
         except ClientError:  # the API's answer (a refused selector, 404, ...) or a connection failure
             self._psub = None
             raise
@@ -121,7 +131,7 @@ class CommandTransport(Transport):
             await self._js.delete_consumer(stream, durable)
         subject = names.command_filter(target.resource.group, target.resource.plural, target.namespace)
         config = ConsumerConfig(deliver_policy=DeliverPolicy.LAST_PER_SUBJECT, ack_policy=AckPolicy.EXPLICIT,
-                                ack_wait=5.0, max_ack_pending=10 * self.batch, inactive_threshold=600.0)
+                                ack_wait=ACK_WAIT_SECONDS, max_ack_pending=10 * self.batch, inactive_threshold=600.0)
         try:
             seed = await self._js.get_last_msg(stream, names.seed)
         except NotFoundError:
@@ -135,12 +145,24 @@ class CommandTransport(Transport):
             await list_into(target)
             return
         self.snapshot_from_stream = True
-        info = await self._psub.consumer_info()
-        remaining = int(info.num_pending)
         newest: dict[str, tuple[str, int, Object]] = {}
         top = int(_decode(seed.data).get("revision", 0))
-        while remaining > 0:
-            msgs = await self._psub.fetch(min(self.batch, remaining), timeout=10)
+        # Until every message the stream held at the start is delivered and acked (messages that
+        # arrive meanwhile may come along; a steady stream of them must not keep the snapshot
+        # from ending). A delivery lost on the way comes again after ack_wait: short fetches and
+        # the consumer's own counts, instead of a wait for a batch that cannot fill.
+        last = int((await self._js.stream_info(stream)).state.last_seq)
+        while True:
+            info = await self._psub.consumer_info()
+            delivered = int(info.delivered.stream_seq or 0) if info.delivered is not None else 0
+            if (int(info.num_pending) == 0 or delivered >= last) and int(info.num_ack_pending) == 0:
+                break
+            try:
+                msgs = await self._psub.fetch(self.batch, timeout=BUSY_FETCH_SECONDS * 5)
+            except Exception as e:
+                if _is_timeout(e):
+                    continue
+                raise
             for msg in msgs:
                 parsed = self._parse(target, msg)
                 if parsed is not None:
@@ -150,7 +172,6 @@ class CommandTransport(Transport):
                         newest[key] = (etype, rev, obj)
                     top = max(top, rev)
                 await msg.ack()
-            remaining -= len(msgs)
         pred = self._pred
         items = [obj for etype, _, obj in newest.values()
                  if etype != "DELETED" and (pred is None or pred(obj))]
@@ -161,7 +182,12 @@ class CommandTransport(Transport):
         target.replace(items, str(top))
 
     async def _consume(self, target: Target, timeout: float) -> None:
-        msgs = await self._psub.fetch(self.batch, timeout=timeout)
+        try:
+            msgs = await self._psub.fetch(self.batch, timeout=timeout)
+        except Exception:
+            self._busy = False
+            raise
+        self._busy = bool(msgs)
         for msg in msgs:
             parsed = self._parse(target, msg)
             if parsed is not None:

@@ -1,0 +1,81 @@
+"""The command transfer through what its NATS server goes through: a restart (the stream and the
+consumers are on disk; clients reconnect) and a purge of the stream (the server notices its seed
+marker is gone and publishes everything again). The agent's cache ends equal to the API's."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from setpoint.agent.cache import object_key
+from setpoint.agent.informer import Backoff, Informer
+from setpoint.client import Client
+from setpoint.transfer import transport_factory
+from setpoint.transfer.natsserver import NatsServer
+from setpoint.transfer.subjects import Subjects
+from tests.agent.support import WIDGETS, client_for, eventually, prepare
+from tests.conftest import widget
+from tests.servers import ServerProcess
+
+PREFIX = f"r{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def nats(tmp_path: Path) -> Iterator[NatsServer]:
+    with NatsServer(tmp_path / "nats") as n:
+        yield n
+
+
+@pytest.fixture
+def own_server(tmp_path: Path, nats: NatsServer) -> Iterator[ServerProcess]:
+    srv = ServerProcess(tmp_path / "server", ["--nats", nats.url, "--nats-prefix", PREFIX]).start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+async def client(own_server: ServerProcess) -> AsyncIterator[Client]:
+    async with client_for(own_server) as c:
+        yield c
+
+
+async def same_as_server(informer: Informer, client: Client, ns: str) -> bool:
+    truth = {object_key(o): o["metadata"]["resourceVersion"] for o in (await client.list(WIDGETS, namespace=ns)).items}
+    return truth == {object_key(o): o["metadata"]["resourceVersion"] for o in informer.list()}
+
+
+async def test_the_command_transfer_survives_a_nats_restart_and_a_purge(
+        client: Client, nats: NatsServer) -> None:
+    ns = await prepare(client)
+    factory = transport_factory("command", nats_url=nats.url, consumer=f"t{uuid.uuid4().hex[:6]}",
+                                resync_period=2.0)
+    informer = Informer(client, WIDGETS, namespace=ns, transport=factory(), backoff=Backoff(initial=0.05, cap=0.5))
+    for i in range(20):
+        await client.create(WIDGETS, widget(f"w{i}", size=i), namespace=ns)
+    async with informer:
+        await informer.wait_synced(timeout=30)
+        await eventually(lambda: same_as_server(informer, client, ns), timeout=20, what="the first picture")
+
+        await asyncio.to_thread(nats.restart)  # the stream and the consumer are on disk
+        for i in range(10):
+            await client.patch(WIDGETS, f"w{i}", {"spec": {"size": 100 + i}}, namespace=ns)
+        await client.delete(WIDGETS, "w19", namespace=ns)
+        await eventually(lambda: same_as_server(informer, client, ns), timeout=30,
+                         what="the changes made after the NATS restart")
+
+        import nats as nats_py
+
+        nc = await nats_py.connect(nats.url)
+        try:
+            await nc.jetstream().purge_stream(Subjects(PREFIX).command_stream)
+        finally:
+            await nc.close()
+        for i in range(10, 15):
+            await client.patch(WIDGETS, f"w{i}", {"spec": {"size": 200 + i}}, namespace=ns)
+        await client.create(WIDGETS, widget("after-purge", size=1), namespace=ns)
+        await eventually(lambda: same_as_server(informer, client, ns), timeout=30,
+                         what="the changes made after the purge")

@@ -76,8 +76,8 @@ async def converge(client: Any, endpoint: str, n: int, proxy: Any, moto_url: str
     elapsed = time.perf_counter() - started
     ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=moto_url)
     per_object: dict[str, int] = {}
-    for r in ec2.get_paginator("describe_instances").paginate():
-        for i in r["Instances"]:
+    for page in ec2.get_paginator("describe_instances").paginate():
+        for i in (i for r in page["Reservations"] for i in r["Instances"]):
             tags = {t["Key"]: t["Value"] for t in i.get("Tags") or []}
             owner = tags.get("setpoint.dev/owner", "")
             if owner.startswith(f"{ns}/") and i["State"]["Name"] != "terminated":

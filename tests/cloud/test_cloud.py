@@ -207,3 +207,28 @@ def resource_named(plural: str) -> Any:
     from setpoint.client import Resource
 
     return Resource("aws.setpoint.dev", "v1alpha1", plural, kind="Reaper")
+
+
+async def test_an_elbv2_load_balancer_forwards_to_a_target_group_of_instances(
+        admin: Client, moto: MotoServer) -> None:
+    url = moto.url
+    await admin.create(VPCS, obj("VPC", "net", url, cidrBlock="10.4.0.0/16"), namespace="default")
+    for name, cidr, zone in (("a", "10.4.1.0/24", "us-east-1a"), ("b", "10.4.2.0/24", "us-east-1b")):
+        await admin.create(SUBNETS, obj("Subnet", name, url, vpcRef="net", cidrBlock=cidr, availabilityZone=zone),
+                           namespace="default")
+    await admin.create(INSTANCES, obj("Instance", "vm", url, imageId=AMI, subnetRef="a"), namespace="default")
+    await admin.create(resource("targetgroups"), obj("TargetGroup", "web", url, vpcRef="net", port=8080,
+                                                     instanceRefs=["vm"]), namespace="default")
+    await admin.create(resource("loadbalancers"), obj("LoadBalancer", "front", url, subnetRefs=["a", "b"],
+                                                      listeners=[{"port": 80, "targetGroupRef": "web"}]),
+                       namespace="default")
+    lb = await eventually(lambda: ready(admin, resource("loadbalancers"), "front"), timeout=60, what="the ELB")
+    tg = await eventually(lambda: ready(admin, resource("targetgroups"), "web"), timeout=30, what="the group")
+    vm = (await admin.get(INSTANCES, "vm", namespace="default"))["status"]["instanceId"]
+    elb = boto3.client("elbv2", region_name="us-east-1", endpoint_url=url, **_keys())
+    listeners = elb.describe_listeners(LoadBalancerArn=lb["status"]["loadBalancerArn"])["Listeners"]
+    assert [(x["Port"], x["DefaultActions"][0]["TargetGroupArn"]) for x in listeners] == \
+        [(80, tg["status"]["targetGroupArn"])]
+    targets = elb.describe_target_health(TargetGroupArn=tg["status"]["targetGroupArn"])["TargetHealthDescriptions"]
+    assert [t["Target"]["Id"] for t in targets] == [vm]
+    assert len(elb.describe_load_balancers()["LoadBalancers"]) == 1

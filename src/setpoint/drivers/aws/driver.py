@@ -67,6 +67,15 @@ class AwsDriver:
         if spec.get("securityGroupRefs"):
             refs.group_ids = tuple([await self._id_of(obj, "securitygroups", g, "groupId")
                                     for g in spec["securityGroupRefs"]])
+        if spec.get("subnetRefs"):
+            refs.subnet_ids = tuple([await self._id_of(obj, "subnets", s, "subnetId") for s in spec["subnetRefs"]])
+        if spec.get("instanceRefs"):
+            refs.instance_ids = tuple([await self._id_of(obj, "instances", i, "instanceId")
+                                       for i in spec["instanceRefs"]])
+        for lst in spec.get("listeners") or []:
+            name = str(lst.get("targetGroupRef", ""))
+            if name and name not in refs.target_group_arns:
+                refs.target_group_arns[name] = await self._id_of(obj, "targetgroups", name, "targetGroupArn")
         return refs
 
     async def observe(self, obj: Object) -> dict[str, Any] | None:

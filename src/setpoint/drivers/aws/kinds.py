@@ -11,7 +11,7 @@ honours it).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from setpoint.agent.errors import NotReady, Permanent
@@ -47,6 +47,9 @@ class Refs:
     vpc_id: str = ""
     subnet_id: str = ""
     group_ids: tuple[str, ...] = ()
+    subnet_ids: tuple[str, ...] = ()
+    instance_ids: tuple[str, ...] = ()
+    target_group_arns: dict[str, str] = field(default_factory=dict)  # name -> ARN
 
 
 class CloudKind:
@@ -270,7 +273,101 @@ class Bucket(CloudKind):
         return {"bucketName": current["Name"], "arn": f"arn:aws:s3:::{current['Name']}"}
 
 
-KINDS: dict[str, CloudKind] = {k.plural: k for k in (VPC(), Subnet(), SecurityGroup(), Instance(), Bucket())}
+def elb_name(meta: dict[str, Any]) -> str:
+    """ELBv2 names: 32 letters, digits or hyphens, not ending with one; from the uid, so unique."""
+    return "sp-" + str(meta["uid"]).replace("-", "")[:29]
+
+
+async def _elb_find(api: Any, action: str, method: str, key: str, arn_key: str, uid: str) -> dict[str, Any] | None:
+    """ELBv2 has no tag filter on its listings: list, then read the tags twenty at a time."""
+    items = (await api(action, method))[key]
+    for start in range(0, len(items), 20):
+        arns = [i[arn_key] for i in items[start:start + 20]]
+        for d in (await api("DescribeTags", "describe_tags", ResourceArns=arns))["TagDescriptions"]:
+            if tag_dict(d.get("Tags")).get(OWNER_UID) == uid:
+                found: dict[str, Any] = next(i for i in items if i[arn_key] == d["ResourceArn"])
+                return found
+    return None
+
+
+class TargetGroup(CloudKind):
+    kind, plural, service = "TargetGroup", "targetgroups", "elbv2"
+
+    async def find(self, api: Any, uid: str) -> dict[str, Any] | None:
+        return await _elb_find(api, "DescribeTargetGroups", "describe_target_groups", "TargetGroups",
+                               "TargetGroupArn", uid)
+
+    async def create(self, api: Any, obj: Object, refs: Refs) -> dict[str, Any]:
+        spec, meta = obj["spec"], obj["metadata"]
+        out = await api("CreateTargetGroup", "create_target_group", Name=elb_name(meta),
+                        Protocol=spec.get("protocol", "HTTP"), Port=int(spec.get("port", 80)), VpcId=refs.vpc_id,
+                        TargetType="instance", Tags=owner_tags(obj, self.kind))
+        group: dict[str, Any] = out["TargetGroups"][0]
+        return await self.align(api, obj, refs, group)
+
+    async def align(self, api: Any, obj: Object, refs: Refs, current: dict[str, Any]) -> dict[str, Any]:
+        arn = current["TargetGroupArn"]
+        health = await api("DescribeTargetHealth", "describe_target_health", TargetGroupArn=arn)
+        have = {d["Target"]["Id"] for d in health["TargetHealthDescriptions"]}
+        want = set(refs.instance_ids)
+        if want - have:
+            await api("RegisterTargets", "register_targets", TargetGroupArn=arn,
+                      Targets=[{"Id": i} for i in sorted(want - have)])
+        if have - want:
+            await api("DeregisterTargets", "deregister_targets", TargetGroupArn=arn,
+                      Targets=[{"Id": i} for i in sorted(have - want)])
+        return {**current, "Targets": sorted(want)}
+
+    async def delete(self, api: Any, current: dict[str, Any]) -> None:
+        await api("DeleteTargetGroup", "delete_target_group", TargetGroupArn=current["TargetGroupArn"])
+
+    def status(self, current: dict[str, Any]) -> dict[str, Any]:
+        return {"targetGroupArn": current["TargetGroupArn"], "targets": current.get("Targets", [])}
+
+
+class LoadBalancer(CloudKind):
+    kind, plural, service = "LoadBalancer", "loadbalancers", "elbv2"
+
+    async def find(self, api: Any, uid: str) -> dict[str, Any] | None:
+        return await _elb_find(api, "DescribeLoadBalancers", "describe_load_balancers", "LoadBalancers",
+                               "LoadBalancerArn", uid)
+
+    async def create(self, api: Any, obj: Object, refs: Refs) -> dict[str, Any]:
+        spec, meta = obj["spec"], obj["metadata"]
+        kw: dict[str, Any] = {"Name": elb_name(meta), "Subnets": list(refs.subnet_ids),
+                              "Scheme": spec.get("scheme", "internet-facing"), "Type": spec.get("type", "application"),
+                              "Tags": owner_tags(obj, self.kind)}
+        if refs.group_ids:
+            kw["SecurityGroups"] = list(refs.group_ids)
+        lb: dict[str, Any] = (await api("CreateLoadBalancer", "create_load_balancer", **kw))["LoadBalancers"][0]
+        return await self.align(api, obj, refs, lb)
+
+    async def align(self, api: Any, obj: Object, refs: Refs, current: dict[str, Any]) -> dict[str, Any]:
+        arn = current["LoadBalancerArn"]
+        have = {(lst["Port"], lst["Protocol"]) for lst in
+                (await api("DescribeListeners", "describe_listeners", LoadBalancerArn=arn))["Listeners"]}
+        for lst in obj["spec"].get("listeners") or []:
+            port, protocol = int(lst["port"]), str(lst.get("protocol", "HTTP"))
+            if (port, protocol) not in have:
+                target = require(refs.target_group_arns.get(str(lst["targetGroupRef"]), ""),
+                                 f"TargetGroup {lst['targetGroupRef']}")
+                await api("CreateListener", "create_listener", LoadBalancerArn=arn, Port=port, Protocol=protocol,
+                          DefaultActions=[{"Type": "forward", "TargetGroupArn": target}])
+        return current
+
+    async def delete(self, api: Any, current: dict[str, Any]) -> None:
+        await api("DeleteLoadBalancer", "delete_load_balancer", LoadBalancerArn=current["LoadBalancerArn"])
+
+    def status(self, current: dict[str, Any]) -> dict[str, Any]:
+        return {"loadBalancerArn": current["LoadBalancerArn"], "dnsName": current.get("DNSName", ""),
+                "state": (current.get("State") or {}).get("Code", "")}
+
+    def ready(self, current: dict[str, Any]) -> bool:
+        return (current.get("State") or {}).get("Code") == "active"
+
+
+KINDS: dict[str, CloudKind] = {k.plural: k for k in (VPC(), Subnet(), SecurityGroup(), Instance(), Bucket(),
+                                                      TargetGroup(), LoadBalancer())}
 
 
 def require(value: str, what: str) -> str:

@@ -219,10 +219,10 @@ async def test_an_elbv2_load_balancer_forwards_to_a_target_group_of_instances(
     await admin.create(INSTANCES, obj("Instance", "vm", url, imageId=AMI, subnetRef="a"), namespace="default")
     await admin.create(resource("targetgroups"), obj("TargetGroup", "web", url, vpcRef="net", port=8080,
                                                      instanceRefs=["vm"]), namespace="default")
-    await admin.create(resource("loadbalancers"), obj("LoadBalancer", "front", url, subnetRefs=["a", "b"],
+    await admin.create(resource("elasticloadbalancers"), obj("ElasticLoadBalancer", "front", url, subnetRefs=["a", "b"],
                                                       listeners=[{"port": 80, "targetGroupRef": "web"}]),
                        namespace="default")
-    lb = await eventually(lambda: ready(admin, resource("loadbalancers"), "front"), timeout=60, what="the ELB")
+    lb = await eventually(lambda: ready(admin, resource("elasticloadbalancers"), "front"), timeout=60, what="the ELB")
     tg = await eventually(lambda: ready(admin, resource("targetgroups"), "web"), timeout=30, what="the group")
     vm = (await admin.get(INSTANCES, "vm", namespace="default"))["status"]["instanceId"]
     elb = boto3.client("elbv2", region_name="us-east-1", endpoint_url=url, **_keys())

@@ -325,8 +325,11 @@ class TargetGroup(CloudKind):
         return {"targetGroupArn": current["TargetGroupArn"], "targets": current.get("Targets", [])}
 
 
-class LoadBalancer(CloudKind):
-    kind, plural, service = "LoadBalancer", "loadbalancers", "elbv2"
+class ElasticLoadBalancer(CloudKind):
+    """An ELBv2 load balancer (application or network). Named apart from setpoint.dev's
+    LoadBalancer (HAProxy, Envoy on a node) so that ``loadbalancers`` means one kind."""
+
+    kind, plural, service = "ElasticLoadBalancer", "elasticloadbalancers", "elbv2"
 
     async def find(self, api: Any, uid: str) -> dict[str, Any] | None:
         return await _elb_find(api, "DescribeLoadBalancers", "describe_load_balancers", "LoadBalancers",
@@ -367,7 +370,7 @@ class LoadBalancer(CloudKind):
 
 
 KINDS: dict[str, CloudKind] = {k.plural: k for k in (VPC(), Subnet(), SecurityGroup(), Instance(), Bucket(),
-                                                      TargetGroup(), LoadBalancer())}
+                                                      TargetGroup(), ElasticLoadBalancer())}
 
 
 def require(value: str, what: str) -> str:

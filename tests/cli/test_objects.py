@@ -496,7 +496,7 @@ def test_usage_and_connection_errors(server: ServerProcess, tmp_path: Path) -> N
 
 
 def test_yaml_only_keys_are_read_as_kubectl_reads_them() -> None:
-    from setpoint.cli.objects import _parse
+    from setpoint.cli.objects.manifests import _parse
 
     (m,) = _parse("apiVersion: v1\nkind: X\nmetadata: {name: a}\nspec:\n  on: 3\n  day: 2026-01-01\n", "s",
                   json_only=False)

@@ -18,15 +18,11 @@ import typer
 from setpoint.cli.agent import KubeconfigOpt, ServersOpt, _client_config, _run
 from setpoint.cli.app import app, console
 from setpoint.cli.template import parse_duration
+from setpoint.server.tables import human_duration
 
 
 def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
+    return "?" if seconds is None else human_duration(seconds)
 
 
 @app.command()

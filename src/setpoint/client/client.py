@@ -589,6 +589,11 @@ class Client:
 
     # ---- discovery ------------------------------------------------------------------------------
 
+    async def get_document(self, path: str) -> dict[str, Any]:
+        """The JSON document at a path that is not a resource: discovery (``/api``, ``/apis``,
+        ``/apis/GROUP/VERSION``), ``/version``, ``/openapi/v3``. Errors as for every call."""
+        return await self._json("GET", path)
+
     async def resource_for(self, api_version: str, kind: str) -> Resource:
         """The :class:`Resource` serving ``kind`` in ``api_version`` (``"example.com/v1"``, ``"v1"``),
         from the server's discovery documents; cached per group/version, refreshed once on a miss
@@ -605,7 +610,7 @@ class Client:
     async def _discover(self, api_version: str, refresh: bool) -> builtins.list[dict[str, Any]]:
         if refresh or api_version not in self._discovery:
             path = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"
-            doc = await self._json("GET", path)
+            doc = await self.get_document(path)
             resources = doc.get("resources")
             self._discovery[api_version] = [r for r in resources if isinstance(r, dict)] \
                 if isinstance(resources, list) else []

@@ -345,8 +345,12 @@ async def test_endpoints_of_another_server_are_followed_through_a_cut_event_stre
             await ext.create(ENDPOINTSLICES, endpoint_slice("web-3", [backends[3]]), namespace="default")
             want = set(backends[1:])
             await eventually(lambda: serving(want), timeout=40, what="the new set after the restart")
-            lb = await admin.get(LOADBALANCERS, "lb", namespace="default")
-            assert {b["port"] for b in lb["status"]["backends"]} == want
+
+            async def reported() -> bool:  # the status is written after the balancer changed
+                lb = await admin.get(LOADBALANCERS, "lb", namespace="default")
+                return {b["port"] for b in lb["status"]["backends"]} == want
+
+            await eventually(reported, timeout=20, what="the new set in the status")
     finally:
         external.stop()
 

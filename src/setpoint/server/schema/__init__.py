@@ -7,6 +7,8 @@ The rest of the server needs only ``compile_schema`` and the ``Validator`` it re
 """
 
 from setpoint.server.schema.compile import Validator, compile_schema
-from setpoint.server.schema.errors import Collector as _Collector  # noqa: F401  (tests check the explaining walk)
+
+# The explaining walk, under the name tests/server/test_schema.py checks it by against the verdict.
+from setpoint.server.schema.errors import Collector as _Collector  # noqa: F401
 
 __all__ = ["Validator", "compile_schema"]

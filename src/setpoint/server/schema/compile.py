@@ -66,6 +66,8 @@ def _count(schema: Mapping[str, Any], key: str, where: str) -> int | None:
 
 
 def _build(schema: Any, where: str) -> Node:
+    """The tree of ``schema``; ``where`` is its path in the CRD's schema, for the ValueError
+    that names the first keyword a structural schema may not have (checked in keyword order)."""
     _expect(isinstance(schema, Mapping), where, "a schema must be an object")
     for key in _UNSUPPORTED:
         _expect(key not in schema, where, f"{key} is not supported in a structural schema")
@@ -81,6 +83,15 @@ def _build(schema: Any, where: str) -> Node:
     node.keeps_meta = node.embedded
     if "default" in schema:
         node.has_default, node.default = True, schema["default"]
+    _build_structure(node, schema, where)
+    _build_constraints(node, schema, where)
+    _build_combinators(node, schema, where)
+    _build_list_type(node, schema, where)
+    return node
+
+
+def _build_structure(node: Node, schema: Mapping[str, Any], where: str) -> None:
+    """What the shape walk follows: properties, additionalProperties and items."""
     props = schema.get("properties", {})
     _expect(isinstance(props, Mapping), where, "properties must be an object")
     node.properties = {str(k): _build(v, f"{where}.properties[{k}]") for k, v in props.items()}
@@ -96,6 +107,10 @@ def _build(schema: Any, where: str) -> Node:
     if "items" in schema:
         _expect(isinstance(schema["items"], Mapping), where, "items must be a single schema")
         node.items = _build(schema["items"], f"{where}.items")
+
+
+def _build_constraints(node: Node, schema: Mapping[str, Any], where: str) -> None:
+    """The keywords that constrain a value itself, which only the error walk reads."""
     required = schema.get("required", [])
     _expect(
         isinstance(required, list) and all(isinstance(r, str) for r in required),
@@ -131,6 +146,9 @@ def _build(schema: Any, where: str) -> Node:
     fmt = schema.get("format")
     if isinstance(fmt, str) and fmt in FORMATS:
         node.format = fmt
+
+
+def _build_combinators(node: Node, schema: Mapping[str, Any], where: str) -> None:
     for key in ("allOf", "anyOf", "oneOf"):
         subs = schema.get(key, [])
         _expect(isinstance(subs, list), where, f"{key} must be a list of schemas")
@@ -138,23 +156,26 @@ def _build(schema: Any, where: str) -> Node:
         setattr(node, {"allOf": "all_of", "anyOf": "any_of", "oneOf": "one_of"}[key], built)
     if "not" in schema:
         node.not_ = _build(schema["not"], f"{where}.not")
+
+
+def _build_list_type(node: Node, schema: Mapping[str, Any], where: str) -> None:
+    """``x-kubernetes-list-type``: set and map lists may not repeat an item or a key."""
     list_type = schema.get("x-kubernetes-list-type")
-    if list_type is not None:
+    if list_type is None:
+        return
+    _expect(list_type in ("atomic", "set", "map"), where, "x-kubernetes-list-type must be atomic, set or map")
+    node.list_type = list_type
+    if list_type == "map":
+        keys = schema.get("x-kubernetes-list-map-keys", [])
         _expect(
-            list_type in ("atomic", "set", "map"), where, "x-kubernetes-list-type must be atomic, set or map"
+            isinstance(keys, list) and bool(keys) and all(isinstance(k, str) for k in keys),
+            where,
+            "x-kubernetes-list-type: map needs x-kubernetes-list-map-keys",
         )
-        node.list_type = list_type
-        if list_type == "map":
-            keys = schema.get("x-kubernetes-list-map-keys", [])
-            _expect(
-                isinstance(keys, list) and bool(keys) and all(isinstance(k, str) for k in keys),
-                where,
-                "x-kubernetes-list-type: map needs x-kubernetes-list-map-keys",
-            )
-            node.list_map_keys = tuple(keys)
-    return node
+        node.list_map_keys = tuple(keys)
 
 
+# A pattern reaches fastjsonschema as a format of this prefix, so RE2 checks it, not ``re``.
 PATTERN_FORMAT: Final = "setpoint-re2-pattern:"
 
 

@@ -67,7 +67,7 @@ def _count(schema: Mapping[str, Any], key: str, where: str) -> int | None:
 
 def _build(schema: Any, where: str) -> Node:
     """The tree of ``schema``; ``where`` is its path in the CRD's schema, for the ValueError
-    that names the first keyword a structural schema may not have (checked in keyword order)."""
+    that says where the first thing a structural schema may not say was found."""
     _expect(isinstance(schema, Mapping), where, "a schema must be an object")
     for key in _UNSUPPORTED:
         _expect(key not in schema, where, f"{key} is not supported in a structural schema")
@@ -265,7 +265,6 @@ _EMBEDDED_JSONSCHEMA: Final = {
         "kind": {"type": "string", "maxLength": 63, "pattern": r"^[A-Za-z]([-A-Za-z0-9]*[A-Za-z0-9])?$"},
     },
 }
-
 
 
 class Validator:

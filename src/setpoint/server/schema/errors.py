@@ -267,7 +267,6 @@ def _valid(node: Node, value: Any) -> bool:
     return not c.causes
 
 
-
 def explain(root: Node, obj: Mapping[str, Any], fast: fastjsonschema.JsonSchemaValueException | None) -> Invalid:
     """The 422 for a shaped ``obj`` that failed validation: ``fast`` is fastjsonschema's verdict,
     or None when only the shape walk objected (a ``list-type: map`` key repeated)."""
@@ -285,7 +284,6 @@ def _fast_error_field(exc: fastjsonschema.JsonSchemaValueException) -> str:
     """fastjsonschema's ``data.spec.ports[0]`` as ``spec.ports[0]``."""
     name = exc.name or "data"
     return name[5:] if name.startswith("data.") else ("" if name == "data" else name)
-
 
 
 def _invalid_error(obj: Mapping[str, Any], causes: list[Cause]) -> Invalid:

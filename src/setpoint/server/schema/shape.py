@@ -102,7 +102,6 @@ def shape(node: Node | None, value: Any, dup: list[bool]) -> Any:
     return value
 
 
-
 OBJECT_META_FIELDS: Final = frozenset({
     "name", "generateName", "namespace", "selfLink", "uid", "resourceVersion", "generation",
     "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "labels", "annotations",
@@ -127,7 +126,6 @@ def _unknown(node: Node | None, value: Any, path: str, out: list[str]) -> None:
     elif isinstance(value, list) and node.items is not None:
         for i, v in enumerate(value):
             _unknown(node.items, v, f"{path}[{i}]", out)
-
 
 
 def unknown_fields(root: Node, obj: Mapping[str, Any]) -> list[str]:

@@ -175,7 +175,9 @@ def _build_list_type(node: Node, schema: Mapping[str, Any], where: str) -> None:
         node.list_map_keys = tuple(keys)
 
 
-# A pattern reaches fastjsonschema as a format of this prefix, so RE2 checks it, not ``re``.
+# A pattern reaches fastjsonschema as a format of this prefix, so RE2 checks it, not ``re``. The
+# pattern is in the name hex-encoded: fastjsonschema writes format names into the Python source it
+# generates, where a backslash (``\d``, ``\.``) would be an invalid escape sequence.
 PATTERN_FORMAT: Final = "setpoint-re2-pattern:"
 
 
@@ -195,7 +197,7 @@ def _pattern_formats(translated: Any) -> dict[str, Callable[[str], bool]]:
         if isinstance(node, dict):
             fmt = node.get("format")
             if isinstance(fmt, str) and fmt.startswith(PATTERN_FORMAT) and fmt not in found:
-                found[fmt] = _re2_check(re2_compile(fmt[len(PATTERN_FORMAT):]))
+                found[fmt] = _re2_check(re2_compile(bytes.fromhex(fmt[len(PATTERN_FORMAT):]).decode()))
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
@@ -247,7 +249,7 @@ def _translate(schema: Mapping[str, Any], *, root: bool = False) -> dict[str, An
         out["format"] = schema["format"]
     if isinstance(schema.get("pattern"), str):
         # Checked by RE2 through a format of its own, not by fastjsonschema's backtracking ``re``.
-        out["allOf"] = [*out.get("allOf", []), {"format": PATTERN_FORMAT + schema["pattern"]}]
+        out["allOf"] = [*out.get("allOf", []), {"format": PATTERN_FORMAT + schema["pattern"].encode().hex()}]
     if schema.get("x-kubernetes-list-type") == "set":
         out["uniqueItems"] = True
     if schema.get("x-kubernetes-embedded-resource") and not root:

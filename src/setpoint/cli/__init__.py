@@ -6,6 +6,7 @@ from setpoint.cli import drivers as _drivers  # noqa: F401
 from setpoint.cli import objects as _objects  # noqa: F401
 from setpoint.cli import reap as _reap  # noqa: F401
 from setpoint.cli import serve as _serve  # noqa: F401
+from setpoint.cli import stack as _stack  # noqa: F401
 from setpoint.cli import template as _template  # noqa: F401
 from setpoint.cli.app import app, console, main
 

@@ -20,6 +20,7 @@ from setpoint.agent.conditions import get_condition, set_condition
 from setpoint.client import Client, ClientError, Conflict, NotFound
 from setpoint.controllers.endpoints import EndpointsController
 from setpoint.controllers.resources import LEASES, NODE_LEASE_NAMESPACE, NODES, PROCESS_FINALIZER, PROCESSSETS
+from setpoint.controllers.stack import StackController
 from setpoint.types import Object
 
 log = logging.getLogger(__name__)
@@ -193,11 +194,13 @@ class ControllerManager:
         scheduler = Scheduler(self.client)
         lifecycle = NodeLifecycle(self.client, scheduler)
         endpoints = EndpointsController(self.client)
+        stacks = StackController(self.client)
         self.scheduler, self.lifecycle, self.endpoints = scheduler, lifecycle, endpoints
         async with asyncio.TaskGroup() as tg:
             tg.create_task(scheduler.run())
             tg.create_task(lifecycle.run())
             tg.create_task(endpoints.run())
+            tg.create_task(stacks.run())
 
     async def run(self) -> None:
         if self.elector is None:

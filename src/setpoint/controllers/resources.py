@@ -11,6 +11,7 @@ LOADBALANCERS = Resource("setpoint.dev", "v1alpha1", "loadbalancers", namespaced
 ENDPOINTSLICES = Resource("discovery.k8s.io", "v1", "endpointslices", namespaced=True, kind="EndpointSlice")
 SERVICES = Resource("", "v1", "services", namespaced=True, kind="Service")
 CONFIGMAPS = Resource("", "v1", "configmaps", namespaced=True, kind="ConfigMap")
+STACKS = Resource("setpoint.dev", "v1alpha1", "stacks", namespaced=True, kind="Stack")
 TEMPLATES = Resource("setpoint.dev", "v1alpha1", "templates", namespaced=True, kind="Template")
 
 NODE_LEASE_NAMESPACE = "setpoint-node-lease"

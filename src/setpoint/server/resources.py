@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from setpoint.server import scale
 from setpoint.server.errors import Invalid
 from setpoint.server.scale import ScaleSpec
-from setpoint.server.strategies.base import DEFAULT, Strategy
+from setpoint.server.strategies.base import CRD_STRATEGIES, DEFAULT, Strategy
 
 
 class Validator(Protocol):
@@ -271,5 +271,6 @@ def resource_type_from_crd(
         printer_columns=columns,
         schemas=schemas,
         builtin=False,
+        strategy=CRD_STRATEGIES.get((group, plural), DEFAULT),
         selectable_fields=frozenset(fields),
     )

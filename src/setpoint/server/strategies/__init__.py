@@ -4,6 +4,7 @@ what a kind adds (defaults on create, fields kept on update, extra validation, w
 waits for, what follows a write) is a ``Strategy`` on its ``ResourceType``.
 """
 
-from setpoint.server.strategies.base import DEFAULT, Strategy
+from setpoint.server.strategies import stack as _stack  # noqa: F401 - registers the Stack strategy
+from setpoint.server.strategies.base import CRD_STRATEGIES, DEFAULT, Strategy
 
-__all__ = ["DEFAULT", "Strategy"]
+__all__ = ["CRD_STRATEGIES", "DEFAULT", "Strategy"]

@@ -49,3 +49,7 @@ class Strategy:
 
 
 DEFAULT = Strategy()
+
+# setpoint's own kinds are CRDs; those with rules beyond their schema register a strategy here
+# (by group and plural), which the type built from the CRD then carries.
+CRD_STRATEGIES: dict[tuple[str, str], Strategy] = {}

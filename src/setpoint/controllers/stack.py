@@ -1,0 +1,238 @@
+"""Stacks: objects of any kind created as a dependency graph (``setpoint.stackgraph``).
+
+Each reconcile looks at every resource of the Stack in dependency order: one whose dependencies
+are all converged is created (or changed, by merge patch, when its filled-in template differs
+from the object), as a child owned by the Stack, up to ``spec.parallelism`` writes at a time;
+one whose dependency failed is blocked; the rest wait. References are filled from the converged
+objects themselves. A resource removed from the template is deleted. Deleting the Stack deletes
+its resources dependents first, each gone before what it depends on is touched.
+
+"Converged": the object's Ready condition is True for its current generation; an object whose
+kind reports no conditions (a ConfigMap) is converged once it exists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from setpoint.agent import Controller, NotReady, Permanent, Result
+from setpoint.agent.conditions import get_condition
+from setpoint.client import APIStatusError, Client, ClientError, NotFound, Resource
+from setpoint.controllers.resources import STACKS
+from setpoint.stackgraph import Graph, StackError, build, fill
+from setpoint.types import Object
+
+log = logging.getLogger(__name__)
+
+FINALIZER = "setpoint.dev/stack"
+STACK_LABEL = "setpoint.dev/stack"
+RESOURCE_LABEL = "setpoint.dev/stack-resource"
+
+
+def converged(obj: Object | None) -> bool:
+    if obj is None or obj["metadata"].get("deletionTimestamp"):
+        return False
+    status = obj.get("status") or {}
+    if not status.get("conditions"):
+        return True
+    ready = get_condition(status, "Ready")
+    gen = obj["metadata"].get("generation")
+    observed = (ready or {}).get("observedGeneration", status.get("observedGeneration", gen))
+    return bool(ready and ready.get("status") == "True" and observed == gen)
+
+
+def _merged(live: Any, patch: Any) -> Any:
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(live) if isinstance(live, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = _merged(out.get(k), v)
+    return out
+
+
+class StackController(Controller):
+    resource = STACKS
+    finalizer = FINALIZER
+    name = "stacks"
+
+    def __init__(self, client: Client, **kw: Any) -> None:
+        super().__init__(client, **kw)
+        self._resources: dict[tuple[str, str], Resource] = {}
+
+    async def _resource(self, api_version: str, kind: str) -> Resource:
+        key = (api_version, kind)
+        if key not in self._resources:
+            try:
+                self._resources[key] = await self.client.resource_for(api_version, kind)
+            except NotFound:
+                raise NotReady(f"the server does not serve {kind} in {api_version} (yet)", retry_after=2.0,
+                               reason="KindNotServed") from None
+        return self._resources[key]
+
+    async def _get(self, res: Resource, name: str, namespace: str) -> Object | None:
+        try:
+            return await self.client.get(res, name, namespace=namespace if res.namespaced else None)
+        except NotFound:
+            return None
+
+    def _graph(self, stack: Object) -> Graph:
+        try:
+            return build(stack.get("spec") or {})
+        except StackError as e:
+            raise Permanent(str(e), reason="InvalidStack") from None
+
+    async def _children(self, stack: Object, graph: Graph) -> dict[str, tuple[Resource, str, Object | None]]:
+        ns = stack["metadata"].get("namespace", "default")
+        out = {}
+        for r in stack["spec"]["resources"]:
+            t = r["template"]
+            res = await self._resource(str(t.get("apiVersion", "")), str(t.get("kind", "")))
+            name = str((t.get("metadata") or {}).get("name", ""))
+            out[r["name"]] = (res, name, await self._get(res, name, ns))
+        return out
+
+    async def reconcile(self, obj: Object) -> Result:
+        spec, meta = obj.get("spec") or {}, obj["metadata"]
+        ns = meta.get("namespace", "default")
+        graph = self._graph(obj)
+        children = await self._children(obj, graph)
+        params = spec.get("parameters") or {}
+        objs = {n: c[2] for n, c in children.items() if c[2] is not None}
+        templates = {r["name"]: r["template"] for r in spec["resources"]}
+        phases: dict[str, tuple[str, str]] = {}
+        budget = int(spec.get("parallelism") or 16)
+        writes = []
+        for name in graph.order():
+            res, obj_name, live = children[name]
+            failed = [d for d in graph.deps[name] if phases.get(d, ("",))[0] in ("Failed", "Blocked")]
+            if failed:
+                phases[name] = ("Blocked", f"waits for {', '.join(sorted(failed))}, which failed")
+                continue
+            waiting = [d for d in graph.deps[name] if not converged(objs.get(d))]
+            if waiting:
+                phases[name] = ("Pending", f"waits for {', '.join(sorted(waiting))}")
+                continue
+            try:
+                body = fill(templates[name], params, objs)
+            except KeyError as e:
+                phases[name] = ("Pending", f"waits for a value: {e.args[0]}")
+                continue
+            body = self._owned(body, obj, name, ns, res)
+            if live is None or _merged(live, body) != live:
+                if budget <= 0:
+                    phases[name] = ("Pending", "waits for a write slot (spec.parallelism)")
+                    continue
+                budget -= 1
+                writes.append((name, res, obj_name, live, body))
+                phases[name] = ("Creating" if live is None else "Updating", "")
+            else:
+                phases[name] = ("Ready", "") if converged(live) else ("Progressing", "not converged yet")
+        results = await asyncio.gather(*(self._write(ns, *w) for w in writes))
+        for (name, *_), error in zip(writes, results, strict=True):
+            if error:
+                phases[name] = ("Failed", error)
+        for name in graph.order():  # what waits on a resource that just failed is blocked by it
+            failed = [d for d in graph.deps[name] if phases[d][0] in ("Failed", "Blocked")]
+            if failed and phases[name][0] == "Pending":
+                phases[name] = ("Blocked", f"waits for {', '.join(sorted(failed))}, which failed")
+        await self._delete_removed(obj, set(graph.names), ns)
+        return self._report(obj, graph, children, phases)
+
+    @staticmethod
+    def _owned(body: Object, stack: Object, name: str, ns: str, res: Resource) -> Object:
+        body = dict(body)
+        meta = dict(body.get("metadata") or {})
+        if res.namespaced:
+            meta["namespace"] = ns
+        meta["labels"] = {**(meta.get("labels") or {}), STACK_LABEL: stack["metadata"]["name"], RESOURCE_LABEL: name}
+        meta["ownerReferences"] = [{"apiVersion": STACKS.api_version, "kind": "Stack",
+                                    "name": stack["metadata"]["name"], "uid": stack["metadata"]["uid"],
+                                    "controller": True, "blockOwnerDeletion": True}]
+        body["metadata"] = meta
+        return body
+
+    async def _write(self, ns: str, name: str, res: Resource, obj_name: str, live: Object | None,
+                     body: Object) -> str:
+        """Create or patch one child; the error as text (empty when it worked)."""
+        try:
+            if live is None:
+                await self.client.create(res, body, namespace=ns if res.namespaced else None)
+            else:
+                await self.client.patch(res, obj_name, {k: v for k, v in body.items() if k != "status"},
+                                        namespace=ns if res.namespaced else None)
+            return ""
+        except APIStatusError as e:
+            if e.code in (409, 429) or e.code >= 500:
+                return ""  # raced or busy: the next reconcile looks again
+            return f"{e.code} {e.reason}: {e.message}"
+        except ClientError as e:
+            log.info("stack resource %s: %s", name, e)
+            return ""
+
+    async def _delete_removed(self, stack: Object, names: set[str], ns: str) -> None:
+        for entry in (stack.get("status") or {}).get("resources") or []:
+            if entry.get("name") in names or not entry.get("kind"):
+                continue
+            res = await self._resource(str(entry.get("apiVersion", "")), str(entry["kind"]))
+            try:
+                await self.client.delete(res, str(entry.get("objectName")), namespace=ns if res.namespaced else None)
+            except NotFound:
+                pass
+
+    def _report(self, stack: Object, graph: Graph, children: dict[str, tuple[Resource, str, Object | None]],
+                phases: dict[str, tuple[str, str]]) -> Result:
+        spec = stack["spec"]
+        entries = []
+        for r in spec["resources"]:
+            phase, message = phases.get(r["name"], ("Pending", ""))
+            res, obj_name, _ = children[r["name"]]
+            entry = {"name": r["name"], "apiVersion": res.api_version, "kind": res.kind or r["template"].get("kind"),
+                     "objectName": obj_name, "phase": phase}
+            if message:
+                entry["message"] = message
+            entries.append(entry)
+        objs = {n: c[2] for n, c in children.items() if c[2] is not None}
+        outputs: dict[str, Any] = {}
+        for key, expr in (spec.get("outputs") or {}).items():
+            try:
+                outputs[key] = fill(expr, spec.get("parameters") or {}, objs)
+            except KeyError:
+                pass
+        ready = sum(1 for e in entries if e["phase"] == "Ready")
+        status = {"resources": entries, "readyResources": ready, "outputs": outputs}
+        failed = [e for e in entries if e["phase"] == "Failed"]
+        if failed:
+            f = failed[0]
+            return Result(status=status, ready=False, reason="ResourceFailed",
+                          message=f"{f['name']}: {f.get('message', '')}", requeue_after=5.0)
+        if ready == len(entries):
+            return Result(status=status, ready=True, reason="Converged", message=f"{ready} resources ready")
+        return Result(status=status, ready=False, reason="Applying",
+                      message=f"{ready}/{len(entries)} resources ready", requeue_after=0.5)
+
+    async def finalize(self, obj: Object) -> None:
+        """Dependents first: a resource is deleted once nothing that depends on it exists."""
+        graph = self._graph(obj)
+        ns = obj["metadata"].get("namespace", "default")
+        children = await self._children(obj, graph)
+        alive = {n for n, c in children.items() if c[2] is not None}
+        if not alive:
+            return
+        for name in alive:
+            if graph.dependents(name) & alive:
+                continue
+            res, obj_name, live = children[name]
+            if live is not None and not live["metadata"].get("deletionTimestamp"):
+                try:
+                    await self.client.delete(res, obj_name, namespace=ns if res.namespaced else None)
+                except NotFound:
+                    pass
+        raise NotReady(f"deleting {len(alive)} resources, dependents first", retry_after=0.5, reason="Destroying")
+
+
+__all__ = ["StackController", "converged"]

@@ -1,0 +1,186 @@
+"""Stacks end to end: a real server and controller manager; dependencies, references, cycles and
+references to nothing refused, failure isolation, resume, and destruction dependents first."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from setpoint.agent.conditions import get_condition
+from setpoint.client import Client, Invalid, NotFound, Resource
+from setpoint.controllers.resources import CONFIGMAPS, STACKS
+from setpoint.stackgraph import StackError, build, fill
+from tests.agent.support import WIDGETS, eventually, prepare
+from tests.node.test_node_agent import ControllerManager
+from tests.servers import ServerProcess
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[ServerProcess]:
+    srv = ServerProcess(tmp_path / "server").start()
+    cm = ControllerManager(srv)
+    yield srv
+    cm.stop()
+    srv.stop()
+
+
+@pytest.fixture
+async def admin(cluster: ServerProcess) -> AsyncIterator[Client]:
+    async with Client(cluster.client_config()) as c:
+        await prepare(c, "default")
+        yield c
+
+
+def cm(name: str, **data: Any) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data}
+
+
+def stack(resources: list[dict[str, Any]], **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "setpoint.dev/v1alpha1", "kind": "Stack", "metadata": {"name": "s"},
+            "spec": {"resources": resources, **spec}}
+
+
+async def get_or_none(client: Client, res: Resource, name: str) -> dict[str, Any] | None:
+    try:
+        return await client.get(res, name, namespace="default")
+    except NotFound:
+        return None
+
+
+def test_the_graph_orders_fills_and_refuses() -> None:
+    spec = {"parameters": {"region": "eu"},
+            "resources": [{"name": "b", "template": {"x": "${resources.a.status.id}", "r": "in ${parameters.region}"}},
+                          {"name": "a", "template": {}}, {"name": "c", "template": {}, "dependsOn": ["b"]}]}
+    g = build(spec)
+    assert g.order() == ["a", "b", "c"] and g.dependents("a") == {"b"}
+    assert fill(spec["resources"][0]["template"], spec["parameters"], {"a": {"status": {"id": 7}}}) == \
+        {"x": 7, "r": "in eu"}
+    with pytest.raises(KeyError):
+        fill("${resources.a.status.id}", {}, {"a": {"status": {}}})
+    with pytest.raises(StackError, match=r"a -> b -> a|b -> a -> b"):
+        build({"resources": [{"name": "a", "template": {"v": "${resources.b.x}"}},
+                             {"name": "b", "template": {}, "dependsOn": ["a"]}]})
+    assert 'digraph' in g.dot() and '"a" -> "b"' in g.dot()
+
+
+async def test_cycles_and_references_to_nothing_are_refused_naming_them(admin: Client) -> None:
+    with pytest.raises(Invalid) as e:
+        await admin.create(STACKS, stack([{"name": "a", "template": cm("a"), "dependsOn": ["b"]},
+                                          {"name": "b", "template": cm("b", v="${resources.a.data.v}")}]),
+                           namespace="default")
+    assert "cycle" in e.value.message and "a" in e.value.message and "b" in e.value.message
+    with pytest.raises(Invalid) as e:
+        await admin.create(STACKS, stack([{"name": "a", "template": cm("a", v="${resources.nope.data.v}")}]),
+                           namespace="default")
+    assert "'nope'" in e.value.message and e.value.causes[0].field == "spec.resources[0].template"
+
+
+async def test_a_dependent_waits_for_its_dependency_to_converge_and_gets_its_values(admin: Client) -> None:
+    widget = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}, "spec": {"size": 3}}
+    await admin.create(STACKS, stack([
+        # In text, a reference is text (ConfigMap data must be strings); alone, it keeps its type.
+        {"name": "conf", "template": cm("conf", size="size ${resources.w.spec.size}",
+                                        seen="seen ${resources.w.status.observed}")},
+        {"name": "w", "template": widget},
+        {"name": "free", "template": cm("free", v="${parameters.v}")}], parameters={"v": "x"}), namespace="default")
+    await eventually(lambda: get_or_none(admin, WIDGETS, "w"), timeout=20, what="the widget created")
+    await eventually(lambda: get_or_none(admin, CONFIGMAPS, "free"), timeout=20, what="the independent resource")
+    assert await get_or_none(admin, CONFIGMAPS, "conf") is None, "created before its dependency converged"
+    w = await admin.get(WIDGETS, "w", namespace="default")
+    status = {"observed": 3, "observedGeneration": w["metadata"]["generation"],
+              "conditions": [{"type": "Ready", "status": "True", "reason": "Done",
+                              "observedGeneration": w["metadata"]["generation"]}]}
+    await admin.patch(WIDGETS, "w", {"status": status}, namespace="default", subresource="status")
+    conf = await eventually(lambda: get_or_none(admin, CONFIGMAPS, "conf"), timeout=20, what="the dependent")
+    assert conf["data"] == {"size": "size 3", "seen": "seen 3"}
+
+    async def converged() -> dict[str, Any] | None:
+        s = await admin.get(STACKS, "s", namespace="default")
+        c = get_condition(s.get("status"), "Ready")
+        return s if c and c["status"] == "True" else None
+
+    s = await eventually(converged, timeout=20, what="the stack converged")
+    assert s["status"]["readyResources"] == 3
+    assert conf["metadata"]["ownerReferences"][0]["uid"] == s["metadata"]["uid"]
+
+
+async def test_a_failed_resource_blocks_its_dependents_only_and_a_fix_resumes(admin: Client) -> None:
+    bad = cm("bad")
+    bad["data"] = {"v": {"not": "a string"}}
+    await admin.create(STACKS, stack([{"name": "bad", "template": bad},
+                                      {"name": "after", "template": cm("after"), "dependsOn": ["bad"]},
+                                      {"name": "other", "template": cm("other", v="1")}]), namespace="default")
+
+    async def phases() -> dict[str, str] | None:
+        s = await admin.get(STACKS, "s", namespace="default")
+        p = {e["name"]: e["phase"] for e in (s.get("status") or {}).get("resources") or []}
+        return p if p.get("bad") == "Failed" and p.get("other") == "Ready" else None
+
+    p = await eventually(phases, timeout=20, what="bad Failed, other Ready")
+    assert p["after"] == "Blocked" and await get_or_none(admin, CONFIGMAPS, "after") is None
+    s = await admin.get(STACKS, "s", namespace="default")
+    assert get_condition(s["status"], "Ready")["reason"] == "ResourceFailed"
+    s["spec"]["resources"][0]["template"]["data"] = {"v": "fixed"}
+    await admin.update(STACKS, s, namespace="default")
+    await eventually(lambda: get_or_none(admin, CONFIGMAPS, "after"), timeout=20, what="resumed after the fix")
+
+
+async def test_destroy_goes_dependents_first_and_removed_resources_are_deleted(admin: Client) -> None:
+    await admin.create(STACKS, stack([{"name": "a", "template": cm("a")},
+                                      {"name": "b", "template": cm("b"), "dependsOn": ["a"]},
+                                      {"name": "c", "template": cm("c", v="${resources.b.metadata.name}")},
+                                      {"name": "gone", "template": cm("gone")}]), namespace="default")
+    for n in ("a", "b", "c", "gone"):
+        await eventually(lambda n=n: get_or_none(admin, CONFIGMAPS, n), timeout=20, what=n)  # type: ignore[misc]
+    s = await admin.get(STACKS, "s", namespace="default")
+    s["spec"]["resources"] = s["spec"]["resources"][:3]
+    await admin.update(STACKS, s, namespace="default")
+
+    async def removed() -> bool:
+        return await get_or_none(admin, CONFIGMAPS, "gone") is None
+
+    await eventually(removed, timeout=20, what="the resource removed from the template deleted")
+    order: list[str] = []
+    rv = (await admin.list(CONFIGMAPS, namespace="default")).resource_version
+
+    async def record() -> None:
+        async with admin.watch(CONFIGMAPS, namespace="default", resource_version=rv) as stream:
+            async for ev in stream:
+                if ev.type == "DELETED":
+                    order.append(ev.object["metadata"]["name"])
+                    if len(order) == 3:
+                        return
+
+    watcher = asyncio.create_task(record())
+    await admin.delete(STACKS, "s", namespace="default")
+    await asyncio.wait_for(watcher, 30)
+    assert order == ["c", "b", "a"]
+    await eventually(lambda: _stack_gone(admin), timeout=20, what="the stack gone")
+
+
+async def _stack_gone(admin: Client) -> bool:
+    return await get_or_none(admin, STACKS, "s") is None
+
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "stack" / "web-stack.yaml"
+
+
+async def test_the_example_stack_is_accepted(admin: Client) -> None:
+    import yaml
+
+    body = yaml.safe_load(EXAMPLE.read_text())  # noqa: ASYNC240 - a small file, read once
+    created = await admin.create(STACKS, body, namespace="default", dry_run=True)
+    assert [r["name"] for r in created["spec"]["resources"]] == ["app", "balancer", "listing"]
+
+
+def test_the_example_stack_graphs() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "setpoint", "graph", "-f", str(EXAMPLE)], capture_output=True,
+                         text=True, check=True).stdout
+    assert '"app" -> "balancer";' in out and '"app" -> "listing";' in out

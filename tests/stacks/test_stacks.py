@@ -172,7 +172,7 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "stack" / "web-stac
 async def test_the_example_stack_is_accepted(admin: Client) -> None:
     import yaml
 
-    body = yaml.safe_load(EXAMPLE.read_text())  # noqa: ASYNC240 - a small file, read once
+    body = yaml.safe_load(EXAMPLE.read_text())
     created = await admin.create(STACKS, body, namespace="default", dry_run=True)
     assert [r["name"] for r in created["spec"]["resources"]] == ["app", "balancer", "listing"]
 

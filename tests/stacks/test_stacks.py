@@ -184,3 +184,33 @@ def test_the_example_stack_graphs() -> None:
     out = subprocess.run([sys.executable, "-m", "setpoint", "graph", "-f", str(EXAMPLE)], capture_output=True,
                          text=True, check=True).stdout
     assert '"app" -> "balancer";' in out and '"app" -> "listing";' in out
+
+
+async def test_plan_shows_what_apply_would_do_and_changes_nothing(
+        admin: Client, cluster: ServerProcess, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import yaml
+
+    body = stack([{"name": "a", "template": cm("a", v="1")},
+                  {"name": "b", "template": cm("b", v="from ${resources.a.data.v}")}])
+    path = tmp_path / "stack.yaml"
+
+    def plan() -> str:
+        path.write_text(yaml.safe_dump(body))
+        r = subprocess.run([sys.executable, "-m", "setpoint", "plan", "-f", str(path), "--kubeconfig",
+                            str(cluster.data_dir / "kubeconfig.yaml")], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stdout + r.stderr
+        return r.stdout
+
+    out = await asyncio.to_thread(plan)
+    assert "+ ConfigMap a (a): create" in out and "ConfigMap b (b): create, values known after apply" in out
+    assert "Plan: 2 to create, 0 to change, 0 to delete." in out
+    assert await get_or_none(admin, CONFIGMAPS, "a") is None, "plan created something"
+    await admin.create(STACKS, body, namespace="default")
+    await eventually(lambda: get_or_none(admin, CONFIGMAPS, "b"), timeout=20, what="applied")
+    body["spec"]["resources"][0]["template"]["data"]["v"] = "2"
+    out = await asyncio.to_thread(plan)
+    assert "~ ConfigMap a (a): change" in out and "  -  v: '1'" in out and "  +  v: '2'" in out, out
+    assert (await admin.get(CONFIGMAPS, "a", namespace="default"))["data"]["v"] == "1", "plan changed something"

@@ -35,3 +35,104 @@ def graph(
         except StackError as e:
             console.print(f"[red]Stack {name}[/red]: {e}", highlight=False)
             raise typer.Exit(1) from None
+
+
+def _yaml_lines(obj: object) -> list[str]:
+    return yaml.safe_dump(obj, sort_keys=True, default_flow_style=False).splitlines()
+
+
+def _shown(obj: dict) -> dict:  # type: ignore[type-arg]
+    """An object as plan compares it: without what the server maintains."""
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items()
+            if k not in ("uid", "resourceVersion", "generation", "creationTimestamp", "managedFields")}
+    return {**{k: v for k, v in obj.items() if k != "status"}, "metadata": meta}
+
+
+@app.command()
+def plan(
+    filename: Annotated[Path, typer.Option("--filename", "-f", help="A file holding one Stack.")],
+    namespace: Annotated[str, typer.Option("--namespace", "-n", help="The Stack's namespace.")] = "default",
+    kubeconfig: Annotated[str | None, typer.Option(help="Kubeconfig file.")] = None,
+) -> None:
+    """What applying a Stack would create, change or delete, each change as a diff, checked by the
+    server (dry run) and changing nothing. Values that depend on resources not converged yet are
+    shown as "(known after apply)"."""
+    import asyncio
+    import difflib
+
+    from setpoint.client import APIStatusError, Client, ClientConfig, NotFound
+    from setpoint.controllers.resources import STACKS
+    from setpoint.controllers.stack import StackController, converged
+    from setpoint.stackgraph import StackError, build, fill
+
+    docs = [d for d in yaml.safe_load_all(filename.read_text()) if isinstance(d, dict) and d.get("kind") == "Stack"]
+    if len(docs) != 1:
+        console.print(f"[red]{filename} must hold exactly one Stack[/red]", highlight=False)
+        raise typer.Exit(2)
+    stack = docs[0]
+    name = str((stack.get("metadata") or {}).get("name", ""))
+    try:
+        graph = build(stack.get("spec") or {})
+    except StackError as e:
+        console.print(f"[red]Stack {name}[/red]: {e}", highlight=False)
+        raise typer.Exit(1) from None
+    counts = {"create": 0, "change": 0, "delete": 0}
+
+    async def main() -> None:
+        async with Client(ClientConfig.from_kubeconfig(kubeconfig)) as client:
+            try:
+                live_stack = await client.get(STACKS, name, namespace=namespace)
+            except NotFound:
+                live_stack = {"metadata": {"name": name, "uid": "(known after apply)"}}
+            ctl = StackController(client)
+            spec = stack["spec"]
+            objs: dict[str, dict] = {}  # type: ignore[type-arg]
+            for r in spec["resources"]:
+                t = r["template"]
+                res = await ctl._resource(str(t.get("apiVersion", "")), str(t.get("kind", "")))
+                obj_name = str((t.get("metadata") or {}).get("name", ""))
+                live = await ctl._get(res, obj_name, namespace)
+                if live is not None and converged(live):
+                    objs[r["name"]] = live
+            for rname in graph.order():
+                r = next(x for x in spec["resources"] if x["name"] == rname)
+                t = r["template"]
+                res = await ctl._resource(str(t.get("apiVersion", "")), str(t.get("kind", "")))
+                obj_name = str((t.get("metadata") or {}).get("name", ""))
+                live = await ctl._get(res, obj_name, namespace)
+                ref = f"{res.kind} {obj_name} ({rname})"
+                try:
+                    body = StackController._owned(fill(t, spec.get("parameters") or {}, objs), live_stack, rname,
+                                                  namespace, res)
+                except KeyError as e:
+                    counts["create" if live is None else "change"] += 1
+                    console.print(f"~ {ref}: {'create' if live is None else 'change'}, values known after apply "
+                                  f"({e.args[0]})", highlight=False)
+                    continue
+                ns = namespace if res.namespaced else None
+                try:
+                    if live is None:
+                        after = await client.create(res, body, namespace=ns, dry_run=True)
+                        counts["create"] += 1
+                        console.print(f"+ {ref}: create", highlight=False)
+                        print("\n".join("  + " + line for line in _yaml_lines(_shown(after))))
+                        continue
+                    after = await client.patch(res, obj_name, body, namespace=ns, dry_run=True)
+                except APIStatusError as e:
+                    console.print(f"[red]! {ref}: the server refuses it[/red]: {e.message}", highlight=False)
+                    continue
+                diff = list(difflib.unified_diff(_yaml_lines(_shown(live)), _yaml_lines(_shown(after)),
+                                                 lineterm="", n=1))[2:]
+                if diff:
+                    counts["change"] += 1
+                    console.print(f"~ {ref}: change", highlight=False)
+                    print("\n".join("  " + line for line in diff))
+            for entry in (live_stack.get("status") or {}).get("resources") or []:
+                if entry.get("name") not in graph.deps:
+                    counts["delete"] += 1
+                    console.print(f"- {entry.get('kind')} {entry.get('objectName')} ({entry.get('name')}): delete",
+                                  highlight=False)
+
+    asyncio.run(main())
+    console.print(f"Plan: {counts['create']} to create, {counts['change']} to change, {counts['delete']} to delete.",
+                  highlight=False)

@@ -63,8 +63,15 @@ def _max_len_error(length: int) -> str:
     return f"must be no more than {length} characters"
 
 
+# The usual key, checked in one step before the detailed reasons are worked out for a bad one.
+_VALID_KEY: Final = re.compile(
+    f"^(?:(?=[^/]{{1,{_MAX_SUBDOMAIN}}}/){_DNS1123_SUBDOMAIN_FMT}/)?(?=[^/]{{1,{_MAX_NAME}}}$){_QNAME_FMT}$")
+
+
 def label_key_errors(key: str) -> list[str]:
     """Why ``key`` is not a valid label key (empty when it is): ``[prefix/]name``."""
+    if _VALID_KEY.match(key):
+        return []
     errs: list[str] = []
     parts = key.split("/")
     if len(parts) == 1:
@@ -98,6 +105,8 @@ def label_key_errors(key: str) -> list[str]:
 
 def label_value_errors(value: str) -> list[str]:
     """Why ``value`` is not a valid label value (empty when it is)."""
+    if len(value) <= _MAX_NAME and _LABEL_VALUE_RE.match(value):
+        return []
     errs: list[str] = []
     if len(value) > _MAX_NAME:
         errs.append(_max_len_error(_MAX_NAME))

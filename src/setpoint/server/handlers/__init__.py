@@ -9,7 +9,6 @@ server's own read-modify-write loops (patch, finalizers) retry on a fresh read i
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from starlette.requests import Request
@@ -72,7 +71,7 @@ class ResourceHandlers:
     async def handle(self, request: Request, info: RequestInfo, user: Any = None) -> Response:
         rtype = self.resolve(info)
         if not rtype.namespaced and info.namespace:
-            info = dataclasses.replace(info, namespace="")  # /api/v1/namespaces/NAME names the object
+            info = info._replace(namespace="")  # /api/v1/namespaces/NAME names the object
         verb = info.verb
         ctx = self.ctx
         if verb in ("get", "list", "watch"):
@@ -85,8 +84,7 @@ class ResourceHandlers:
             if verb == "list":
                 return await list.list_(ctx, request, info, rtype)
             return await watch.watch(ctx, request, info, rtype)
-        opts = write_options(request.query_params, request.headers, user, verb,
-                             bool(request.scope["query_string"]))
+        opts = write_options(request, user, verb)
         if info.subresource == "scale":
             response = await scale.scale_subresource(ctx, request, info, rtype, opts)
         else:

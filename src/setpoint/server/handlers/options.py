@@ -24,9 +24,12 @@ class WriteOptions:
     warnings: list[str] = field(default_factory=list)
 
 
-def write_options(query: Any, headers: Any, user: Any, verb: str, has_query: bool) -> WriteOptions:
+def write_options(request: Any, user: Any, verb: str) -> WriteOptions:
+    """The options of a write. The query and headers are parsed only when there is something to
+    read in them: most writes have no query string, and every write comes through here."""
     opts = WriteOptions(user=user)
-    if has_query:
+    if request.scope["query_string"]:
+        query = request.query_params
         for v in query.getlist("dryRun"):
             if v != "All":
                 raise BadRequest(f'Invalid dryRun value "{v}": the only supported value is "All"')
@@ -39,5 +42,5 @@ def write_options(query: Any, headers: Any, user: Any, verb: str, has_query: boo
                 opts.field_validation = fv
             opts.field_manager = query.get("fieldManager", "")
     if verb in ("update", "patch"):
-        opts.user_agent = headers.get("user-agent", "")
+        opts.user_agent = request.headers.get("user-agent", "")
     return opts

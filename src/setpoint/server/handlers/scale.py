@@ -5,7 +5,6 @@ with its admission, generation and resourceVersion precondition."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -62,5 +61,5 @@ async def scale_subresource(ctx: Context, request: Request, info: RequestInfo, r
             raise AssertionError("unreachable")
         return scale.with_replicas(copy.deepcopy(old), spec, replicas)
 
-    _, out = await update_object(ctx, dataclasses.replace(info, subresource=""), rtype, mutate, expected, opts)
+    _, out = await update_object(ctx, info._replace(subresource=""), rtype, mutate, expected, opts)
     return json_response(scale.to_scale(msgspec.json.decode(out), spec))

@@ -5,7 +5,6 @@ starts from the watch cache and writes with the revision it read."""
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -140,7 +139,7 @@ async def update_object(
                 continue
             if old is None:  # create_body is set: the object is created
                 assert create_body is not None
-                create_info = dataclasses.replace(info, verb="create", name="", subresource="")
+                create_info = info._replace(verb="create", name="", subresource="")
                 return await create_object(ctx, copy.deepcopy(create_body), create_info, rtype, opts, None)
             assert new is not None
             return 200, encode(ctx.with_version(old if new == old else new, rtype, info.version))

@@ -76,6 +76,17 @@ def _map_entry(v: int | bytes) -> tuple[str, str]:
     return key, value
 
 
+def _bytes_entry(v: bytes) -> tuple[str, str]:
+    """An entry of a ``map<string, bytes>``, its value base64 as JSON carries bytes."""
+    key, raw = "", b""
+    for m, x in _fields(v):
+        if m == 1:
+            key = _str(x)
+        elif m == 2 and isinstance(x, bytes):
+            raw = x
+    return key, base64.b64encode(raw).decode()
+
+
 def _owner_reference(v: bytes) -> dict[str, Any]:
     names = {1: "kind", 3: "name", 4: "uid", 5: "apiVersion"}
     ref: dict[str, Any] = {}
@@ -124,13 +135,8 @@ def _secret(data: bytes) -> dict[str, Any]:
         if n == 1 and isinstance(v, bytes):
             obj["metadata"] = _object_meta(v)
         elif n == 2 and isinstance(v, bytes):
-            key, raw = "", b""
-            for m, x in _fields(v):
-                if m == 1:
-                    key = _str(x)
-                elif m == 2 and isinstance(x, bytes):
-                    raw = x
-            obj.setdefault("data", {})[key] = base64.b64encode(raw).decode()
+            key, value = _bytes_entry(v)
+            obj.setdefault("data", {})[key] = value
         elif n == 3:
             obj["type"] = _str(v)
         elif n == 4:
@@ -152,13 +158,8 @@ def _configmap(data: bytes) -> dict[str, Any]:
             k, val = _map_entry(v)
             obj.setdefault("data", {})[k] = val
         elif n == 3 and isinstance(v, bytes):
-            key, raw = "", b""
-            for m, x in _fields(v):
-                if m == 1:
-                    key = _str(x)
-                elif m == 2 and isinstance(x, bytes):
-                    raw = x
-            obj.setdefault("binaryData", {})[key] = base64.b64encode(raw).decode()
+            key, value = _bytes_entry(v)
+            obj.setdefault("binaryData", {})[key] = value
         elif n == 4:
             obj["immutable"] = bool(v)
     return obj

@@ -31,6 +31,7 @@ import httpx
 import msgspec
 
 from setpoint.agent.errors import NotReady, Permanent, Transient
+from setpoint.drivers.loadbalancer.exits import ExitWatch, exited, instance_dirs
 from setpoint.drivers.loadbalancer.model import Backend, Desired, Frontend, Observed, ServerState
 from setpoint.files import write_atomic
 
@@ -174,7 +175,7 @@ class EnvoyDriver:
         self.binary = default_binary() if binary == "envoy" else binary
         self.on_exit = on_exit
         self._instances: dict[str, Instance] = {}
-        self._watches: dict[str, tuple[int, int]] = {}
+        self.exits = ExitWatch()
         self._http = httpx.AsyncClient(timeout=5.0)
 
     def _instance(self, uid: str) -> Instance:
@@ -266,49 +267,25 @@ class EnvoyDriver:
         self._watch(uid, proc.pid)
 
     def _watch(self, uid: str, pid: int) -> None:
-        known = self._watches.get(uid)
-        if known is not None and known[0] == pid:
-            return
-        self._unwatch(uid)
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:
-            return
-
-        def exited() -> None:
-            self._unwatch(uid)
+        def ended() -> None:
             inst = self._instances.get(uid)
             if inst is not None and inst.process is not None:
                 inst.process.poll()  # reap our child
             if self.on_exit is not None:
                 self.on_exit(uid)
 
-        asyncio.get_running_loop().add_reader(fd, exited)
-        self._watches[uid] = (pid, fd)
-
-    def _unwatch(self, uid: str) -> None:
-        known = self._watches.pop(uid, None)
-        if known is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(known[1])
-            os.close(known[1])
+        self.exits.watch(uid, pid, ended)
 
     async def delete(self, uid: str) -> None:
         inst = self._instance(uid)
-        self._unwatch(uid)
+        self.exits.unwatch(uid)
         pid = inst.running_pid()
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 10.0
-            delay = 0.01
-            while inst.running_pid() is not None and time.monotonic() < deadline:
-                if inst.process is not None:
-                    inst.process.poll()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 0.2)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            if not await exited(pid, 10.0):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             if inst.process is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     await asyncio.to_thread(inst.process.wait, 5)
@@ -316,10 +293,7 @@ class EnvoyDriver:
         self._instances.pop(uid, None)
 
     def owners(self) -> set[str]:
-        if not self.state_dir.is_dir():
-            return set()
-        return {p.name for p in self.state_dir.iterdir() if p.is_dir()}
+        return instance_dirs(self.state_dir)
 
     def close(self) -> None:
-        for uid in list(self._watches):
-            self._unwatch(uid)
+        self.exits.close()

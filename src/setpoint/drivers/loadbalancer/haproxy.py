@@ -35,6 +35,7 @@ from pathlib import Path
 import msgspec
 
 from setpoint.agent.errors import NotReady, Permanent
+from setpoint.drivers.loadbalancer.exits import ExitWatch, exited, instance_dirs
 from setpoint.drivers.loadbalancer.model import Backend, Desired, Frontend, Observed, ServerState
 from setpoint.drivers.loadbalancer.runtime import RuntimeAPI, RuntimeAPIError
 from setpoint.files import write_atomic
@@ -160,7 +161,7 @@ class HAProxyDriver:
         self.binary = binary
         self.on_exit = on_exit
         self._instances: dict[str, Instance] = {}
-        self._watches: dict[str, tuple[int, int]] = {}  # uid -> (pid, pidfd)
+        self.exits = ExitWatch()
 
     def _instance(self, uid: str) -> Instance:
         inst = self._instances.get(uid)
@@ -286,41 +287,18 @@ class HAProxyDriver:
     # ---- exits and deletion -----------------------------------------------------------------
 
     def _watch(self, uid: str, pid: int) -> None:
-        """Call ``on_exit(uid)`` when the balancer's process ends (killed, crashed)."""
-        known = self._watches.get(uid)
-        if known is not None and known[0] == pid:
-            return
-        self._unwatch(uid)
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:
-            return
-        loop = asyncio.get_running_loop()
-
-        def exited() -> None:
-            self._unwatch(uid)
-            if self.on_exit is not None:
-                self.on_exit(uid)
-
-        loop.add_reader(fd, exited)
-        self._watches[uid] = (pid, fd)
-
-    def _unwatch(self, uid: str) -> None:
-        known = self._watches.pop(uid, None)
-        if known is not None:
-            with contextlib.suppress(Exception):
-                asyncio.get_running_loop().remove_reader(known[1])
-            os.close(known[1])
+        """``on_exit(uid)`` when the balancer's process ends (killed, crashed)."""
+        self.exits.watch(uid, pid, lambda: self.on_exit(uid) if self.on_exit is not None else None)
 
     async def delete(self, uid: str) -> None:
         """Stop the balancer (its connections are finished, then it exits) and remove its files."""
         inst = self._instance(uid)
-        self._unwatch(uid)
+        self.exits.unwatch(uid)
         running = inst.running()
         if running is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(running.pid, signal.SIGUSR1)  # soft stop: no new connections, finish the rest
-            if not await _exited(running.pid, 30.0):
+            if not await exited(running.pid, 30.0):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(running.pid, signal.SIGKILL)
         await asyncio.to_thread(shutil.rmtree, inst.dir, True)
@@ -330,38 +308,10 @@ class HAProxyDriver:
 
     def owners(self) -> set[str]:
         """The uids of the balancers this node runs (for the orphan sweep)."""
-        if not self.state_dir.is_dir():
-            return set()
-        return {p.name for p in self.state_dir.iterdir() if p.is_dir()}
+        return instance_dirs(self.state_dir)
 
     def close(self) -> None:
-        for uid in list(self._watches):
-            self._unwatch(uid)
-
-
-async def _exited(pid: int, timeout: float) -> bool:
-    """Wait for a process that is not our child to end (its pidfd becomes readable)."""
-    try:
-        fd = os.pidfd_open(pid)
-    except ProcessLookupError:
-        return True
-    loop = asyncio.get_running_loop()
-    done = loop.create_future()
-
-    def ready() -> None:
-        if not done.done():
-            done.set_result(None)
-
-    loop.add_reader(fd, ready)
-    try:
-        async with asyncio.timeout(timeout):
-            await done
-        return True
-    except TimeoutError:
-        return False
-    finally:
-        loop.remove_reader(fd)
-        os.close(fd)
+        self.exits.close()
 
 
 def _last_alert(text: str) -> str:

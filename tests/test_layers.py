@@ -15,13 +15,14 @@ ROOT = Path(setpoint.__file__).resolve().parent
 SHARED_MODULES = {"setpoint.transfer.subjects", "setpoint.transfer.digest"}
 
 # What each top-level part of the package may import from setpoint (besides itself).
-BASE = {"types", "tasks", "backoff", "files", "stackgraph", "__init__"}
+BASE = {"types", "tasks", "backoff", "files", "stackgraph", "crdgen", "__init__"}
 ALLOWED: dict[str, set[str]] = {
     "types": set(),
     "tasks": set(),
     "backoff": set(),
     "files": set(),
     "stackgraph": set(),
+    "crdgen": set(),
     "__init__": set(),
     "crds": set(),
     "testing": BASE,

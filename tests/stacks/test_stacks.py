@@ -125,7 +125,7 @@ async def test_a_failed_resource_blocks_its_dependents_only_and_a_fix_resumes(ad
     s = await admin.get(STACKS, "s", namespace="default")
     assert get_condition(s["status"], "Ready")["reason"] == "ResourceFailed"
     s["spec"]["resources"][0]["template"]["data"] = {"v": "fixed"}
-    await admin.update(STACKS, s, namespace="default")
+    await admin.patch(STACKS, "s", {"spec": {"resources": s["spec"]["resources"]}}, namespace="default")
     await eventually(lambda: get_or_none(admin, CONFIGMAPS, "after"), timeout=20, what="resumed after the fix")
 
 
@@ -137,8 +137,7 @@ async def test_destroy_goes_dependents_first_and_removed_resources_are_deleted(a
     for n in ("a", "b", "c", "gone"):
         await eventually(lambda n=n: get_or_none(admin, CONFIGMAPS, n), timeout=20, what=n)  # type: ignore[misc]
     s = await admin.get(STACKS, "s", namespace="default")
-    s["spec"]["resources"] = s["spec"]["resources"][:3]
-    await admin.update(STACKS, s, namespace="default")
+    await admin.patch(STACKS, "s", {"spec": {"resources": s["spec"]["resources"][:3]}}, namespace="default")
 
     async def removed() -> bool:
         return await get_or_none(admin, CONFIGMAPS, "gone") is None

@@ -54,6 +54,7 @@ class APIProtocol(HttpToolsProtocol):
 
     api: Server
     _drained = 0
+    _close_when_read = False  # answered a "Connection: close" request before its body arrived
     _header_timer: asyncio.TimerHandle | None = None
     _counted: str | None = None
     _in_headers = False  # a request has begun and its headers are not complete yet
@@ -117,8 +118,14 @@ class APIProtocol(HttpToolsProtocol):
             return
         super().on_body(body)
 
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        if self._close_when_read and not self.transport.is_closing():
+            self.transport.close()
+
     def on_message_begin(self) -> None:
         self._drained = 0
+        self._close_when_read = False
         self._in_headers = True
         super().on_message_begin()
 
@@ -182,7 +189,14 @@ class APIProtocol(HttpToolsProtocol):
         cycle.response_complete = True
         cycle.message_event.set()
         if not cycle.keep_alive:
-            self.transport.close()
+            if cycle.more_body:
+                # The client is still sending (urllib says "Connection: close" and writes its
+                # whole body before it reads): closing now would reset the connection and the
+                # client would never read this answer. Close once the body is in (drained, up to
+                # DRAIN_LIMIT; the keep-alive timeout bounds a client that stops sending).
+                self._close_when_read = True
+            else:
+                self.transport.close()
         cycle.on_response()
 
 

@@ -72,7 +72,8 @@ class WebhookAlertSink:
     async def drain(self, timeout: float = 10.0) -> bool:
         """Wait until every queued alert was posted (or given up on); False at the deadline."""
         try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
+            async with asyncio.timeout(timeout):  # not wait_for: see setpoint.tasks
+                await self._idle.wait()
             return True
         except TimeoutError:
             return False

@@ -125,7 +125,8 @@ class ProcessSetController(Controller):
             except OSError as e:
                 log.warning("orphan sweep failed, will retry: %s", e)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._sweep_now.wait(), self.orphan_sweep_interval)
+                async with asyncio.timeout(self.orphan_sweep_interval):  # not wait_for: see setpoint.tasks
+                    await self._sweep_now.wait()
             self._sweep_now.clear()
 
 

@@ -118,5 +118,6 @@ class DriverController(Controller, Generic[DriverT]):
             except DriverError as e:
                 log.warning("%s: orphan sweep failed, will retry: %s", self.controller_name, e.message)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._sweep_now.wait(), self.orphan_sweep_interval)
+                async with asyncio.timeout(self.orphan_sweep_interval):  # not wait_for: see setpoint.tasks
+                    await self._sweep_now.wait()
             self._sweep_now.clear()

@@ -180,7 +180,8 @@ class GarbageCollector:
             if self._pending or self._overflow:
                 continue
             try:
-                await asyncio.wait_for(self._wake.wait(), self.sweep_interval)
+                async with asyncio.timeout(self.sweep_interval):  # not wait_for: see setpoint.tasks
+                    await self._wake.wait()
             except TimeoutError:
                 await self._sweep()
             self._wake.clear()

@@ -61,7 +61,8 @@ class NamespaceFinalizer:
     async def _run(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.interval)
+                async with asyncio.timeout(self.interval):  # not wait_for: see setpoint.tasks
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.sweep()

@@ -157,7 +157,8 @@ class NatsPublisher:
             if not self._noted:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), _SEED_CHECK_EVERY)
+                    async with asyncio.timeout(_SEED_CHECK_EVERY):  # not wait_for: see setpoint.tasks
+                        await self._wake.wait()
                 if not self._noted:
                     if self.commands and not await self._seeded():
                         log.warning("the command stream lost its seed marker (purged?); publishing every object again")

@@ -426,7 +426,8 @@ class PostgresBackend(Backend):
                         conn.terminate()
                         conn = None
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._poll_interval)
+                    async with asyncio.timeout(self._poll_interval):  # not wait_for: see setpoint.tasks
+                        await self._wake.wait()
         finally:
             if conn is not None:
                 conn.terminate()
@@ -596,7 +597,8 @@ class PostgresBackend(Backend):
             if remaining <= 0:
                 raise Unavailable(f"{self._where}: watchers are behind revision {revision}")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._published.wait(), min(remaining, self._poll_interval))
+                async with asyncio.timeout(min(remaining, self._poll_interval)):  # not wait_for: see setpoint.tasks
+                    await self._published.wait()
 
     @property
     def watchers(self) -> int:

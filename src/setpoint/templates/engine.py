@@ -138,7 +138,8 @@ class Entry:
                 break
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
+                async with asyncio.timeout(remaining):  # not wait_for: see setpoint.tasks
+                    await self._changed.wait()
         self._dirty.clear()
 
     def _template(self, source: str) -> jinja2.Template:

@@ -104,7 +104,8 @@ class InterruptTransport(Transport):
         self._last_fetch = time.monotonic()
         remaining = self.resync_period - (time.monotonic() - self._last_fetch)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._dirty.wait(), max(remaining, 0.0))
+            async with asyncio.timeout(max(remaining, 0.0)):  # not wait_for: see setpoint.tasks
+                await self._dirty.wait()
 
     async def close(self) -> None:
         nc, self._nc, self._sub = self._nc, None, None

@@ -25,7 +25,7 @@ lint: $(VENV)/.installed-test
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/pytest -q -n 3
+	$(BIN)/pytest -q -n 2
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from setpoint.transfer.natsserver import NatsServer
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, kill_left_behind
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -20,6 +20,14 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
     if os.environ.get("SETPOINT_REQUIRE_ALL") == "1" and report.skipped and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"skipped, but SETPOINT_REQUIRE_ALL=1 requires every component: {report.longrepr}"
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind(tmp_path: Path) -> Iterator[None]:
+    """After every test, whatever still runs from its directory (a replica, a balancer, a command's
+    child) is killed: a test that fails half-way must not leave processes without a parent."""
+    yield
+    kill_left_behind(tmp_path)
 
 
 def nats_args(nats: NatsServer) -> list[str]:

@@ -137,3 +137,24 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: s
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(interval)
+
+
+def kill_left_behind(root: Path) -> list[int]:
+    """SIGKILL every process still running from ``root`` (its working directory is there, or its
+    command line names it): the replicas, balancers and children a failed test would otherwise
+    leave without a parent. Returns their pids."""
+    root_s = str(root)
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cwd = os.readlink(f"/proc/{entry}/cwd")
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if cwd.removesuffix(" (deleted)").startswith(root_s) or root_s.encode() in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry), signal.SIGKILL)
+                found.append(int(entry))
+    return found

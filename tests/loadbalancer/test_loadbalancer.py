@@ -104,23 +104,6 @@ def cluster(tmp_path: Path) -> Iterator[tuple[ServerProcess, Agent]]:
     agent.kill(signal.SIGTERM)
     cm.stop()
     srv.stop()
-    for pid in _left_behind(tmp_path):
-        os.kill(pid, signal.SIGKILL)  # a failed test must not leave a balancer or a replica behind
-
-
-def _left_behind(root: Path) -> list[int]:
-    """Processes still running from this test's directories (balancers, replicas)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cwd = os.readlink(f"/proc/{entry}/cwd")
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if cwd.startswith(str(root)) or str(root).encode() in cmdline:
-                pids.append(int(entry))
-    return [p for p in pids if p != os.getpid()]
 
 
 @pytest.fixture

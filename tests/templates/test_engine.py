@@ -79,6 +79,8 @@ async def test_a_burst_is_one_render_and_one_command(
         await asyncio.gather(*(client.patch(CONFIGMAPS, f"c{i}", {"data": {"value": str(round_)}}, namespace=namespace)
                                for i in range(10)))
     await eventually(lambda: out.read_text().count("=100\n") == 10, timeout=20, what="the final state")
+    # The file is written before its command runs: wait for the command too.
+    await eventually(lambda: log.read_text().count("run") >= 2, timeout=20, what="the command after the burst")
     assert entry.outcome.renders == 2, f"{entry.outcome.renders - 1} renders for one burst"
     assert log.read_text().count("run") == 2 and entry.outcome.commands == 2
 

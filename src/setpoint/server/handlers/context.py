@@ -12,6 +12,7 @@ from setpoint.server import bodies, idempotency, protobuf
 from setpoint.server.errors import BadRequest, Conflict, Forbidden, NotFound, RequestEntityTooLarge
 from setpoint.server.handlers.options import WriteOptions
 from setpoint.server.handlers.response import warning_header
+from setpoint.server.keylocks import KeyLocks
 from setpoint.server.objects import (
     decode_stored,
     ensure_object_shape,
@@ -28,7 +29,8 @@ from setpoint.server.watchcache import WatchCache
 from setpoint.store import Backend
 
 # A write without a client precondition (a patch, a finalizer change) retries on a fresh read
-# until it lands, as Kubernetes does; the bound only stops a pathological livelock.
+# until it lands, as Kubernetes does; such writers to one key take turns (KeyLocks), so only
+# writers in other servers can make them retry, and the bound only stops a pathological livelock.
 MAX_CONFLICT_RETRIES = 200
 NAMESPACE_KEY_PREFIX = "/registry/core/namespaces/"
 
@@ -44,6 +46,7 @@ class Context:
         self.idem = idempotency_cache
         self.settings = settings
         self._namespace_state: dict[str, tuple[int, bool]] = {}  # namespace -> (revision, terminating)
+        self.key_locks = KeyLocks()  # writers that retry on conflict take turns per key
 
     # ---- errors -------------------------------------------------------------------------------
 

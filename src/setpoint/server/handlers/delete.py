@@ -69,41 +69,42 @@ async def delete_object(
         admit_node_write(node, "delete", rtype, namespace, name, "", None)
     pre = options.get("preconditions") or {}
     strategy = rtype.strategy
-    for _ in range(MAX_CONFLICT_RETRIES):
-        kv = await ctx.backend.get(key)
-        if kv is None:
-            raise ctx.not_found(rtype, name)
-        obj = decode_stored(kv)
-        meta = obj["metadata"]
-        _check_preconditions(rtype, name, pre, meta)
-        finalizers = list(meta.get("finalizers") or [])
-        policy = options.get("propagationPolicy")
-        if policy in ("Foreground", "Orphan") and not meta.get("deletionTimestamp"):
-            # The garbage collector finishes these deletions (see gc.py).
-            gc_finalizer = "foregroundDeletion" if policy == "Foreground" else "orphan"
-            if gc_finalizer not in finalizers:
-                finalizers.append(gc_finalizer)
-                meta["finalizers"] = list(finalizers)
-        finalizers += strategy.deletion_finalizers(obj)
-        if dry_run:
-            return 200, encode(ctx.with_version(obj, rtype, version))
-        try:
-            if finalizers:
-                if meta.get("deletionTimestamp"):
+    async with ctx.key_locks.hold(key):  # take turns with patches to the same object
+        for _ in range(MAX_CONFLICT_RETRIES):
+            kv = await ctx.backend.get(key)
+            if kv is None:
+                raise ctx.not_found(rtype, name)
+            obj = decode_stored(kv)
+            meta = obj["metadata"]
+            _check_preconditions(rtype, name, pre, meta)
+            finalizers = list(meta.get("finalizers") or [])
+            policy = options.get("propagationPolicy")
+            if policy in ("Foreground", "Orphan") and not meta.get("deletionTimestamp"):
+                # The garbage collector finishes these deletions (see gc.py).
+                gc_finalizer = "foregroundDeletion" if policy == "Foreground" else "orphan"
+                if gc_finalizer not in finalizers:
+                    finalizers.append(gc_finalizer)
+                    meta["finalizers"] = list(finalizers)
+            finalizers += strategy.deletion_finalizers(obj)
+            if dry_run:
+                return 200, encode(ctx.with_version(obj, rtype, version))
+            try:
+                if finalizers:
+                    if meta.get("deletionTimestamp"):
+                        return 202, encode(ctx.with_version(obj, rtype, version))
+                    meta["deletionTimestamp"] = now()
+                    meta["deletionGracePeriodSeconds"] = 0
+                    strategy.mark_terminating(obj)
+                    kv2 = await ctx.backend.update(key, for_storage(obj), kv.mod_revision)
+                    meta["resourceVersion"] = str(kv2.mod_revision)
                     return 202, encode(ctx.with_version(obj, rtype, version))
-                meta["deletionTimestamp"] = now()
-                meta["deletionGracePeriodSeconds"] = 0
-                strategy.mark_terminating(obj)
-                kv2 = await ctx.backend.update(key, for_storage(obj), kv.mod_revision)
-                meta["resourceVersion"] = str(kv2.mod_revision)
-                return 202, encode(ctx.with_version(obj, rtype, version))
-            gone = await ctx.backend.delete(key, kv.mod_revision)
-        except (RevisionMismatch, KeyNotFound):
-            continue
-        meta["resourceVersion"] = str(gone.mod_revision)
-        strategy.after_write(ctx.registry, "DELETED", obj, None)
-        return 200, encode(ctx.with_version(obj, rtype, version))
-    raise ctx.conflict(rtype, name)
+                gone = await ctx.backend.delete(key, kv.mod_revision)
+            except (RevisionMismatch, KeyNotFound):
+                continue
+            meta["resourceVersion"] = str(gone.mod_revision)
+            strategy.after_write(ctx.registry, "DELETED", obj, None)
+            return 200, encode(ctx.with_version(obj, rtype, version))
+        raise ctx.conflict(rtype, name)
 
 
 def _check_preconditions(rtype: ResourceType, name: str, pre: dict[str, Any], meta: dict[str, Any]) -> None:

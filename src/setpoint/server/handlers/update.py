@@ -111,6 +111,16 @@ async def update_object(
 ) -> tuple[int, bytes]:
     """Apply ``mutate`` to the stored object until the write lands (or ``expected``, the
     client's precondition, fails); create ``create_body`` when there is no object and it is given."""
+    if expected is not None:  # a conflict is the client's answer: nothing to retry, no turn to wait
+        return await _update_object(ctx, info, rtype, mutate, expected, opts, create_body)
+    async with ctx.key_locks.hold(rtype.key(info.namespace, info.name)):
+        return await _update_object(ctx, info, rtype, mutate, expected, opts, create_body)
+
+
+async def _update_object(
+    ctx: Context, info: RequestInfo, rtype: ResourceType, mutate: Mutate, expected: int | None,
+    opts: WriteOptions, create_body: dict[str, Any] | None,
+) -> tuple[int, bytes]:
     key = rtype.key(info.namespace, info.name)
     # The first attempt starts from the watch cache, as kube-apiserver's GuaranteedUpdate
     # does: the write carries the revision it started from, so the store refuses it if that

@@ -202,6 +202,24 @@ async def test_a_selector_the_server_refuses_stops_the_informer(
     assert not informer.has_synced and isinstance(informer.error, BadRequest)
 
 
+async def test_wait_stopped_raises_the_error_that_stopped_it_and_its_cancellation_leaves_it_running(
+    client: Client, ns: str
+) -> None:
+    refused = Informer(client, WIDGETS, namespace=ns, label_selector="app in (web", backoff=fast_backoff())
+    async with refused:
+        with pytest.raises(BadRequest):
+            async with asyncio.timeout(10):
+                await refused.wait_stopped()
+    informer = Informer(client, WIDGETS, namespace=ns, backoff=fast_backoff())
+    async with informer:
+        await informer.wait_synced(timeout=10)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.2):  # an informer in good health never stops by itself
+                await informer.wait_stopped()
+        await client.create(WIDGETS, widget("later"), namespace=ns)
+        await eventually(lambda: informer.get(f"{ns}/later") is not None, what="an event after the wait")
+
+
 async def test_waits_for_a_kind_that_does_not_exist_yet(client: Client, ns: str) -> None:
     gadgets = Resource("example.com", "v1", "gadgets")
     informer = Informer(client, gadgets, namespace=ns, backoff=fast_backoff())

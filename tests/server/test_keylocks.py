@@ -13,9 +13,11 @@ async def test_writers_to_one_key_take_turns_in_order_and_the_map_empties() -> N
     inside: list[int] = []
     order: list[int] = []
     gate = asyncio.Event()
+    first_in = asyncio.Event()
 
     async def writer(i: int) -> None:
         async with locks.hold("/k"):
+            first_in.set()
             inside.append(i)
             assert len(inside) == 1, f"writers {inside} held one key at once"
             order.append(i)
@@ -23,8 +25,7 @@ async def test_writers_to_one_key_take_turns_in_order_and_the_map_empties() -> N
             inside.remove(i)
 
     tasks = [asyncio.create_task(writer(i)) for i in range(20)]
-    while not order:
-        await asyncio.sleep(0)
+    await first_in.wait()
     assert len(locks) == 1
     gate.set()
     await asyncio.gather(*tasks)

@@ -311,6 +311,17 @@ class Informer:
         if self.error is not None:
             raise self.error
 
+    async def wait_stopped(self) -> None:
+        """Until the informer's task ends. It ends by itself only on a fatal error, raised here;
+        a command that follows a kind for as long as it runs waits on this after
+        :meth:`wait_synced`. Cancelling the wait leaves the informer running."""
+        task = self._task
+        if task is None:
+            raise RuntimeError("the informer is not running: call start() or use async with")
+        await asyncio.shield(task)
+        if self.error is not None:
+            raise self.error
+
     # ---- the loop -------------------------------------------------------------------------------
 
     async def _run(self) -> None:

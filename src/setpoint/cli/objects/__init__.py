@@ -17,8 +17,8 @@ after every object was tried; 2 the command line or its input files are wrong (n
 
 # Importing a command's module registers the command on the app.
 from setpoint.cli.objects import apply, delete, get, watch
-from setpoint.cli.objects.follow import follow
+from setpoint.cli.objects.follow import following
 from setpoint.cli.objects.output import jsonpath
 from setpoint.server.patch import merge_patch
 
-__all__ = ["apply", "delete", "follow", "get", "jsonpath", "merge_patch", "watch"]
+__all__ = ["apply", "delete", "following", "get", "jsonpath", "merge_patch", "watch"]

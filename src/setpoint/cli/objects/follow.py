@@ -1,24 +1,28 @@
-"""A list followed by a watch that resumes after a broken stream, for ``setpoint watch`` and
-``--wait``."""
+"""Following a kind for ``setpoint watch`` and ``--wait``: the SDK's informer, with what it
+says about the network shown to the user.
 
+The informer already lists, watches from the list's revision, resumes a broken stream from the
+last revision it saw, lists again on 410 and hands over only the differences; the commands
+register handlers and print. What a command adds is a check before it starts (the informer
+retries a refused list for ever, as an agent should; a command answers at once that the kind
+is forbidden or missing) and the informer's log lines as notes on stderr.
+"""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
 
+from setpoint.agent.informer import Informer
 from setpoint.backoff import Backoff
 from setpoint.cli.objects.common import WATCH_IDLE_TIMEOUT
-from setpoint.client import (
-    Client,
-    ConnectionFailed,
-    Gone,
-    Resource,
-    ServerError,
-)
+from setpoint.client import Client, Resource
 from setpoint.types import Object
 
-# ---- list + watch with resume --------------------------------------------------------------------
+# What the informer and the transports say while they follow the server.
+_NOTE_LOGGERS = ("setpoint.agent.informer", "setpoint.transfer")
+
 
 def namespaced_name(obj: Object) -> tuple[str, str]:
     """(namespace, name): what the commands sort and match by. (The SDK's ``object_key`` is the
@@ -31,83 +35,52 @@ def resource_version(obj: Object) -> str:
     return str((obj.get("metadata") or {}).get("resourceVersion", ""))
 
 
-async def follow(
-    client: Client,
-    resource: Resource,
-    namespace: str | None,
-    *,
-    label_selector: str | None = None,
-    field_selector: str | None = None,
-    on_trouble: Callable[[str], None] | None = None,
-) -> AsyncIterator[tuple[str, Object]]:
-    """List, then watch from the list's revision, forever.
+class _Notes(logging.Handler):
+    def __init__(self, note: Callable[[str], None]) -> None:
+        super().__init__(logging.INFO)
+        self._note = note
 
-    Yields ``("LIST", {"items": [...]})`` for the first list, then every ADDED, MODIFIED and
-    DELETED event. A stream that ends or breaks is watched again from the last resourceVersion
-    seen (events and bookmarks), after a backoff when the server is unreachable; when that
-    revision has been compacted (410) it lists again and yields the differences against what it
-    had seen as ADDED, MODIFIED and DELETED events. The first list's errors are raised.
-    """
-    known: dict[tuple[str, str], Object] = {}
-    rv = ""
-    listed = False
-    need_list = True
-    # Two backoffs: one for streams that end at once (they must not spin), one for a server that
-    # cannot be reached; each starts again after an event.
-    quick_ends = Backoff(initial=0.1, cap=10.0, jitter=0.0)
-    outage = Backoff(initial=0.5, cap=10.0, jitter=0.0)
-    while True:
+    def emit(self, record: logging.LogRecord) -> None:
         try:
-            if need_list:
-                page = await client.list_all(resource, namespace=namespace, label_selector=label_selector,
-                                             field_selector=field_selector)
-                fresh = {namespaced_name(o): o for o in page.items}
-                if not listed:
-                    yield "LIST", {"items": page.items}
-                    listed = True
-                else:
-                    for k, o in fresh.items():
-                        old = known.get(k)
-                        if old is None:
-                            yield "ADDED", o
-                        elif resource_version(old) != resource_version(o):
-                            yield "MODIFIED", o
-                    for k, o in known.items():
-                        if k not in fresh:
-                            yield "DELETED", o
-                known = fresh
-                rv = page.resource_version
-                need_list = False
-            quiet = True
-            async with client.watch(resource, namespace=namespace, resource_version=rv,
-                                    label_selector=label_selector, field_selector=field_selector,
-                                    idle_timeout=WATCH_IDLE_TIMEOUT) as stream:
-                async for event in stream:
-                    quiet = False
-                    quick_ends.reset()
-                    outage.reset()
-                    if event.resource_version:
-                        rv = event.resource_version
-                    if event.type == "BOOKMARK":
-                        continue
-                    k = namespaced_name(event.object)
-                    if event.type == "DELETED":
-                        known.pop(k, None)
-                    else:
-                        known[k] = event.object
-                    yield event.type, event.object
-            if quiet:  # a stream that ends at once, again and again, must not spin
-                await asyncio.sleep(quick_ends.next())
-        except Gone:
-            need_list = True
-            if on_trouble is not None:
-                on_trouble(f"revision {rv} is no longer available; listing again")
-        except (ConnectionFailed, ServerError) as e:
-            if not listed:
-                raise
-            delay = outage.next()
-            if on_trouble is not None:
-                on_trouble(f"watch interrupted ({e}); resuming from revision {rv} in {delay:g}s")
-            await asyncio.sleep(delay)
+            message = record.getMessage()
+        except (TypeError, ValueError):
+            message = str(record.msg)
+        self._note(message)
 
 
+@contextlib.contextmanager
+def informer_notes(note: Callable[[str], None]) -> Iterator[None]:
+    """While it lasts, what the informer logs (a stream resumed, a revision compacted, the
+    server unreachable and back) goes to ``note``."""
+    handler = _Notes(note)
+    loggers = [logging.getLogger(name) for name in _NOTE_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        if lg.getEffectiveLevel() > logging.INFO:
+            lg.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
+
+
+@contextlib.asynccontextmanager
+async def following(
+    client: Client, resource: Resource, namespace: str | None, *, label_selector: str | None = None,
+    field_selector: str | None = None,
+) -> AsyncIterator[Informer]:
+    """A running informer over what the command follows, once a first list has been allowed.
+
+    The first list here raises what the server says (403, 404, 400 on a selector) as the
+    command's answer; after it the informer owns the following, and handlers added before
+    its first list see every object as added."""
+    await client.list(resource, namespace=namespace, label_selector=label_selector,
+                      field_selector=field_selector, limit=1)
+    informer = Informer(client, resource, namespace=namespace, label_selector=label_selector,
+                        field_selector=field_selector, idle_timeout=WATCH_IDLE_TIMEOUT,
+                        backoff=Backoff(initial=0.5, cap=10.0))
+    async with informer:
+        yield informer

@@ -15,7 +15,7 @@ from setpoint.agent.conditions import get_condition, is_converged
 from setpoint.cli.app import console
 from setpoint.cli.objects.common import err_console
 from setpoint.cli.objects.discovery import KindInfo
-from setpoint.cli.objects.follow import follow, namespaced_name
+from setpoint.cli.objects.follow import following, informer_notes, namespaced_name
 from setpoint.cli.objects.session import describe_error
 from setpoint.client import (
     Client,
@@ -163,7 +163,7 @@ async def wait_for(client: Client, targets: list[Target], timeout: float, title:
         groups.setdefault((t.info.resource, t.namespace), []).append(t)
     all_done = asyncio.Event()
 
-    with WaitDisplay(targets, title) as display:
+    with WaitDisplay(targets, title) as display, informer_notes(display.note):
 
         def changed() -> None:
             display.update()
@@ -173,20 +173,25 @@ async def wait_for(client: Client, targets: list[Target], timeout: float, title:
         async def watch_group(resource: Resource, namespace: str | None, members: list[Target]) -> None:
             by_name = {t.name: t for t in members}
             selector = f"metadata.name={members[0].name}" if len(by_name) == 1 else None
-            try:
-                async for kind, obj in follow(client, resource, namespace, field_selector=selector,
-                                              on_trouble=display.note):
-                    if kind == "LIST":
-                        seen = {namespaced_name(o)[1]: o for o in obj["items"]}
-                        for t in members:
-                            t.obj = seen.get(t.name)
-                            t.seen = True
-                    else:
-                        member = by_name.get(namespaced_name(obj)[1])
-                        if member is None:
-                            continue
-                        member.obj = None if kind == "DELETED" else obj
+
+            def seen(obj: Object | None, name: str) -> None:
+                member = by_name.get(name)
+                if member is not None and member.seen:  # the first list is taken whole, below
+                    member.obj = obj
                     changed()
+
+            try:
+                async with following(client, resource, namespace, field_selector=selector) as informer:
+                    informer.add_handler(on_add=lambda o: seen(o, namespaced_name(o)[1]),
+                                         on_update=lambda old, new: seen(new, namespaced_name(new)[1]),
+                                         on_delete=lambda o: seen(None, namespaced_name(o)[1]))
+                    await informer.wait_synced()
+                    listed = {namespaced_name(o)[1]: o for o in informer.list()}
+                    for t in members:  # what the list lacks is known to be absent
+                        t.obj = listed.get(t.name)
+                        t.seen = True
+                    changed()
+                    await informer.wait_stopped()
             except ClientError as e:
                 for t in members:
                     t.error = describe_error(e)

@@ -14,7 +14,7 @@ import typer
 
 from setpoint.cli.app import app
 from setpoint.cli.objects.common import err_console
-from setpoint.cli.objects.follow import follow, namespaced_name, resource_version
+from setpoint.cli.objects.follow import following, informer_notes, namespaced_name, resource_version
 from setpoint.cli.objects.output import split_refs
 from setpoint.cli.objects.session import (
     AllNamespacesOpt,
@@ -88,8 +88,7 @@ async def _watch(session: Session, kind_arg: str, name: str | None, output: Watc
     fields = f"metadata.name={name}" if name else field_selector
 
     def emit(kind: str, obj: Object) -> None:
-        obj.setdefault("apiVersion", info.resource.api_version)
-        obj.setdefault("kind", info.kind)
+        obj = {"apiVersion": info.resource.api_version, "kind": info.kind, **obj}  # the cache's stays as it is
         if output is WatchOutput.json:
             line = json.dumps({"type": kind, "object": obj}, separators=(",", ":"))
         else:
@@ -103,13 +102,15 @@ async def _watch(session: Session, kind_arg: str, name: str | None, output: Watc
     def trouble(message: str) -> None:
         err_console.print(f"note: {message}", markup=False)
 
-    async for kind, obj in follow(session.client, info.resource, ns, label_selector=selector,
-                                  field_selector=fields, on_trouble=trouble):
-        if kind == "LIST":
-            if not watch_only:
-                for item in obj["items"]:
-                    emit("ADDED", item)
-            continue
-        emit(kind, obj)
+    def added(obj: Object) -> None:
+        # The first list's objects arrive before the informer has synced; later adds are changes.
+        if not (watch_only and not informer.has_synced):
+            emit("ADDED", obj)
 
-
+    with informer_notes(trouble):
+        async with following(session.client, info.resource, ns, label_selector=selector,
+                             field_selector=fields) as informer:
+            informer.add_handler(on_add=added, on_update=lambda old, new: emit("MODIFIED", new),
+                                 on_delete=lambda obj: emit("DELETED", obj))
+            await informer.wait_synced()
+            await informer.wait_stopped()

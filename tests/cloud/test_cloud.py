@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from setpoint.agent.conditions import get_condition
 from setpoint.client import Client, NotFound
 from setpoint.drivers.aws import resource
 from setpoint.testing.replyloss import ReplyLossProxy as LosingProxy
 from tests.agent.support import eventually
+from tests.cloud.conftest import AMI, boto, obj, ready
 from tests.cloud.support import CREDENTIALS, MotoServer
 from tests.servers import ServerProcess
 
@@ -26,59 +23,6 @@ boto3 = pytest.importorskip("boto3", reason="boto3 and moto are test extras")
 
 VPCS, SUBNETS, GROUPS, INSTANCES, BUCKETS = (resource(p) for p in
                                              ("vpcs", "subnets", "securitygroups", "instances", "buckets"))
-AMI = "ami-12c6146b"  # one of moto's built-in images
-
-
-@pytest.fixture
-def moto(tmp_path: Path) -> Iterator[MotoServer]:
-    m = MotoServer(tmp_path / "moto.log")
-    yield m
-    m.stop()
-
-
-@pytest.fixture
-def proxy(moto: MotoServer) -> Iterator[LosingProxy]:
-    p = LosingProxy(moto.port)
-    yield p
-    p.stop()
-
-
-@pytest.fixture
-def cluster(tmp_path: Path, proxy: LosingProxy) -> Iterator[ServerProcess]:
-    srv = ServerProcess(tmp_path / "server").start()
-    ctl = subprocess.Popen([sys.executable, "-m", "setpoint", "cloud-controller", "--kubeconfig",
-                            str(srv.data_dir / "kubeconfig.yaml"), "--drift-interval", "1"],
-                           stdout=open(tmp_path / "cloud.log", "ab"), stderr=subprocess.STDOUT,
-                           env={**os.environ, **CREDENTIALS})
-    yield srv
-    ctl.send_signal(signal.SIGTERM)
-    ctl.wait(timeout=20)
-    srv.stop()
-
-
-@pytest.fixture
-async def admin(cluster: ServerProcess) -> AsyncIterator[Client]:
-    async with Client(cluster.client_config()) as c:
-        yield c
-
-
-def ec2(moto: MotoServer) -> Any:
-    return boto3.client("ec2", region_name="us-east-1", endpoint_url=moto.url, **_keys())
-
-
-def _keys() -> dict[str, str]:
-    return {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-
-
-def obj(kind: str, name: str, endpoint: str, **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": "aws.setpoint.dev/v1alpha1", "kind": kind, "metadata": {"name": name},
-            "spec": {"region": "us-east-1", "endpointUrl": endpoint, **spec}}
-
-
-async def ready(client: Client, res: Any, name: str) -> dict[str, Any] | None:
-    o = await client.get(res, name, namespace="default")
-    cond = get_condition(o.get("status"), "Ready")
-    return o if cond is not None and cond["status"] == "True" else None
 
 
 async def test_a_network_and_an_instance_are_created_once_each(
@@ -97,19 +41,19 @@ async def test_a_network_and_an_instance_are_created_once_each(
         await eventually(lambda r=res, n=name: ready(admin, r, n), timeout=30, what=f"{name} ready")  # type: ignore[misc]
     assert proxy.lost >= 1, "no reply was lost: the test proves nothing"
     uid = vm["metadata"]["uid"]
-    found = [i for r in ec2(moto).describe_instances(
+    found = [i for r in boto("ec2", moto).describe_instances(
         Filters=[{"Name": "tag:setpoint.dev/owner-uid", "Values": [uid]}])["Reservations"] for i in r["Instances"]]
     assert len(found) == 1, f"{len(found)} instances for one object"
     assert vm["status"]["instanceId"] == found[0]["InstanceId"] and vm["status"]["state"] == "running"
     group = (await admin.get(GROUPS, "web", namespace="default"))["status"]["groupId"]
-    perms = ec2(moto).describe_security_groups(GroupIds=[group])["SecurityGroups"][0]["IpPermissions"]
+    perms = boto("ec2", moto).describe_security_groups(GroupIds=[group])["SecurityGroups"][0]["IpPermissions"]
     assert sorted(p["FromPort"] for p in perms) == [80, 443]
 
 
 async def test_a_vpc_deleted_behind_setpoints_back_comes_back(admin: Client, moto: MotoServer) -> None:
     await admin.create(VPCS, obj("VPC", "net", moto.url, cidrBlock="10.2.0.0/16"), namespace="default")
     first = (await eventually(lambda: ready(admin, VPCS, "net"), timeout=30, what="ready"))["status"]["vpcId"]
-    ec2(moto).delete_vpc(VpcId=first)
+    boto("ec2", moto).delete_vpc(VpcId=first)
 
     async def recreated() -> str | None:
         o = await admin.get(VPCS, "net", namespace="default")
@@ -117,7 +61,7 @@ async def test_a_vpc_deleted_behind_setpoints_back_comes_back(admin: Client, mot
         return vpc if vpc and vpc != first else None
 
     second = await eventually(recreated, timeout=30, what="the VPC recreated")
-    assert ec2(moto).describe_vpcs(VpcIds=[second])["Vpcs"][0]["State"] == "available"
+    assert boto("ec2", moto).describe_vpcs(VpcIds=[second])["Vpcs"][0]["State"] == "available"
 
 
 async def test_deleting_a_vpc_waits_for_its_subnets(admin: Client, moto: MotoServer) -> None:
@@ -138,28 +82,31 @@ async def test_deleting_a_vpc_waits_for_its_subnets(admin: Client, moto: MotoSer
             return True
 
     await eventually(gone, timeout=30, what="the VPC deleted once its subnet was")
-    assert not ec2(moto).describe_vpcs(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Vpcs"]
+    assert not boto("ec2", moto).describe_vpcs(Filters=[{"Name": "vpc-id", "Values": [vpc]}])["Vpcs"]
 
 
 async def test_the_reaper_finds_the_forgotten_and_leaves_the_owned(
         admin: Client, moto: MotoServer, cluster: ServerProcess) -> None:
     await admin.create(INSTANCES, obj("Instance", "kept", moto.url, imageId=AMI), namespace="default")
     await eventually(lambda: ready(admin, INSTANCES, "kept"), timeout=30, what="the owned instance")
-    client = ec2(moto)
+    client = boto("ec2", moto)
     strays = [i["InstanceId"] for i in client.run_instances(ImageId=AMI, MinCount=3, MaxCount=3,
                                                              InstanceType="m5.large")["Instances"]]
     vpc = client.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
     subnets = [client.create_subnet(VpcId=vpc, CidrBlock=f"10.9.{i}.0/24", AvailabilityZone=f"us-east-1{z}")
                ["Subnet"]["SubnetId"] for i, z in ((1, "a"), (2, "b"))]
-    elb = boto3.client("elbv2", region_name="us-east-1", endpoint_url=moto.url, **_keys())
+    elb = boto("elbv2", moto)
     elb.create_load_balancer(Name="forgotten", Subnets=subnets)
 
-    def reap(*args: str) -> dict[str, Any]:
-        r = subprocess.run([sys.executable, "-m", "setpoint", "reap", "--endpoint-url", moto.url, "-o", "json",
+    def run_reap(*args: str) -> str:
+        r = subprocess.run([sys.executable, "-m", "setpoint", "reap", "--endpoint-url", moto.url,
                             "--kubeconfig", str(cluster.data_dir / "kubeconfig.yaml"), *args],
                            capture_output=True, text=True, timeout=60, env={**os.environ, **CREDENTIALS})
         assert r.returncode == 0, r.stdout + r.stderr
-        return json.loads(r.stdout)  # type: ignore[no-any-return]
+        return r.stdout
+
+    def reap(*args: str) -> dict[str, Any]:
+        return json.loads(run_reap("-o", "json", *args))  # type: ignore[no-any-return]
 
     report = reap()
     by_id = {o["id"]: o for o in report["orphans"]}
@@ -168,6 +115,8 @@ async def test_the_reaper_finds_the_forgotten_and_leaves_the_owned(
     assert kept not in by_id, "an owned instance was reported"
     assert by_id["forgotten"]["monthlyCost"] > 0 and by_id[strays[0]]["monthlyCost"] == pytest.approx(0.096 * 730)
     assert report["monthlyCost"] >= 3 * 0.096 * 730
+    exposition = run_reap("-o", "prometheus").splitlines()
+    assert 'setpoint_reaper_orphans{kind="instance",reaper="setpoint-reap",region="us-east-1"} 3.0' in exposition
     report = reap("--delete", "--older-than", "0")
     assert set(strays) | {"forgotten"} <= {d.split()[1] for d in report["deleted"]}
     states = {i["InstanceId"]: i["State"]["Name"] for r in client.describe_instances()["Reservations"]
@@ -179,7 +128,7 @@ async def test_the_reaper_finds_the_forgotten_and_leaves_the_owned(
 
 async def test_a_reaper_object_reports_orphans_on_its_schedule(admin: Client, moto: MotoServer) -> None:
     reapers = resource_named("reapers")
-    stray = ec2(moto).run_instances(ImageId=AMI, MinCount=1, MaxCount=1, InstanceType="t3.micro")
+    stray = boto("ec2", moto).run_instances(ImageId=AMI, MinCount=1, MaxCount=1, InstanceType="t3.micro")
     stray_id = stray["Instances"][0]["InstanceId"]
     await admin.create(reapers, {"apiVersion": "aws.setpoint.dev/v1alpha1", "kind": "Reaper",
                                  "metadata": {"name": "hourly"},
@@ -198,7 +147,7 @@ async def test_a_reaper_object_reports_orphans_on_its_schedule(admin: Client, mo
         return bool((await admin.get(reapers, "hourly", namespace="default"))["status"]["lastRunTime"] != first)
 
     await eventually(ran_again, timeout=15, what="a second run on the schedule")
-    states = [i["State"]["Name"] for r in ec2(moto).describe_instances(InstanceIds=[stray_id])["Reservations"]
+    states = [i["State"]["Name"] for r in boto("ec2", moto).describe_instances(InstanceIds=[stray_id])["Reservations"]
               for i in r["Instances"]]
     assert states == ["running"], "a reaper without delete: true deleted something"
 
@@ -225,7 +174,7 @@ async def test_an_elbv2_load_balancer_forwards_to_a_target_group_of_instances(
     lb = await eventually(lambda: ready(admin, resource("elasticloadbalancers"), "front"), timeout=60, what="the ELB")
     tg = await eventually(lambda: ready(admin, resource("targetgroups"), "web"), timeout=30, what="the group")
     vm = (await admin.get(INSTANCES, "vm", namespace="default"))["status"]["instanceId"]
-    elb = boto3.client("elbv2", region_name="us-east-1", endpoint_url=url, **_keys())
+    elb = boto("elbv2", moto)
     listeners = elb.describe_listeners(LoadBalancerArn=lb["status"]["loadBalancerArn"])["Listeners"]
     assert [(x["Port"], x["DefaultActions"][0]["TargetGroupArn"]) for x in listeners] == \
         [(80, tg["status"]["targetGroupArn"])]

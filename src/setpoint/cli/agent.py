@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -183,21 +184,35 @@ def cloud_controller(
     server: ServersOpt = None,
     identity: Annotated[str, typer.Option(help="This replica's name in leader election.")] = "",
     drift_interval: Annotated[float, typer.Option(help="Seconds between looks at each resource for drift.")] = 30.0,
+    metrics_address: Annotated[str, typer.Option(
+        help="Serve Prometheus metrics (work queues, the reapers' last reports) on HOST:PORT/metrics "
+             "(empty: off).")] = "",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
-    """Run the cloud controllers (group aws.setpoint.dev): VPCs, subnets, security groups, instances
-    and buckets, with AWS credentials from the environment or a profile (leader-elected)."""
+    """Run the cloud controllers (group aws.setpoint.dev): VPCs, subnets, security groups, instances,
+    buckets, load balancers and reapers, with AWS credentials from the environment or a profile
+    (leader-elected)."""
     from setpoint.client import Client
     from setpoint.controllers.cloud import CloudControllers
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("botocore").setLevel(logging.WARNING)
+    from setpoint.agent.metrics import AgentMetrics, parse_address, serving
+
+    if metrics_address:
+        try:
+            parse_address(metrics_address)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--metrics-address") from None
     config = _client_config(kubeconfig, server)
     ident = identity or f"{socket.gethostname()}-{os.getpid()}"
 
     async def main() -> None:
-        async with Client(config) as client:
-            await CloudControllers(client, ident, drift_interval=drift_interval).run()
+        metrics = AgentMetrics() if metrics_address else None
+        async with Client(config) as client, contextlib.AsyncExitStack() as stack:
+            if metrics is not None:
+                await stack.enter_async_context(serving(metrics, metrics_address))
+            await CloudControllers(client, ident, drift_interval=drift_interval, metrics=metrics).run()
 
     _run(main)

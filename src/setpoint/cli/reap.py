@@ -32,7 +32,8 @@ def reap(
     delete: Annotated[bool, typer.Option(help="Delete the orphans older than --older-than.")] = False,
     older_than: Annotated[str, typer.Option(help="Only orphans at least this old are deleted (1h, 30m, 0).")]
     = "1h",
-    output: Annotated[str, typer.Option("--output", "-o", help="table or json.")] = "table",
+    output: Annotated[str, typer.Option("--output", "-o", help="table, json or prometheus (text exposition).")]
+    = "table",
     prices: Annotated[Path | None, typer.Option(help="A price table (YAML) instead of the built-in one.")] = None,
     kubeconfig: KubeconfigOpt = None,
     server: ServersOpt = None,
@@ -43,6 +44,8 @@ def reap(
     from setpoint.drivers.aws.reaper import reap as reap_once
     from setpoint.drivers.aws.session import Clients
 
+    if output not in ("table", "json", "prometheus"):
+        raise typer.BadParameter(f"{output!r}: expected table, json or prometheus", param_hint="--output")
     min_age = parse_duration(older_than)
     table_prices = load_prices(prices)
     config = _client_config(kubeconfig, server)
@@ -53,11 +56,22 @@ def reap(
             report = await reap_once(client, Clients(), list(region), endpoint_url=endpoint_url, prices=table_prices,
                                      delete_orphans=delete, min_age=min_age)
         result.update(report.as_dict())
+        if output == "prometheus":
+            from prometheus_client import CollectorRegistry, generate_latest
+
+            from setpoint.drivers.aws.reaper import ReaperMetrics
+
+            registry = CollectorRegistry()
+            ReaperMetrics(registry).record("setpoint-reap", report)
+            result["prometheus"] = generate_latest(registry).decode()
 
     _run(main)
     code = 1 if result.get("failed") else 0
     if output == "json":
         print(json.dumps(result, indent=2))
+        raise typer.Exit(code)
+    if output == "prometheus":
+        print(result["prometheus"], end="")
         raise typer.Exit(code)
     from rich.table import Table
 

@@ -14,11 +14,13 @@ import logging
 from typing import Any
 
 from setpoint.agent import Controller, LeaderElector, Result
+from setpoint.agent.cache import object_key
 from setpoint.agent.conditions import now_micro
+from setpoint.agent.metrics import AgentMetrics
 from setpoint.client import Client, Resource
 from setpoint.drivers.aws import KINDS, AwsDriver, resource
 from setpoint.drivers.aws.inventory import load_prices
-from setpoint.drivers.aws.reaper import reap
+from setpoint.drivers.aws.reaper import ReaperMetrics, reap
 from setpoint.drivers.aws.session import Clients
 from setpoint.drivers.reconciler import DriverController
 from setpoint.types import Object
@@ -53,10 +55,11 @@ class ReaperController(Controller):
     resource = REAPERS
     name = "reapers"
 
-    def __init__(self, client: Client, clients: Clients, **kw: Any) -> None:
+    def __init__(self, client: Client, clients: Clients, *, metrics: ReaperMetrics | None = None, **kw: Any) -> None:
         super().__init__(client, **kw)
         self.clients = clients
         self.prices = load_prices()
+        self.metrics = metrics
 
     async def reconcile(self, obj: Object) -> Result:
         spec = obj.get("spec") or {}
@@ -64,6 +67,8 @@ class ReaperController(Controller):
                             endpoint_url=str(spec.get("endpointUrl") or ""), prices=self.prices,
                             delete_orphans=bool(spec.get("delete")), min_age=float(spec.get("olderThanSeconds", 3600)))
         doc = report.as_dict()
+        if self.metrics is not None:
+            self.metrics.record(object_key(obj), report)
         status = {"lastRunTime": now_micro(), "examined": report.examined, "orphanCount": len(report.orphans),
                   "monthlyCost": report.monthly_cost, "orphans": doc["orphans"][:100], "deleted": report.deleted,
                   "failed": report.failed}
@@ -76,13 +81,22 @@ class ReaperController(Controller):
         return Result(status=status, ready=True, reason="Reaped", message=message,
                       requeue_after=float(spec.get("intervalSeconds", 3600)))
 
+    async def deleted(self, key: str) -> None:
+        if self.metrics is not None:
+            self.metrics.forget(key)
+
 
 class CloudControllers:
     """Every cloud kind's controller, under one leader election (run several for availability)."""
 
     def __init__(self, client: Client, identity: str, *, leader_election: bool = True,
-                 lease_namespace: str = "setpoint-node-lease", drift_interval: float = 30.0) -> None:
+                 lease_namespace: str = "setpoint-node-lease", drift_interval: float = 30.0,
+                 metrics: AgentMetrics | None = None) -> None:
         self.client = client
+        self.metrics = metrics
+        self.reaper_metrics = ReaperMetrics(metrics.registry) if metrics is not None else None
+        if metrics is not None:
+            metrics.add_queues(lambda: [c.queue for c in self.controllers])
         self.clients = Clients()
         self.elector = (LeaderElector(client, namespace=lease_namespace, name="setpoint-cloud-controller",
                                       identity=identity) if leader_election else None)
@@ -92,7 +106,7 @@ class CloudControllers:
     async def _lead(self) -> None:
         self.controllers = [
             CloudController(self.client, plural, self.clients, drift_interval=self.drift_interval) for plural in KINDS]
-        self.controllers.append(ReaperController(self.client, self.clients))
+        self.controllers.append(ReaperController(self.client, self.clients, metrics=self.reaper_metrics))
         async with asyncio.TaskGroup() as tg:
             for c in self.controllers:
                 tg.create_task(c.run())

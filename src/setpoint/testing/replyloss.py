@@ -35,6 +35,8 @@ class ReplyLossProxy:
         self._rng = random.Random(seed)
         self._marker = b""
         self._left = 0
+        self._from = b""
+        self._cut = False
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="reply-loss-proxy")
@@ -46,6 +48,15 @@ class ReplyLossProxy:
         """Lose the replies to the next ``times`` requests that contain ``marker``."""
         self._marker, self._left = marker, times
 
+    def lose_from(self, marker: bytes) -> None:
+        """Lose every reply from the first request that contains ``marker`` on (that one's
+        included) until :meth:`heal`: the client acted, then lost its network."""
+        self._from, self._cut = marker, False
+
+    def heal(self) -> None:
+        """Stop losing replies (cues, cuts and the random loss alike)."""
+        self._from, self._cut, self._left, self.loss = b"", False, 0, 0.0
+
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
@@ -56,6 +67,10 @@ class ReplyLossProxy:
     def _doomed(self, seen: bytes) -> bool:
         for action in _ACTION.findall(seen[-8192:]):
             self.requests[action.decode()] += 1
+        if self._from and self._from in seen:
+            self._cut = True
+        if self._cut:
+            return True
         if self._left > 0 and self._marker and self._marker in seen:
             self._left -= 1
             return True

@@ -14,7 +14,7 @@ from typing import Any
 from setpoint.agent.errors import NotReady, OperationId, Permanent
 from setpoint.agent.retry import Backoff, RetryPolicy
 from setpoint.client import Client, NotFound, Resource
-from setpoint.drivers.aws.kinds import GROUP, KINDS, Bucket, CloudKind, Refs, require
+from setpoint.drivers.aws.kinds import GROUP, KINDS, Bucket, CloudKind, Refs, immutable, require
 from setpoint.drivers.aws.session import Clients
 from setpoint.types import Object
 
@@ -86,6 +86,8 @@ class AwsDriver:
 
     async def ensure(self, obj: Object, observed: dict[str, Any] | None, op: OperationId) -> dict[str, Any]:
         api = self._api(obj)
+        if isinstance(self.kind, Bucket):  # found by name: a new name would be a second bucket
+            immutable("bucketName", (obj.get("status") or {}).get("bucketName"), Bucket.bucket_name(obj))
         refs = await self._refs(obj)
         if observed is None:
             return await self.kind.create(api, obj, refs)

@@ -77,6 +77,15 @@ class CloudKind:
         return True
 
 
+def immutable(field: str, have: Any, want: Any) -> None:
+    """A field the cloud cannot change in place: refuse it, naming the field, rather than replace
+    a resource (and lose what runs on it) behind the user's back."""
+    if want not in (None, "") and have not in (None, "") and have != want:
+        raise Permanent(f"spec.{field} cannot be changed in place (the resource has {have!r}, the object asks "
+                        f"for {want!r}): put the old value back, or delete the object and create it anew",
+                        reason="Immutable")
+
+
 def _filters(uid: str) -> list[dict[str, Any]]:
     return [{"Name": f"tag:{OWNER_UID}", "Values": [uid]}]
 
@@ -94,6 +103,10 @@ class VPC(CloudKind):
                         TagSpecifications=[{"ResourceType": "vpc", "Tags": owner_tags(obj, self.kind)}])
         vpc: dict[str, Any] = out["Vpc"]
         return vpc
+
+    async def align(self, api: Any, obj: Object, refs: Refs, current: dict[str, Any]) -> dict[str, Any]:
+        immutable("cidrBlock", current.get("CidrBlock"), obj["spec"].get("cidrBlock"))
+        return current
 
     async def delete(self, api: Any, current: dict[str, Any]) -> None:
         await api("DeleteVpc", "delete_vpc", VpcId=current["VpcId"])
@@ -120,6 +133,13 @@ class Subnet(CloudKind):
             kw["AvailabilityZone"] = spec["availabilityZone"]
         subnet: dict[str, Any] = (await api("CreateSubnet", "create_subnet", **kw))["Subnet"]
         return subnet
+
+    async def align(self, api: Any, obj: Object, refs: Refs, current: dict[str, Any]) -> dict[str, Any]:
+        spec = obj["spec"]
+        immutable("cidrBlock", current.get("CidrBlock"), spec.get("cidrBlock"))
+        immutable("availabilityZone", current.get("AvailabilityZone"), spec.get("availabilityZone"))
+        immutable("vpcRef", current.get("VpcId"), refs.vpc_id)
+        return current
 
     async def delete(self, api: Any, current: dict[str, Any]) -> None:
         await api("DeleteSubnet", "delete_subnet", SubnetId=current["SubnetId"])
@@ -214,6 +234,34 @@ class Instance(CloudKind):
         instance: dict[str, Any] = (await api("RunInstances", "run_instances", **kw))["Instances"][0]
         return instance
 
+    async def align(self, api: Any, obj: Object, refs: Refs, current: dict[str, Any]) -> dict[str, Any]:
+        """A new instance type needs the instance stopped: stop it, wait (NotReady), change the
+        type, start it. An instance stopped behind setpoint's back is started again; new
+        security groups are set in place. Image and subnet cannot change."""
+        spec, iid = obj["spec"], current["InstanceId"]
+        immutable("imageId", current.get("ImageId"), spec.get("imageId"))
+        immutable("subnetRef", current.get("SubnetId"), refs.subnet_id)
+        state = (current.get("State") or {}).get("Name")
+        want_type = spec.get("instanceType", "t3.micro")
+        if refs.group_ids and sorted(g["GroupId"] for g in current.get("SecurityGroups") or []) != sorted(
+                refs.group_ids):
+            await api("ModifyInstanceAttribute", "modify_instance_attribute", InstanceId=iid,
+                      Groups=list(refs.group_ids))
+        if current.get("InstanceType") != want_type:
+            if state in ("pending", "running"):
+                await api("StopInstances", "stop_instances", InstanceIds=[iid])
+                raise NotReady(f"instance {iid} is stopping to change its type to {want_type}",
+                               retry_after=1.0, reason="Resizing")
+            if state == "stopping":
+                raise NotReady(f"instance {iid} is stopping to change its type to {want_type}",
+                               retry_after=1.0, reason="Resizing")
+            await api("ModifyInstanceAttribute", "modify_instance_attribute", InstanceId=iid,
+                      InstanceType={"Value": want_type})
+            state = "stopped"
+        if state == "stopped":
+            await api("StartInstances", "start_instances", InstanceIds=[iid])
+        return await self.find(api, str(obj["metadata"]["uid"])) or current
+
     async def delete(self, api: Any, current: dict[str, Any]) -> None:
         await api("TerminateInstances", "terminate_instances", InstanceIds=[current["InstanceId"]])
 
@@ -306,6 +354,10 @@ class TargetGroup(CloudKind):
         return await self.align(api, obj, refs, group)
 
     async def align(self, api: Any, obj: Object, refs: Refs, current: dict[str, Any]) -> dict[str, Any]:
+        spec = obj["spec"]
+        immutable("port", current.get("Port"), int(spec.get("port", 80)))
+        immutable("protocol", current.get("Protocol"), spec.get("protocol", "HTTP"))
+        immutable("vpcRef", current.get("VpcId"), refs.vpc_id)
         arn = current["TargetGroupArn"]
         health = await api("DescribeTargetHealth", "describe_target_health", TargetGroupArn=arn)
         have = {d["Target"]["Id"] for d in health["TargetHealthDescriptions"]}
@@ -346,16 +398,28 @@ class ElasticLoadBalancer(CloudKind):
         return await self.align(api, obj, refs, lb)
 
     async def align(self, api: Any, obj: Object, refs: Refs, current: dict[str, Any]) -> dict[str, Any]:
+        """Listeners as the spec lists them: missing ones created, a changed target group
+        switched in place, ones no longer listed deleted."""
         arn = current["LoadBalancerArn"]
-        have = {(lst["Port"], lst["Protocol"]) for lst in
+        have = {(lst["Port"], lst["Protocol"]): lst for lst in
                 (await api("DescribeListeners", "describe_listeners", LoadBalancerArn=arn))["Listeners"]}
+        wanted: set[tuple[int, str]] = set()
         for lst in obj["spec"].get("listeners") or []:
             port, protocol = int(lst["port"]), str(lst.get("protocol", "HTTP"))
-            if (port, protocol) not in have:
-                target = require(refs.target_group_arns.get(str(lst["targetGroupRef"]), ""),
-                                 f"TargetGroup {lst['targetGroupRef']}")
+            wanted.add((port, protocol))
+            target = require(refs.target_group_arns.get(str(lst["targetGroupRef"]), ""),
+                             f"TargetGroup {lst['targetGroupRef']}")
+            action = [{"Type": "forward", "TargetGroupArn": target}]
+            existing = have.get((port, protocol))
+            if existing is None:
                 await api("CreateListener", "create_listener", LoadBalancerArn=arn, Port=port, Protocol=protocol,
-                          DefaultActions=[{"Type": "forward", "TargetGroupArn": target}])
+                          DefaultActions=action)
+            elif [a.get("TargetGroupArn") for a in existing.get("DefaultActions") or []] != [target]:
+                await api("ModifyListener", "modify_listener", ListenerArn=existing["ListenerArn"],
+                          DefaultActions=action)
+        for key, lst in have.items():
+            if key not in wanted:
+                await api("DeleteListener", "delete_listener", ListenerArn=lst["ListenerArn"])
         return current
 
     async def delete(self, api: Any, current: dict[str, Any]) -> None:

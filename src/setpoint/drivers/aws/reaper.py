@@ -5,9 +5,12 @@ never touched."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from setpoint.agent.errors import DriverError
 from setpoint.client import Client
@@ -83,3 +86,48 @@ async def reap(client: Client, clients: Clients, regions: list[str], *, endpoint
                 except DriverError as e:
                     report.failed.append(f"{o.actual.kind} {o.actual.id}: {e.message}")
     return report
+
+
+class ReaperMetrics:
+    """The last report of each reaper as Prometheus samples: what is forgotten, where, and what it
+    costs, so that an alert can fire on ``setpoint_reaper_monthly_cost_dollars`` rather than on
+    someone reading a status. Orphan counts of a kind that no longer has any go away."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.orphans = Gauge("setpoint_reaper_orphans", "Orphaned cloud resources in the last run.",
+                             ["reaper", "kind", "region"], registry=registry)
+        self.cost = Gauge("setpoint_reaper_monthly_cost_dollars",
+                          "Estimated monthly cost of the orphans found in the last run.", ["reaper"],
+                          registry=registry)
+        self.examined = Gauge("setpoint_reaper_examined", "Cloud resources examined in the last run.",
+                              ["reaper"], registry=registry)
+        self.failed = Gauge("setpoint_reaper_delete_failures", "Orphans the last run failed to delete.",
+                            ["reaper"], registry=registry)
+        self.deleted = Counter("setpoint_reaper_deleted", "Orphans deleted.", ["reaper"], registry=registry)
+        self.last_run = Gauge("setpoint_reaper_last_run_timestamp_seconds", "When the last run ended.",
+                              ["reaper"], registry=registry)
+        self._series: dict[str, set[tuple[str, str]]] = {}
+
+    def record(self, reaper: str, report: Report) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        for o in report.orphans:
+            key = (o.actual.kind, o.actual.region)
+            counts[key] = counts.get(key, 0) + 1
+        for gone in self._series.get(reaper, set()) - set(counts):
+            self.orphans.remove(reaper, *gone)
+        for (kind, region), n in counts.items():
+            self.orphans.labels(reaper, kind, region).set(n)
+        self._series[reaper] = set(counts)
+        self.cost.labels(reaper).set(report.monthly_cost)
+        self.examined.labels(reaper).set(report.examined)
+        self.failed.labels(reaper).set(len(report.failed))
+        self.deleted.labels(reaper).inc(len(report.deleted))
+        self.last_run.labels(reaper).set_to_current_time()
+
+    def forget(self, reaper: str) -> None:
+        """A Reaper object deleted: its series go with it."""
+        for series in self._series.pop(reaper, set()):
+            self.orphans.remove(reaper, *series)
+        for metric in (self.cost, self.examined, self.failed, self.deleted, self.last_run):
+            with contextlib.suppress(KeyError):
+                metric.remove(reaper)

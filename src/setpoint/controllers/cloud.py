@@ -20,8 +20,9 @@ from setpoint.agent.metrics import AgentMetrics
 from setpoint.client import Client, Resource
 from setpoint.drivers.aws import KINDS, AwsDriver, resource
 from setpoint.drivers.aws.inventory import load_prices
-from setpoint.drivers.aws.reaper import ReaperMetrics, reap
+from setpoint.drivers.aws.reaper import reap
 from setpoint.drivers.aws.session import Clients
+from setpoint.drivers.reaper import ReaperMetrics
 from setpoint.drivers.reconciler import DriverController
 from setpoint.types import Object
 

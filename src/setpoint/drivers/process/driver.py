@@ -163,6 +163,17 @@ class ProcessDriver:
         except FileNotFoundError:
             return set()
 
+    async def describe_uid(self, uid: str) -> dict[str, Any]:
+        """What the state of ProcessSet ``uid`` says about it, for the reaper: its
+        ``owner`` ("namespace/name", "" if unknown), how long ago its oldest live replica
+        started (``age_seconds``, None if none runs) and how many replicas run (``running``)."""
+        records = await self._records_for(uid)
+        owner = next((f"{r.namespace}/{r.name}" for r in records.values() if r.name), "")
+        started = [r.started_at for r in records.values()
+                   if r.pid and r.started_at and self._alive((uid, r.replica), r.pid, r.start_ticks)]
+        age = max(0.0, self._clock() - min(started)) if started else None
+        return {"owner": owner, "age_seconds": age, "running": len(started)}
+
     async def delete_uid(self, uid: str, *, grace: float | None = None) -> None:
         """Stop every process of the ProcessSet ``uid`` and remove its state (logs included).
         ``grace`` defaults to the stop grace period recorded when each process started."""

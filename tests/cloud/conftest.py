@@ -25,9 +25,10 @@ AMI = "ami-12c6146b"  # one of moto's built-in images
 class CloudController:
     """``setpoint cloud-controller`` against ``srv``, with its metrics on a port of its own."""
 
-    def __init__(self, srv: ServerProcess, log: Path) -> None:
+    def __init__(self, srv: ServerProcess, log: Path, env: dict[str, str] | None = None) -> None:
         self.srv = srv
         self.log = log
+        self.env = {**os.environ, **CREDENTIALS, **(env or {})}
         self.metrics_url = ""
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -38,7 +39,7 @@ class CloudController:
             [sys.executable, "-m", "setpoint", "cloud-controller", "--kubeconfig",
              str(self.srv.data_dir / "kubeconfig.yaml"), "--drift-interval", "1",
              "--metrics-address", f"127.0.0.1:{port}"],
-            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env={**os.environ, **CREDENTIALS})
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=self.env)
         return self
 
     def kill(self) -> None:

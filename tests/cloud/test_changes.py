@@ -129,3 +129,41 @@ async def test_what_the_cloud_cannot_change_is_refused_and_can_be_put_back(admin
     await patch_spec(admin, VPCS, "net", {"cidrBlock": "10.6.0.0/16"})
     o = await eventually(lambda: ready(admin, VPCS, "net"), timeout=30, what="the VPC ready with its old value")
     assert o["status"]["vpcId"] == vpc
+
+
+async def test_deleting_every_kind_removes_every_resource(admin: Client, moto: MotoServer) -> None:
+    url = moto.url
+    await admin.create(VPCS, obj("VPC", "net", url, cidrBlock="10.8.0.0/16"), namespace=NS)
+    for name, cidr, zone in (("a", "10.8.1.0/24", "us-east-1a"), ("b", "10.8.2.0/24", "us-east-1b")):
+        await admin.create(SUBNETS, obj("Subnet", name, url, vpcRef="net", cidrBlock=cidr, availabilityZone=zone),
+                           namespace=NS)
+    await admin.create(GROUPS, obj("SecurityGroup", "web", url, vpcRef="net", ingress=[{"fromPort": 80}]),
+                       namespace=NS)
+    await admin.create(INSTANCES, obj("Instance", "vm", url, imageId=AMI, subnetRef="a", securityGroupRefs=["web"]),
+                       namespace=NS)
+    await admin.create(BUCKETS, obj("Bucket", "logs", url), namespace=NS)
+    await admin.create(TARGETS, obj("TargetGroup", "blue", url, vpcRef="net", port=8080, instanceRefs=["vm"]),
+                       namespace=NS)
+    await admin.create(ELBS, obj("ElasticLoadBalancer", "front", url, subnetRefs=["a", "b"],
+                                 listeners=[{"port": 80, "targetGroupRef": "blue"}]), namespace=NS)
+    everything = [(VPCS, "net"), (SUBNETS, "a"), (SUBNETS, "b"), (GROUPS, "web"), (INSTANCES, "vm"),
+                  (BUCKETS, "logs"), (TARGETS, "blue"), (ELBS, "front")]
+    for res, name in everything:
+        await eventually(lambda r=res, n=name: ready(admin, r, n), timeout=90, what=f"{name}")  # type: ignore[misc]
+    for res, name in everything:  # all at once, the network first: each waits for its dependents
+        await admin.delete(res, name, namespace=NS)
+
+    async def all_gone() -> bool:
+        for res, _ in everything:
+            if (await admin.list(res, namespace=NS)).items:
+                return False
+        return True
+
+    await eventually(all_gone, timeout=120, what="every object deleted")
+    ec2, elb, s3 = boto("ec2", moto), boto("elbv2", moto), boto("s3", moto)
+    states = [i["State"]["Name"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
+    assert all(s in ("shutting-down", "terminated") for s in states), states
+    assert [v for v in ec2.describe_vpcs()["Vpcs"] if not v.get("IsDefault")] == []
+    assert [g for g in ec2.describe_security_groups()["SecurityGroups"] if g["GroupName"] != "default"] == []
+    assert elb.describe_load_balancers()["LoadBalancers"] == [] and elb.describe_target_groups()["TargetGroups"] == []
+    assert s3.list_buckets()["Buckets"] == []

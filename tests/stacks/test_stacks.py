@@ -213,3 +213,91 @@ async def test_plan_shows_what_apply_would_do_and_changes_nothing(
     out = await asyncio.to_thread(plan)
     assert "~ ConfigMap a (a): change" in out and "  -  v: '1'" in out and "  +  v: '2'" in out, out
     assert (await admin.get(CONFIGMAPS, "a", namespace="default"))["data"]["v"] == "1", "plan changed something"
+
+
+def widget(name: str) -> dict[str, Any]:
+    return {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": name}, "spec": {"size": 1}}
+
+
+async def mark_ready(client: Client, name: str) -> None:
+    w = await client.get(WIDGETS, name, namespace="default")
+    gen = w["metadata"]["generation"]
+    await client.patch(WIDGETS, name, {"status": {"observedGeneration": gen, "conditions": [
+        {"type": "Ready", "status": "True", "reason": "Done", "observedGeneration": gen}]}},
+        namespace="default", subresource="status")
+
+
+async def existing(client: Client, names: list[str]) -> list[str]:
+    return [n for n in names if await get_or_none(client, WIDGETS, n) is not None]
+
+
+async def test_independent_resources_start_together_up_to_the_parallelism(admin: Client) -> None:
+    names = [f"x{i}" for i in range(5)]
+    await admin.create(STACKS, stack([{"name": n, "template": widget(n)} for n in names]
+                                     + [{"name": "y", "template": widget("y"), "dependsOn": names}],
+                                     parallelism=2), namespace="default")
+
+    async def slots() -> dict[str, str] | None:
+        s = await admin.get(STACKS, "s", namespace="default")
+        p = {e["name"]: e["phase"] for e in (s.get("status") or {}).get("resources") or []}
+        return p if sorted(p.values()).count("Pending") == 4 and len(await existing(admin, names)) == 2 else None
+
+    await eventually(slots, timeout=20, what="two in progress, three waiting for a slot")
+    first = await existing(admin, names)
+    assert first == ["x0", "x1"], first  # in the template's order
+    for n in first:
+        await mark_ready(admin, n)
+    await eventually(lambda: _count(admin, names, 4), timeout=20, what="two more started as the first two converged")
+    assert await get_or_none(admin, WIDGETS, "y") is None, "y started before all it depends on converged"
+    # Without a tight limit, the rest start at once, none of them converged.
+    await admin.patch(STACKS, "s", {"spec": {"parallelism": 16}}, namespace="default")
+    await eventually(lambda: _count(admin, names, 5), timeout=20, what="all five in progress together")
+    ready_now = [n for n in names if get_condition((await admin.get(WIDGETS, n, namespace="default")).get("status"),
+                                                   "Ready")]
+    assert ready_now == first, "the others had to converge before the rest could start"
+
+
+async def _count(client: Client, names: list[str], n: int) -> bool:
+    return len(await existing(client, names)) == n
+
+
+async def test_the_controller_killed_mid_apply_resumes_without_duplicates(tmp_path: Path) -> None:
+    srv = ServerProcess(tmp_path / "server").start()
+    cms = [ControllerManager(srv)]
+    try:
+        async with Client(srv.client_config()) as client:
+            await prepare(client, "default")
+            names = [f"w{i}" for i in range(8)]
+            await client.create(STACKS, stack([{"name": n, "template": widget(n), **(
+                {"dependsOn": [names[i - 1]]} if i else {})} for i, n in enumerate(names)]), namespace="default")
+
+            async def converge_up_to(k: int) -> None:  # the test plays the widgets' controller
+                for n in names[:k]:
+                    w = await eventually(lambda n=n: get_or_none(client, WIDGETS, n), timeout=30,  # type: ignore[misc]
+                                         what=f"{n} created")
+                    if not get_condition(w.get("status"), "Ready"):
+                        await mark_ready(client, n)
+
+            await converge_up_to(4)
+            await eventually(lambda: get_or_none(client, WIDGETS, "w4"), timeout=30, what="w4 created")
+            cms[0].proc.kill()  # kill -9, mid-apply: w4 in progress, w5.. not started
+            cms[0].proc.wait(timeout=10)
+            before = {n: (await client.get(WIDGETS, n, namespace="default"))["metadata"]["uid"] for n in names[:5]}
+            await mark_ready(client, "w4")  # converges while nobody watches
+            cms.append(ControllerManager(srv))  # takes the lease over once the dead one's expires
+            await converge_up_to(len(names))
+
+            async def stack_converged() -> bool:
+                s = await client.get(STACKS, "s", namespace="default")
+                c = get_condition(s.get("status"), "Ready")
+                return bool(c and c["status"] == "True")
+
+            await eventually(stack_converged, timeout=60, what="the stack converged after the restart")
+            after = {w["metadata"]["name"]: w["metadata"]["uid"] for w in (await client.list(
+                WIDGETS, namespace="default", label_selector="setpoint.dev/stack=s")).items}
+            assert sorted(after) == names, "a resource is missing or made twice"
+            assert {n: after[n] for n in before} == before, "a resource made before the kill was made again"
+    finally:
+        for c in cms:
+            c.stop()
+        srv.stop()

@@ -164,13 +164,10 @@ class Controller:
         all_watches = list(watches or [])
         for res in owns or []:
             all_watches.append(Watch(res, owner_mapper(self.resource.kind), namespace=namespace))
+        self._transfer = transfer
+        self._running = False
         for w in all_watches:
-            inf = Informer(client, w.resource, namespace=w.namespace, label_selector=w.label_selector,
-                           field_selector=w.field_selector, transform=_strip_managed_fields,
-                           transport=transfer() if transfer else None)
-            enqueue = self._mapped(w.mapper)
-            inf.add_handler(on_add=enqueue, on_update=_on_new(enqueue), on_delete=enqueue)
-            self._secondary.append(inf)
+            self.watch(w)
         self._not_ready: dict[str, int] = {}
         self._own_writes: dict[str, Object] = {}  # key -> the status we last wrote
         self._given_up: dict[str, Any] = {}  # key -> the generation we stopped retrying at
@@ -202,6 +199,20 @@ class Controller:
             return
         self.queue.add(key)
 
+    def watch(self, w: Watch) -> Informer:
+        """Enqueue objects of ours on changes to another kind, from now on. A controller whose
+        children's kinds are known only at run time (a Stack's) adds its watches as it meets
+        them; one added while the controller runs starts at once and stops with it."""
+        inf = Informer(self.client, w.resource, namespace=w.namespace, label_selector=w.label_selector,
+                       field_selector=w.field_selector, transform=_strip_managed_fields,
+                       transport=self._transfer() if self._transfer else None)
+        enqueue = self._mapped(w.mapper)
+        inf.add_handler(on_add=enqueue, on_update=_on_new(enqueue), on_delete=enqueue)
+        self._secondary.append(inf)
+        if self._running:
+            inf.start()
+        return inf
+
     def _mapped(self, mapper: Callable[[Object], list[str]]) -> Callable[[Object], None]:
         def enqueue(obj: Object) -> None:
             for key in mapper(obj):
@@ -216,6 +227,7 @@ class Controller:
         informers = [self.informer, *self._secondary]
         for inf in informers:
             inf.start()
+        self._running = True
         if self._own_events:
             self.events.start()
         try:
@@ -227,8 +239,9 @@ class Controller:
                 await self.leader_election.run(self._work)
         finally:
             self._stopping = True
+            self._running = False
             self.queue.shutdown()
-            for inf in informers:
+            for inf in [self.informer, *self._secondary]:  # watches added meanwhile too
                 await inf.stop()
             if self._own_events:
                 await self.events.stop()

@@ -62,7 +62,7 @@ def plan(
 
     from setpoint.client import APIStatusError, Client, ClientConfig, NotFound
     from setpoint.controllers.resources import STACKS
-    from setpoint.controllers.stack import StackController, converged
+    from setpoint.controllers.stack import StackController
     from setpoint.stackgraph import StackError, build, fill
 
     docs = [d for d in yaml.safe_load_all(filename.read_text()) if isinstance(d, dict) and d.get("kind") == "Stack"]
@@ -92,7 +92,7 @@ def plan(
                 res = await ctl._resource(str(t.get("apiVersion", "")), str(t.get("kind", "")))
                 obj_name = str((t.get("metadata") or {}).get("name", ""))
                 live = await ctl._get(res, obj_name, namespace)
-                if live is not None and converged(live):
+                if live is not None and ctl.converged(res, live):
                     objs[r["name"]] = live
             for rname in graph.order():
                 r = next(x for x in spec["resources"] if x["name"] == rname)

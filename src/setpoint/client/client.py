@@ -607,6 +607,13 @@ class Client:
                                     kind=kind)
         raise NotFound(404, "NotFound", f"the server does not serve kind {kind!r} in {api_version!r}")
 
+    async def subresources(self, resource: Resource) -> set[str]:
+        """The subresources the server serves for ``resource`` (``{"status", "scale"}``), from
+        the discovery document :meth:`resource_for` reads (cached alike)."""
+        resources = await self._discover(resource.api_version, False)
+        prefix = f"{resource.plural}/"
+        return {str(r["name"])[len(prefix):] for r in resources if str(r.get("name", "")).startswith(prefix)}
+
     async def _discover(self, api_version: str, refresh: bool) -> builtins.list[dict[str, Any]]:
         if refresh or api_version not in self._discovery:
             path = f"/apis/{api_version}" if "/" in api_version else f"/api/{api_version}"

@@ -2,7 +2,8 @@
 
 Each reconcile looks at every resource of the Stack in dependency order: one whose dependencies
 are all converged is created (or changed, by merge patch, when its filled-in template differs
-from the object), as a child owned by the Stack, up to ``spec.parallelism`` writes at a time;
+from the object), as a child owned by the Stack, with at most ``spec.parallelism`` resources in
+progress (written, not converged yet) at a time;
 one whose dependency failed is blocked; the rest wait. References are filled from the converged
 objects themselves. A resource removed from the template is deleted. Deleting the Stack deletes
 its resources dependents first, each gone before what it depends on is touched.
@@ -19,6 +20,7 @@ from typing import Any
 
 from setpoint.agent import Controller, NotReady, Permanent, Result
 from setpoint.agent.conditions import get_condition
+from setpoint.agent.controller import Watch
 from setpoint.client import APIStatusError, Client, ClientError, NotFound, Resource
 from setpoint.controllers.resources import STACKS
 from setpoint.stackgraph import Graph, StackError, build, fill
@@ -28,15 +30,29 @@ log = logging.getLogger(__name__)
 
 FINALIZER = "setpoint.dev/stack"
 STACK_LABEL = "setpoint.dev/stack"
+STACK_NAMESPACE_LABEL = "setpoint.dev/stack-namespace"  # cluster-scoped children have no namespace of their own
 RESOURCE_LABEL = "setpoint.dev/stack-resource"
+# A safety net only: a Stack hears of its children's changes through watches on their kinds.
+RECHECK_SECONDS = 10.0
 
 
-def converged(obj: Object | None) -> bool:
+def stack_of(child: Object) -> list[str]:
+    """The key of the Stack a child belongs to, from the labels the Stack gave it."""
+    labels = (child.get("metadata") or {}).get("labels") or {}
+    name, ns = labels.get(STACK_LABEL), labels.get(STACK_NAMESPACE_LABEL)
+    return [f"{ns}/{name}"] if name and ns else []
+
+
+def converged(obj: Object | None, reports_status: bool = False) -> bool:
+    """Ready for its current generation. An object of a kind whose controller reports status
+    (it has a status subresource) and that has reported nothing yet is not converged: a
+    ProcessSet just created runs nothing yet. One of a kind without status (a ConfigMap) is
+    converged once it exists."""
     if obj is None or obj["metadata"].get("deletionTimestamp"):
         return False
     status = obj.get("status") or {}
     if not status.get("conditions"):
-        return True
+        return not reports_status
     ready = get_condition(status, "Ready")
     gen = obj["metadata"].get("generation")
     observed = (ready or {}).get("observedGeneration", status.get("observedGeneration", gen))
@@ -63,6 +79,7 @@ class StackController(Controller):
     def __init__(self, client: Client, **kw: Any) -> None:
         super().__init__(client, **kw)
         self._resources: dict[tuple[str, str], Resource] = {}
+        self._reports_status: set[Resource] = set()
 
     async def _resource(self, api_version: str, kind: str) -> Resource:
         key = (api_version, kind)
@@ -72,7 +89,14 @@ class StackController(Controller):
             except NotFound:
                 raise NotReady(f"the server does not serve {kind} in {api_version} (yet)", retry_after=2.0,
                                reason="KindNotServed") from None
+            if "status" in await self.client.subresources(self._resources[key]):
+                self._reports_status.add(self._resources[key])
+            # Its children of this kind tell the Stack when they change (converge, fail, go).
+            self.watch(Watch(self._resources[key], stack_of, label_selector=STACK_LABEL))
         return self._resources[key]
+
+    def converged(self, res: Resource, obj: Object | None) -> bool:
+        return converged(obj, res in self._reports_status)
 
     async def _get(self, res: Resource, name: str, namespace: str) -> Object | None:
         try:
@@ -103,9 +127,14 @@ class StackController(Controller):
         children = await self._children(obj, graph)
         params = spec.get("parameters") or {}
         objs = {n: c[2] for n, c in children.items() if c[2] is not None}
+        done = {n for n, (res, _, live) in children.items() if self.converged(res, live)}
         templates = {r["name"]: r["template"] for r in spec["resources"]}
         phases: dict[str, tuple[str, str]] = {}
-        budget = int(spec.get("parallelism") or 16)
+        # parallelism bounds the resources in progress, as Terraform's does its operations: one
+        # written and not converged yet holds its slot until it converges (or fails).
+        in_progress = sum(1 for n, (_, _, live) in children.items()
+                          if live is not None and n not in done and not live["metadata"].get("deletionTimestamp"))
+        budget = int(spec.get("parallelism") or 16) - in_progress
         writes = []
         for name in graph.order():
             res, obj_name, live = children[name]
@@ -113,7 +142,7 @@ class StackController(Controller):
             if failed:
                 phases[name] = ("Blocked", f"waits for {', '.join(sorted(failed))}, which failed")
                 continue
-            waiting = [d for d in graph.deps[name] if not converged(objs.get(d))]
+            waiting = [d for d in graph.deps[name] if d not in done]
             if waiting:
                 phases[name] = ("Pending", f"waits for {', '.join(sorted(waiting))}")
                 continue
@@ -125,13 +154,13 @@ class StackController(Controller):
             body = self._owned(body, obj, name, ns, res)
             if live is None or _merged(live, body) != live:
                 if budget <= 0:
-                    phases[name] = ("Pending", "waits for a write slot (spec.parallelism)")
+                    phases[name] = ("Pending", "waits for a slot (spec.parallelism resources in progress)")
                     continue
                 budget -= 1
                 writes.append((name, res, obj_name, live, body))
                 phases[name] = ("Creating" if live is None else "Updating", "")
             else:
-                phases[name] = ("Ready", "") if converged(live) else ("Progressing", "not converged yet")
+                phases[name] = ("Ready", "") if name in done else ("Progressing", "not converged yet")
         results = await asyncio.gather(*(self._write(ns, *w) for w in writes))
         for (name, *_), error in zip(writes, results, strict=True):
             if error:
@@ -149,7 +178,8 @@ class StackController(Controller):
         meta = dict(body.get("metadata") or {})
         if res.namespaced:
             meta["namespace"] = ns
-        meta["labels"] = {**(meta.get("labels") or {}), STACK_LABEL: stack["metadata"]["name"], RESOURCE_LABEL: name}
+        meta["labels"] = {**(meta.get("labels") or {}), STACK_LABEL: stack["metadata"]["name"],
+                          STACK_NAMESPACE_LABEL: ns, RESOURCE_LABEL: name}
         meta["ownerReferences"] = [{"apiVersion": STACKS.api_version, "kind": "Stack",
                                     "name": stack["metadata"]["name"], "uid": stack["metadata"]["uid"],
                                     "controller": True, "blockOwnerDeletion": True}]
@@ -209,11 +239,11 @@ class StackController(Controller):
         if failed:
             f = failed[0]
             return Result(status=status, ready=False, reason="ResourceFailed",
-                          message=f"{f['name']}: {f.get('message', '')}", requeue_after=5.0)
+                          message=f"{f['name']}: {f.get('message', '')}", requeue_after=RECHECK_SECONDS)
         if ready == len(entries):
             return Result(status=status, ready=True, reason="Converged", message=f"{ready} resources ready")
         return Result(status=status, ready=False, reason="Applying",
-                      message=f"{ready}/{len(entries)} resources ready", requeue_after=0.5)
+                      message=f"{ready}/{len(entries)} resources ready", requeue_after=RECHECK_SECONDS)
 
     async def finalize(self, obj: Object) -> None:
         """Dependents first: a resource is deleted once nothing that depends on it exists."""
@@ -232,7 +262,9 @@ class StackController(Controller):
                     await self.client.delete(res, obj_name, namespace=ns if res.namespaced else None)
                 except NotFound:
                     pass
-        raise NotReady(f"deleting {len(alive)} resources, dependents first", retry_after=0.5, reason="Destroying")
+        # Each deletion is heard through the watches; the retry is the safety net.
+        raise NotReady(f"deleting {len(alive)} resources, dependents first", retry_after=RECHECK_SECONDS,
+                       reason="Destroying")
 
 
 __all__ = ["StackController", "converged"]

@@ -4,6 +4,7 @@ references to nothing refused, failure isolation, resume, and destruction depend
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -301,3 +302,36 @@ async def test_the_controller_killed_mid_apply_resumes_without_duplicates(tmp_pa
         for c in cms:
             c.stop()
         srv.stop()
+
+
+async def setpoint_cli(srv: ServerProcess, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "setpoint", *args, "--kubeconfig", str(srv.data_dir / "kubeconfig.yaml"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_apply_wait_and_destroy_show_each_resource(admin: Client, cluster: ServerProcess,
+                                                         tmp_path: Path) -> None:
+    import yaml
+
+    path = tmp_path / "chain.yaml"
+    path.write_text(yaml.safe_dump(stack([
+        {"name": "a", "template": cm("a")},
+        {"name": "b", "template": cm("b", v="${resources.a.metadata.name}")},
+        {"name": "c", "template": cm("c", v="${resources.b.metadata.name}")}])))
+    rc, out, err = await setpoint_cli(cluster, "apply", "-f", str(path), "-n", "default", "--wait", "--timeout", "60")
+    assert rc == 0, out + err
+    for name in "abc":
+        assert f"└ ConfigMap {name} ({name}): Ready" in out, out
+    rc, out, err = await setpoint_cli(cluster, "destroy", "-f", str(path), "-n", "default")
+    assert rc == 0, out + err
+    lines = out.splitlines()
+    deleted = [next(i for i, line in enumerate(lines) if f"({n}): Deleted" in line) for n in "cba"]
+    assert deleted == sorted(deleted), f"not destroyed dependents first:\n{out}"
+    assert "(a): Waiting: for b to be deleted first" in out, out
+    assert lines[-1] == "stack.setpoint.dev/s deleted", out
+    for name in "abc":
+        assert await get_or_none(admin, CONFIGMAPS, name) is None

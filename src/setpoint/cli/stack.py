@@ -136,3 +136,31 @@ def plan(
     asyncio.run(main())
     console.print(f"Plan: {counts['create']} to create, {counts['change']} to change, {counts['delete']} to delete.",
                   highlight=False)
+
+
+@app.command()
+def destroy(
+    filename: Annotated[Path, typer.Option("--filename", "-f", help="A file holding the Stack(s) to destroy.")],
+    namespace: Annotated[str | None, typer.Option("--namespace", "-n", help="The Stacks' namespace.")] = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait (0: no limit).")] = 600.0,
+    kubeconfig: Annotated[str | None, typer.Option(help="Kubeconfig file.")] = None,
+) -> None:
+    """Delete the Stacks in a file and everything they made, dependents first, showing each
+    resource until it is gone (the other objects in the file are left alone)."""
+    from setpoint.cli.objects.delete import Cascade, delete_objects
+    from setpoint.cli.objects.manifests import read_manifests
+    from setpoint.cli.objects.session import Session, run
+
+    manifests = [m for m in read_manifests([str(filename)]) if m.kind == "Stack"]
+    if not manifests:
+        console.print(f"[red]{filename} holds no Stack[/red]", highlight=False)
+        raise typer.Exit(2)
+
+    async def main() -> int:
+        session = Session(kubeconfig, None, namespace)
+        try:
+            return await delete_objects(session, None, [], None, manifests, True, timeout, Cascade.background, False)
+        finally:
+            await session.aclose()
+
+    run(main)

@@ -246,25 +246,53 @@ class StackController(Controller):
                       message=f"{ready}/{len(entries)} resources ready", requeue_after=RECHECK_SECONDS)
 
     async def finalize(self, obj: Object) -> None:
-        """Dependents first: a resource is deleted once nothing that depends on it exists."""
+        """Dependents first: a resource is deleted once nothing that depends on it exists. Each
+        resource's phase (Deleting, Waiting, Deleted) goes to status, for ``setpoint destroy``."""
         graph = self._graph(obj)
         ns = obj["metadata"].get("namespace", "default")
         children = await self._children(obj, graph)
         alive = {n for n, c in children.items() if c[2] is not None}
-        if not alive:
-            return
-        for name in alive:
-            if graph.dependents(name) & alive:
+        phases: dict[str, tuple[str, str]] = {}
+        for name in graph.order():
+            if name not in alive:
+                phases[name] = ("Deleted", "")
+                continue
+            waits = graph.dependents(name) & alive
+            if waits:
+                phases[name] = ("Waiting", f"for {', '.join(sorted(waits))} to be deleted first")
                 continue
             res, obj_name, live = children[name]
+            phases[name] = ("Deleting", "")
             if live is not None and not live["metadata"].get("deletionTimestamp"):
                 try:
                     await self.client.delete(res, obj_name, namespace=ns if res.namespaced else None)
                 except NotFound:
-                    pass
+                    phases[name] = ("Deleted", "")
+        await self._write_destroy_status(obj, children, phases)
+        if not alive:
+            return
         # Each deletion is heard through the watches; the retry is the safety net.
         raise NotReady(f"deleting {len(alive)} resources, dependents first", retry_after=RECHECK_SECONDS,
                        reason="Destroying")
+
+    async def _write_destroy_status(self, obj: Object, children: dict[str, tuple[Resource, str, Object | None]],
+                                    phases: dict[str, tuple[str, str]]) -> None:
+        entries = []
+        for r in obj["spec"]["resources"]:
+            res, obj_name, _ = children[r["name"]]
+            phase, message = phases[r["name"]]
+            entry = {"name": r["name"], "apiVersion": res.api_version, "kind": res.kind or r["template"].get("kind"),
+                     "objectName": obj_name, "phase": phase}
+            if message:
+                entry["message"] = message
+            entries.append(entry)
+        if entries == (obj.get("status") or {}).get("resources"):
+            return
+        try:
+            await self.client.patch(STACKS, obj["metadata"]["name"], {"status": {"resources": entries}},
+                                    namespace=obj["metadata"].get("namespace"), subresource="status")
+        except (NotFound, APIStatusError) as e:  # gone meanwhile, or raced: the next pass writes it
+            log.debug("stack %s: destroy status not written: %s", obj["metadata"].get("name"), e)
 
 
 __all__ = ["StackController", "converged"]

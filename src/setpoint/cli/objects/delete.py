@@ -83,16 +83,17 @@ def delete(
         manifests = list(reversed(apply_order(read_manifests(filename)))) if filename else []
         session = Session(kubeconfig, context, namespace)
         try:
-            return await _delete(session, kind, refs, selector, manifests, wait, timeout, cascade, ignore_not_found)
+            return await delete_objects(session, kind, refs, selector, manifests, wait, timeout, cascade,
+                                        ignore_not_found)
         finally:
             await session.aclose()
 
     run(main)
 
 
-async def _delete(session: Session, kind: str | None, names: list[str], selector: str | None,
-                  manifests: list[Manifest], wait: bool, timeout: float, cascade: Cascade,
-                  ignore_not_found: bool) -> int:
+async def delete_objects(session: Session, kind: str | None, names: list[str], selector: str | None,
+                         manifests: list[Manifest], wait: bool, timeout: float, cascade: Cascade,
+                         ignore_not_found: bool) -> int:
     todo: list[tuple[KindInfo | None, str | None, str, str]] = []  # kind, namespace, name, label for errors
     failed = 0
     if manifests:

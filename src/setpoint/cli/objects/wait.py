@@ -105,6 +105,22 @@ class Target:
         return "; ".join(parts)
 
 
+def parts(t: Target) -> list[tuple[str, str, str, bool]]:
+    """The rows under a target, as (key, label, state, done): a Stack's resources, each with the
+    phase its controller reports (while it applies, and while it is destroyed)."""
+    if t.obj is None or t.info.kind != "Stack" or t.info.resource.group != "setpoint.dev":
+        return []
+    out = []
+    for e in (t.obj.get("status") or {}).get("resources") or []:
+        if not isinstance(e, dict):
+            continue
+        phase, message = str(e.get("phase", "")), str(e.get("message", ""))
+        label = f"  └ {e.get('kind', '?')} {e.get('objectName', '')} ({e.get('name', '')})"
+        state = f"{phase}: {message}" if message else phase
+        out.append((f"{t.label}/{e.get('name')}", label, state, phase in ("Ready", "Deleted")))
+    return out
+
+
 class WaitDisplay:
     """Where each target stands: a live rich progress display (a row per target) on a terminal;
     on a pipe or a file, a line each time a target's state changes."""
@@ -122,6 +138,8 @@ class WaitDisplay:
             )
         self.rows: dict[int, TaskID] = {}
         self.shown: dict[int, str] = {}
+        self.part_rows: dict[str, TaskID] = {}
+        self.shown_parts: dict[str, str] = {}
 
     def __enter__(self) -> WaitDisplay:
         if self.progress is not None:
@@ -146,6 +164,18 @@ class WaitDisplay:
             elif t.seen and self.shown.get(id(t)) != state:
                 print(f"  {t.label}: {state}", flush=True)
             self.shown[id(t)] = state
+            for key, label, part, done in parts(t):
+                self._part(key, label, part, done)
+
+    def _part(self, key: str, label: str, state: str, done: bool) -> None:
+        """A row under its target: one of a Stack's resources."""
+        if self.progress is not None:
+            if key not in self.part_rows:
+                self.part_rows[key] = self.progress.add_task(label, total=1, state=state)
+            self.progress.update(self.part_rows[key], state=state, completed=1 if done else 0)
+        elif self.shown_parts.get(key) != state:
+            print(f"  {label}: {state}", flush=True)
+        self.shown_parts[key] = state
 
     def note(self, message: str) -> None:
         if self.progress is not None:

@@ -335,3 +335,15 @@ async def test_apply_wait_and_destroy_show_each_resource(admin: Client, cluster:
     assert lines[-1] == "stack.setpoint.dev/s deleted", out
     for name in "abc":
         assert await get_or_none(admin, CONFIGMAPS, name) is None
+
+
+async def test_a_resource_changed_behind_the_stacks_back_is_put_back(admin: Client) -> None:
+    await admin.create(STACKS, stack([{"name": "a", "template": cm("a", v="1")}]), namespace="default")
+    await eventually(lambda: get_or_none(admin, CONFIGMAPS, "a"), timeout=20, what="a created")
+    await admin.patch(CONFIGMAPS, "a", {"data": {"v": "edited", "extra": "x"}}, namespace="default")
+
+    async def put_back() -> bool:
+        a = await get_or_none(admin, CONFIGMAPS, "a")
+        return a is not None and a["data"].get("v") == "1"
+
+    await eventually(put_back, timeout=20, what="the template's value back")

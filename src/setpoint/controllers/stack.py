@@ -15,6 +15,8 @@ kind reports no conditions (a ConfigMap) is converged once it exists.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 from typing import Any
 
@@ -32,6 +34,7 @@ FINALIZER = "setpoint.dev/stack"
 STACK_LABEL = "setpoint.dev/stack"
 STACK_NAMESPACE_LABEL = "setpoint.dev/stack-namespace"  # cluster-scoped children have no namespace of their own
 RESOURCE_LABEL = "setpoint.dev/stack-resource"
+APPLIED = "setpoint.dev/stack-applied"  # a digest of the filled-in template last written
 # A safety net only: a Stack hears of its children's changes through watches on their kinds.
 RECHECK_SECONDS = 10.0
 
@@ -71,6 +74,22 @@ def _merged(live: Any, patch: Any) -> Any:
     return out
 
 
+def _digest(template: Object) -> str:
+    """Of a filled-in template as the Stack wrote it, to tell a changed template from server defaults."""
+    return hashlib.sha256(json.dumps(template, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _writable(body: Object) -> Object:
+    return {k: v for k, v in body.items() if k != "status"}
+
+
+def _compared(obj: Object) -> Object:
+    """What a write can change: everything but status and what the server keeps in metadata."""
+    meta = {k: v for k, v in (obj.get("metadata") or {}).items()
+            if k not in ("resourceVersion", "managedFields", "generation", "creationTimestamp", "uid")}
+    return {**_writable(obj), "metadata": meta}
+
+
 class StackController(Controller):
     resource = STACKS
     finalizer = FINALIZER
@@ -80,6 +99,7 @@ class StackController(Controller):
         super().__init__(client, **kw)
         self._resources: dict[tuple[str, str], Resource] = {}
         self._reports_status: set[Resource] = set()
+        self._in_sync: dict[str, str] = {}  # child uid -> the resourceVersion a dry run found in sync
 
     async def _resource(self, api_version: str, kind: str) -> Resource:
         key = (api_version, kind)
@@ -152,7 +172,7 @@ class StackController(Controller):
                 phases[name] = ("Pending", f"waits for a value: {e.args[0]}")
                 continue
             body = self._owned(body, obj, name, ns, res)
-            if live is None or _merged(live, body) != live:
+            if live is None or await self._differs(res, live, body, ns):
                 if budget <= 0:
                     phases[name] = ("Pending", "waits for a slot (spec.parallelism resources in progress)")
                     continue
@@ -172,6 +192,32 @@ class StackController(Controller):
         await self._delete_removed(obj, set(graph.names), ns)
         return self._report(obj, graph, children, phases)
 
+    async def _differs(self, res: Resource, live: Object, body: Object, ns: str) -> bool:
+        """Whether writing ``body`` would change ``live``. A template that changed since it was
+        last written (its digest in an annotation) differs; else the object is compared with what
+        a merge patch would make of it, and where that naive comparison cannot tell (the server
+        defaults fields inside lists the template leaves out), the server answers a dry run,
+        once per resourceVersion."""
+        applied = (live["metadata"].get("annotations") or {}).get(APPLIED)
+        if applied != body["metadata"]["annotations"][APPLIED]:
+            return True
+        if _merged(live, body) == live:
+            return False
+        uid, rv = str(live["metadata"].get("uid")), str(live["metadata"].get("resourceVersion"))
+        if self._in_sync.get(uid) == rv:
+            return False
+        try:
+            after = await self.client.patch(res, str(live["metadata"]["name"]), _writable(body),
+                                            namespace=ns if res.namespaced else None, dry_run=True)
+        except APIStatusError:
+            return True  # the real write will say why
+        if _compared(after) != _compared(live):
+            return True  # changed behind the Stack's back: put it back
+        if len(self._in_sync) > 100_000:
+            self._in_sync.clear()
+        self._in_sync[uid] = rv
+        return False
+
     @staticmethod
     def _owned(body: Object, stack: Object, name: str, ns: str, res: Resource) -> Object:
         body = dict(body)
@@ -180,6 +226,7 @@ class StackController(Controller):
             meta["namespace"] = ns
         meta["labels"] = {**(meta.get("labels") or {}), STACK_LABEL: stack["metadata"]["name"],
                           STACK_NAMESPACE_LABEL: ns, RESOURCE_LABEL: name}
+        meta["annotations"] = {**(meta.get("annotations") or {}), APPLIED: _digest(body)}
         meta["ownerReferences"] = [{"apiVersion": STACKS.api_version, "kind": "Stack",
                                     "name": stack["metadata"]["name"], "uid": stack["metadata"]["uid"],
                                     "controller": True, "blockOwnerDeletion": True}]
@@ -193,8 +240,7 @@ class StackController(Controller):
             if live is None:
                 await self.client.create(res, body, namespace=ns if res.namespaced else None)
             else:
-                await self.client.patch(res, obj_name, {k: v for k, v in body.items() if k != "status"},
-                                        namespace=ns if res.namespaced else None)
+                await self.client.patch(res, obj_name, _writable(body), namespace=ns if res.namespaced else None)
             return ""
         except APIStatusError as e:
             if e.code in (409, 429) or e.code >= 500:

@@ -67,6 +67,16 @@ class AwsDriver:
         if spec.get("securityGroupRefs"):
             refs.group_ids = tuple([await self._id_of(obj, "securitygroups", g, "groupId")
                                     for g in spec["securityGroupRefs"]])
+        if spec.get("networkInterfaces") and (spec.get("subnetRef") or spec.get("securityGroupRefs")):
+            raise Permanent("spec.networkInterfaces cannot be combined with spec.subnetRef or "
+                            "spec.securityGroupRefs: give each interface its subnet and groups", reason="InvalidSpec")
+        interfaces = []
+        for nic in spec.get("networkInterfaces") or []:
+            subnet = await self._id_of(obj, "subnets", nic["subnetRef"], "subnetId")
+            groups = tuple([await self._id_of(obj, "securitygroups", g, "groupId")
+                            for g in nic.get("securityGroupRefs") or []])
+            interfaces.append((subnet, groups))
+        refs.interfaces = tuple(interfaces)
         if spec.get("subnetRefs"):
             refs.subnet_ids = tuple([await self._id_of(obj, "subnets", s, "subnetId") for s in spec["subnetRefs"]])
         if spec.get("instanceRefs"):

@@ -49,6 +49,7 @@ class Refs:
     group_ids: tuple[str, ...] = ()
     subnet_ids: tuple[str, ...] = ()
     instance_ids: tuple[str, ...] = ()
+    interfaces: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (subnet id, group ids) per network interface
     target_group_arns: dict[str, str] = field(default_factory=dict)  # name -> ARN
 
 
@@ -227,6 +228,10 @@ class Instance(CloudKind):
             "ImageId": spec["imageId"], "InstanceType": spec.get("instanceType", "t3.micro"), "MinCount": 1,
             "MaxCount": 1, "ClientToken": client_token(obj, "run"),
             "TagSpecifications": [{"ResourceType": "instance", "Tags": owner_tags(obj, self.kind)}]}
+        if refs.interfaces:
+            kw["NetworkInterfaces"] = [
+                {"DeviceIndex": i, "SubnetId": subnet, **({"Groups": list(groups)} if groups else {})}
+                for i, (subnet, groups) in enumerate(refs.interfaces)]
         if refs.subnet_id:
             kw["SubnetId"] = refs.subnet_id
         if refs.group_ids:
@@ -241,6 +246,8 @@ class Instance(CloudKind):
         spec, iid = obj["spec"], current["InstanceId"]
         immutable("imageId", current.get("ImageId"), spec.get("imageId"))
         immutable("subnetRef", current.get("SubnetId"), refs.subnet_id)
+        if refs.interfaces:
+            immutable("networkInterfaces", _interface_subnets(current), [subnet for subnet, _ in refs.interfaces])
         state = (current.get("State") or {}).get("Name")
         want_type = spec.get("instanceType", "t3.micro")
         if refs.group_ids and sorted(g["GroupId"] for g in current.get("SecurityGroups") or []) != sorted(
@@ -266,11 +273,24 @@ class Instance(CloudKind):
         await api("TerminateInstances", "terminate_instances", InstanceIds=[current["InstanceId"]])
 
     def status(self, current: dict[str, Any]) -> dict[str, Any]:
-        return {"instanceId": current["InstanceId"], "state": (current.get("State") or {}).get("Name", ""),
-                "privateIp": current.get("PrivateIpAddress", ""), "instanceType": current.get("InstanceType")}
+        out = {"instanceId": current["InstanceId"], "state": (current.get("State") or {}).get("Name", ""),
+               "privateIp": current.get("PrivateIpAddress", ""), "instanceType": current.get("InstanceType")}
+        nics = sorted(current.get("NetworkInterfaces") or [], key=lambda n: (n.get("Attachment") or {})
+                      .get("DeviceIndex", 0))
+        if nics:
+            out["networkInterfaces"] = [{"networkInterfaceId": n.get("NetworkInterfaceId", ""),
+                                         "subnetId": n.get("SubnetId", ""), "privateIp": n.get("PrivateIpAddress", "")}
+                                        for n in nics]
+        return out
 
     def ready(self, current: dict[str, Any]) -> bool:
         return (current.get("State") or {}).get("Name") == "running"
+
+
+def _interface_subnets(instance: dict[str, Any]) -> list[str]:
+    nics = sorted(instance.get("NetworkInterfaces") or [], key=lambda n: (n.get("Attachment") or {})
+                  .get("DeviceIndex", 0))
+    return [str(n.get("SubnetId", "")) for n in nics]
 
 
 class Bucket(CloudKind):

@@ -347,3 +347,17 @@ async def test_a_resource_changed_behind_the_stacks_back_is_put_back(admin: Clie
         return a is not None and a["data"].get("v") == "1"
 
     await eventually(put_back, timeout=20, what="the template's value back")
+
+
+async def test_an_object_that_exists_already_is_taken_over(admin: Client) -> None:
+    await admin.create(CONFIGMAPS, cm("pre", v="made by hand"), namespace="default")
+    await admin.create(STACKS, stack([{"name": "pre", "template": cm("pre", v="from the stack")}]),
+                       namespace="default")
+
+    async def adopted() -> dict[str, Any] | None:
+        o = await get_or_none(admin, CONFIGMAPS, "pre")
+        return o if o and o["data"]["v"] == "from the stack" else None
+
+    o = await eventually(adopted, timeout=20, what="the object taken over")
+    assert o["metadata"]["labels"]["setpoint.dev/stack"] == "s"
+    assert o["metadata"]["ownerReferences"][0]["kind"] == "Stack"

@@ -23,7 +23,8 @@ from typing import Any
 from setpoint.agent import Controller, NotReady, Permanent, Result
 from setpoint.agent.conditions import get_condition
 from setpoint.agent.controller import Watch
-from setpoint.client import APIStatusError, Client, ClientError, NotFound, Resource
+from setpoint.agent.informer import Informer
+from setpoint.client import AlreadyExists, APIStatusError, Client, ClientError, NotFound, Resource
 from setpoint.controllers.resources import STACKS
 from setpoint.stackgraph import Graph, StackError, build, fill
 from setpoint.types import Object
@@ -100,6 +101,7 @@ class StackController(Controller):
         self._resources: dict[tuple[str, str], Resource] = {}
         self._reports_status: set[Resource] = set()
         self._in_sync: dict[str, str] = {}  # child uid -> the resourceVersion a dry run found in sync
+        self._children_of: dict[Resource, Informer] = {}  # a kind -> the watch on its Stack children
 
     async def _resource(self, api_version: str, kind: str) -> Resource:
         key = (api_version, kind)
@@ -112,13 +114,19 @@ class StackController(Controller):
             if "status" in await self.client.subresources(self._resources[key]):
                 self._reports_status.add(self._resources[key])
             # Its children of this kind tell the Stack when they change (converge, fail, go).
-            self.watch(Watch(self._resources[key], stack_of, label_selector=STACK_LABEL))
+            self._children_of[self._resources[key]] = self.watch(
+                Watch(self._resources[key], stack_of, label_selector=STACK_LABEL))
         return self._resources[key]
 
     def converged(self, res: Resource, obj: Object | None) -> bool:
         return converged(obj, res in self._reports_status)
 
     async def _get(self, res: Resource, name: str, namespace: str) -> Object | None:
+        """A child as the watch on its kind has it (no request per child per pass); from the
+        server while that watch has not synced, or outside a running controller (``plan``)."""
+        cache = self._children_of.get(res)
+        if cache is not None and cache.has_synced:
+            return cache.get(f"{namespace}/{name}" if res.namespaced else name)
         try:
             return await self.client.get(res, name, namespace=namespace if res.namespaced else None)
         except NotFound:
@@ -238,7 +246,12 @@ class StackController(Controller):
         """Create or patch one child; the error as text (empty when it worked)."""
         try:
             if live is None:
-                await self.client.create(res, body, namespace=ns if res.namespaced else None)
+                try:
+                    await self.client.create(res, body, namespace=ns if res.namespaced else None)
+                except AlreadyExists:
+                    # Made by someone else first (not labelled as ours, so not in the watch): the
+                    # Stack takes it over, as kubectl apply would.
+                    await self.client.patch(res, obj_name, _writable(body), namespace=ns if res.namespaced else None)
             else:
                 await self.client.patch(res, obj_name, _writable(body), namespace=ns if res.namespaced else None)
             return ""

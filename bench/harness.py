@@ -117,7 +117,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="py-spy --native: C frames too (GC, write(2), msgspec, sqlite); default on")
     ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""),
                     help="comma list of parts: loadgen,sqlite,ceiling,etcd,setpoint,agent,backends,southbound,"
-                         "transfer,loadbalancer,templates,cloud,clients")
+                         "transfer,loadbalancer,templates,cloud,stacks,clients")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("BENCH_OUT", RESULTS)))
     ap.add_argument("--tmp-dir", default=os.environ.get("BENCH_TMPDIR"),
                     help="where data directories go (default: the system temp dir)")
@@ -500,6 +500,10 @@ class Bench:
             from bench import cloud
             with self.section("cloud"):
                 self.results["cloud"] = {k: v for k, v in cloud.run(self).items() if k != "markdown"}
+        if "stacks" in p or not self.a.only:  # a Stack of 200 resources, depth 5: bench/stacks.py
+            from bench import stacks
+            with self.section("stacks"):
+                self.results["stacks"] = stacks.run(self)
         if "clients" in p or not self.a.only:  # the kubernetes client and kopf as informers: bench/clients.py
             from bench import clients
             with self.section("clients"):

@@ -250,10 +250,12 @@ class Instance(CloudKind):
             immutable("networkInterfaces", _interface_subnets(current), [subnet for subnet, _ in refs.interfaces])
         state = (current.get("State") or {}).get("Name")
         want_type = spec.get("instanceType", "t3.micro")
+        changed = False
         if refs.group_ids and sorted(g["GroupId"] for g in current.get("SecurityGroups") or []) != sorted(
                 refs.group_ids):
             await api("ModifyInstanceAttribute", "modify_instance_attribute", InstanceId=iid,
                       Groups=list(refs.group_ids))
+            changed = True
         if current.get("InstanceType") != want_type:
             if state in ("pending", "running"):
                 await api("StopInstances", "stop_instances", InstanceIds=[iid])
@@ -267,7 +269,8 @@ class Instance(CloudKind):
             state = "stopped"
         if state == "stopped":
             await api("StartInstances", "start_instances", InstanceIds=[iid])
-        return await self.find(api, str(obj["metadata"]["uid"])) or current
+            changed = True
+        return (await self.find(api, str(obj["metadata"]["uid"])) or current) if changed else current
 
     async def delete(self, api: Any, current: dict[str, Any]) -> None:
         await api("TerminateInstances", "terminate_instances", InstanceIds=[current["InstanceId"]])

@@ -205,15 +205,29 @@ async def test_plan_shows_what_apply_would_do_and_changes_nothing(
         return r.stdout
 
     out = await asyncio.to_thread(plan)
-    assert "+ ConfigMap a (a): create" in out and "ConfigMap b (b): create, values known after apply" in out
+    # b's value follows from what a will be: known before anything exists.
+    assert "+ ConfigMap a (a): create" in out and "+ ConfigMap b (b): create" in out, out
+    assert "  +   v: from 1" in out, out
     assert "Plan: 2 to create, 0 to change, 0 to delete." in out
     assert await get_or_none(admin, CONFIGMAPS, "a") is None, "plan created something"
     await admin.create(STACKS, body, namespace="default")
     await eventually(lambda: get_or_none(admin, CONFIGMAPS, "b"), timeout=20, what="applied")
     body["spec"]["resources"][0]["template"]["data"]["v"] = "2"
     out = await asyncio.to_thread(plan)
+    # The change to a is followed through to b, which refers to it.
     assert "~ ConfigMap a (a): change" in out and "  -  v: '1'" in out and "  +  v: '2'" in out, out
+    assert "~ ConfigMap b (b): change" in out and "  -  v: from 1" in out and "  +  v: from 2" in out, out
+    assert "Plan: 0 to create, 2 to change, 0 to delete." in out, out
     assert (await admin.get(CONFIGMAPS, "a", namespace="default"))["data"]["v"] == "1", "plan changed something"
+    # What apply then does is what plan said.
+    await admin.patch(STACKS, "s", {"spec": {"resources": body["spec"]["resources"]}}, namespace="default")
+
+    async def applied() -> bool:
+        b = await get_or_none(admin, CONFIGMAPS, "b")
+        return b is not None and b["data"]["v"] == "from 2"
+
+    await eventually(applied, timeout=20, what="b as planned")
+    assert (await admin.get(CONFIGMAPS, "a", namespace="default"))["data"]["v"] == "2"
 
 
 def widget(name: str) -> dict[str, Any]:

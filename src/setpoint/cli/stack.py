@@ -86,14 +86,10 @@ def plan(
                 live_stack = {"metadata": {"name": name, "uid": "(known after apply)"}}
             ctl = StackController(client)
             spec = stack["spec"]
+            # What each resource will be, as its dependents are planned: unchanged and converged,
+            # itself; created or changed, what the dry run made of it without its status (its
+            # spec is known, what its controller will report is known after apply).
             objs: dict[str, dict] = {}  # type: ignore[type-arg]
-            for r in spec["resources"]:
-                t = r["template"]
-                res = await ctl._resource(str(t.get("apiVersion", "")), str(t.get("kind", "")))
-                obj_name = str((t.get("metadata") or {}).get("name", ""))
-                live = await ctl._get(res, obj_name, namespace)
-                if live is not None and ctl.converged(res, live):
-                    objs[r["name"]] = live
             for rname in graph.order():
                 r = next(x for x in spec["resources"] if x["name"] == rname)
                 t = r["template"]
@@ -116,6 +112,7 @@ def plan(
                         counts["create"] += 1
                         console.print(f"+ {ref}: create", highlight=False)
                         print("\n".join("  + " + line for line in _yaml_lines(_shown(after))))
+                        objs[rname] = {k: v for k, v in after.items() if k != "status"}
                         continue
                     after = await client.patch(res, obj_name, body, namespace=ns, dry_run=True)
                 except APIStatusError as e:
@@ -127,6 +124,9 @@ def plan(
                     counts["change"] += 1
                     console.print(f"~ {ref}: change", highlight=False)
                     print("\n".join("  " + line for line in diff))
+                    objs[rname] = {k: v for k, v in after.items() if k != "status"}
+                elif ctl.converged(res, live):
+                    objs[rname] = live
             for entry in (live_stack.get("status") or {}).get("resources") or []:
                 if entry.get("name") not in graph.deps:
                     counts["delete"] += 1

@@ -21,6 +21,7 @@ import msgspec
 class KindInfo:
     group: str
     version: str = "v1alpha1"
+    kind: str = ""  # default: the class's name
     plural: str = ""  # default: the kind in lower case, plus "s"
     singular: str = ""
     namespaced: bool = True
@@ -94,7 +95,7 @@ def crd(cls: type) -> dict[str, Any]:
     info = getattr(cls, "kind_info", None)
     if not isinstance(info, KindInfo):
         raise TypeError(f"{cls.__name__} has no kind_info = KindInfo(group=...) class variable")
-    kind = cls.__name__
+    kind = info.kind or cls.__name__
     plural = info.plural or kind.lower() + "s"
     schema = structural(msgspec.json.schema(cls))
     props = schema.get("properties") or {}

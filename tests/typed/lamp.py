@@ -6,6 +6,7 @@ from typing import Annotated, ClassVar, Literal
 
 import msgspec
 
+from setpoint.client.typed import Condition, Kind
 from setpoint.crdgen import KindInfo
 
 
@@ -14,7 +15,8 @@ class LampSpec(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     brightness: Annotated[int, msgspec.Meta(ge=0, le=100, description="Percent of full light.")] = 50
     color: Literal["red", "white", "blue"] = "white"
-    room: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]*$")] | None = None
+    # May be absent: UNSET (not sent), or None (removed when written back).
+    room: Annotated[str, msgspec.Meta(pattern=r"^[a-z][a-z0-9-]*$")] | msgspec.UnsetType | None = msgspec.UNSET
     schedule: list[Annotated[str, msgspec.Meta(min_length=1)]] = []
 
 
@@ -22,13 +24,14 @@ class LampStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     """What the lamp does."""
 
     on: bool = False
-    observedGeneration: int | None = None
+    observedGeneration: int | msgspec.UnsetType = msgspec.UNSET
+    conditions: list[Condition] | msgspec.UnsetType = msgspec.UNSET
 
 
-class Lamp(msgspec.Struct, kw_only=True, omit_defaults=True):
+class Lamp(Kind, kw_only=True, omit_defaults=True):
     """A lamp in a home, switched by its agent."""
 
     kind_info: ClassVar[KindInfo] = KindInfo(group="home.example.com", version="v1", short_names=("lmp",),
                                              printer_columns=(("Brightness", "integer", ".spec.brightness"),))
     spec: LampSpec
-    status: LampStatus | None = None
+    status: LampStatus | msgspec.UnsetType = msgspec.UNSET

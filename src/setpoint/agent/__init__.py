@@ -3,7 +3,7 @@
 from setpoint.agent.alerts import Alert, AlertSink, LogAlertSink, MemoryAlertSink
 from setpoint.agent.cache import object_key, split_key
 from setpoint.agent.conditions import get_condition, is_converged, set_condition
-from setpoint.agent.controller import Controller, Result, Watch, owner_mapper
+from setpoint.agent.controller import Controller, Result, TypedController, Watch, owner_mapper
 from setpoint.agent.errors import NotReady, OperationId, Permanent, Transient
 from setpoint.agent.events import EventRecorder
 from setpoint.agent.informer import Informer
@@ -24,6 +24,7 @@ __all__ = [
     "Permanent",
     "Result",
     "Transient",
+    "TypedController",
     "Watch",
     "WorkQueue",
     "get_condition",

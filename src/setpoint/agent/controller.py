@@ -32,14 +32,17 @@ import asyncio
 import contextlib
 import copy
 import logging
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
+
+import msgspec
 
 from setpoint.agent.alerts import Alert, AlertSink, LogAlertSink
 from setpoint.agent.cache import object_key, split_key
 from setpoint.agent.conditions import set_condition
-from setpoint.agent.errors import DriverError, ErrorClass
+from setpoint.agent.errors import DriverError, ErrorClass, Permanent
 from setpoint.agent.events import EventRecorder
 from setpoint.agent.informer import Informer
 from setpoint.agent.leaderelection import LeaderElector
@@ -54,9 +57,12 @@ from setpoint.client import (
     NotFound,
     Resource,
     Selector,
+    typed,
 )
 from setpoint.transfer import TransportFactory
 from setpoint.types import Object
+
+K = TypeVar("K", bound=msgspec.Struct)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +72,7 @@ log = logging.getLogger(__name__)
 class Result:
     """What a reconcile found. ``status`` fields are merged into the object's status."""
 
-    status: Object | None = None
+    status: Object | msgspec.Struct | None = None  # a typed status (a Struct) is written as its fields
     ready: bool = True
     reason: str = "Reconciled"
     message: str = ""
@@ -185,6 +191,11 @@ class Controller:
     async def deleted(self, key: str) -> None:
         """``key`` is gone from the store (without a finalizer there is nothing left to read)."""
 
+    def _view(self, obj: Object) -> Any:
+        """What :meth:`reconcile` and :meth:`finalize` are given: a copy of the cached object
+        (theirs to change), or an instance of the kind's class (:class:`TypedController`)."""
+        return copy.deepcopy(obj)
+
     # ---- queueing ----------------------------------------------------------------------------
 
     def _enqueue_obj(self, obj: Object) -> None:
@@ -298,7 +309,7 @@ class Controller:
                 return
             if self.finalizer and self.finalizer not in (obj["metadata"].get("finalizers") or []):
                 obj = await self._add_finalizer(obj)
-            result = await self.reconcile(copy.deepcopy(obj)) or Result()
+            result = await self.reconcile(self._view(obj)) or Result()
         except Exception as e:
             await self._failed(key, obj, e)
             return
@@ -379,7 +390,9 @@ class Controller:
             return
         old = obj.get("status") or {}
         status = copy.deepcopy(old)
-        if result.status:
+        if isinstance(result.status, msgspec.Struct):
+            status.update({k: v for k, v in typed.to_builtins(result.status).items() if v is not None})
+        elif result.status:
             status.update(copy.deepcopy(result.status))
         generation = obj["metadata"].get("generation")
         status["observedGeneration"] = generation
@@ -411,7 +424,7 @@ class Controller:
         finalizers = list(obj["metadata"].get("finalizers") or [])
         if not self.finalizer or self.finalizer not in finalizers:
             return
-        await self.finalize(copy.deepcopy(obj))
+        await self.finalize(self._view(obj))
         finalizers.remove(self.finalizer)
         ns, name = split_key(object_key(obj))
         try:
@@ -454,3 +467,33 @@ def _on_new(enqueue: Callable[[Object], None]) -> Callable[[Object, Object], Non
 def _strip_managed_fields(obj: Object) -> Object:
     (obj.get("metadata") or {}).pop("managedFields", None)
     return obj
+
+
+class TypedController(Controller, Generic[K]):
+    """A controller of a typed kind: ``class LampController(TypedController[Lamp])``, with
+    ``reconcile(self, lamp: Lamp)``. The resource comes from the class's ``kind_info``; each
+    object is decoded into the class once per reconcile (msgspec), and one that does not fit it
+    fails permanently with the field named. Write it back with ``client.save(lamp)`` (unknown
+    fields kept) or return a typed status in :class:`Result`."""
+
+    model: ClassVar[type[msgspec.Struct]]
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        for base in getattr(cls, "__orig_bases__", ()):
+            args = typing.get_args(base)
+            if typing.get_origin(base) is TypedController and args and isinstance(args[0], type):
+                cls.model = args[0]
+                cls.resource = typed.resource_of(args[0])
+
+    def _view(self, obj: Object) -> Any:
+        try:
+            return typed.decode(self.model, obj)
+        except typed.InvalidObject as e:
+            raise Permanent(str(e), reason="InvalidObject") from None
+
+    async def reconcile(self, obj: K) -> Result | None:  # type: ignore[override]  # typed by kind
+        raise NotImplementedError
+
+    async def finalize(self, obj: K) -> None:  # type: ignore[override]
+        """Clean up before ``obj`` goes away (only with a ``finalizer``). Must be idempotent."""

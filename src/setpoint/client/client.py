@@ -23,13 +23,14 @@ import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, overload
 from urllib.parse import quote
 
 import httpx
 import msgspec
 
 from setpoint import __version__
+from setpoint.client import typed
 from setpoint.client.config import ClientConfig
 from setpoint.client.errors import (
     APIStatusError,
@@ -57,6 +58,9 @@ Selector = str | Mapping[str, str]
 MAX_EVENT_BYTES = 16 * 1024 * 1024
 
 _decode = msgspec.json.Decoder()
+
+
+K = TypeVar("K", bound=msgspec.Struct)  # a typed kind (setpoint.client.typed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,13 +296,51 @@ class Client:
 
     # ---- reads ----------------------------------------------------------------------------------
 
+    @overload
+    async def get(self, resource: Resource, name: str, *, namespace: str | None = None,
+                  resource_version: str | None = None) -> dict[str, Any]: ...
+
+    @overload
+    async def get(self, resource: type[K], name: str, *, namespace: str | None = None,
+                  resource_version: str | None = None) -> K: ...
+
     async def get(
-        self, resource: Resource, name: str, *, namespace: str | None = None,
+        self, resource: Resource | type[K], name: str, *, namespace: str | None = None,
         resource_version: str | None = None,
-    ) -> dict[str, Any]:
-        """One object. ``resource_version="0"`` reads the server's cache; ``"N"`` reads revision N."""
+    ) -> dict[str, Any] | K:
+        """One object. ``resource_version="0"`` reads the server's cache; ``"N"`` reads revision N.
+        Given a typed kind's class (:mod:`setpoint.client.typed`), an instance of it."""
         params = {"resourceVersion": resource_version} if resource_version is not None else None
-        return await self._json("GET", resource.path(namespace, name), params=params)
+        if isinstance(resource, Resource):
+            return await self._json("GET", resource.path(namespace, name), params=params)
+        out = await self._json("GET", typed.resource_of(resource).path(namespace, name), params=params)
+        return typed.decode(resource, out)
+
+    async def list_typed(
+        self, cls: type[K], *, namespace: str | None = None, label_selector: Selector | None = None,
+        field_selector: Selector | None = None,
+    ) -> builtins.list[K]:
+        """Every object of the typed kind ``cls`` (all pages), as instances of it."""
+        res = typed.resource_of(cls)
+        return [typed.decode(cls, o) async for o in self.iter_list(
+            res, namespace=namespace, label_selector=label_selector, field_selector=field_selector)]
+
+    async def create_typed(self, obj: K, *, namespace: str | None = None, dry_run: bool = False) -> K:
+        """Create ``obj`` (an instance of a typed kind); the object as created, as an instance."""
+        out = await self.create(typed.resource_of(type(obj)), typed.encode(obj), namespace=namespace,
+                                dry_run=dry_run)
+        return typed.decode(type(obj), out)
+
+    async def save(self, obj: K, *, status: bool = False, dry_run: bool = False) -> K:
+        """Write ``obj`` (an instance of a typed kind, as read) back: a merge patch of the fields
+        its class declares, failing with :class:`Conflict` if the object changed since it was
+        read; fields the class does not know are kept (see :mod:`setpoint.client.typed`).
+        ``status=True`` writes its status, through the status subresource."""
+        cls = type(obj)
+        name, namespace = typed.name_and_namespace(obj)
+        out = await self.patch(typed.resource_of(cls), name, typed.write_back(obj, status=status),
+                               namespace=namespace, subresource="status" if status else None, dry_run=dry_run)
+        return typed.decode(cls, out)
 
     async def list(
         self,

@@ -15,7 +15,7 @@ ROOT = Path(setpoint.__file__).resolve().parent
 SHARED_MODULES = {"setpoint.transfer.subjects", "setpoint.transfer.digest"}
 
 # What each top-level part of the package may import from setpoint (besides itself).
-BASE = {"types", "tasks", "backoff", "files", "stackgraph", "crdgen", "__init__"}
+BASE = {"types", "tasks", "backoff", "files", "stackgraph", "crdgen", "codegen", "__init__"}
 ALLOWED: dict[str, set[str]] = {
     "types": set(),
     "tasks": set(),
@@ -23,6 +23,7 @@ ALLOWED: dict[str, set[str]] = {
     "files": set(),
     "stackgraph": set(),
     "crdgen": set(),
+    "codegen": set(),
     "__init__": set(),
     "crds": set(),
     "testing": BASE,

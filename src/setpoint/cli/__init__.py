@@ -1,6 +1,7 @@
 """The ``setpoint`` command: one typer app, one module per group of commands."""
 
 from setpoint.cli import agent as _agent  # noqa: F401  (registers its commands)
+from setpoint.cli import codegen as _codegen  # noqa: F401
 from setpoint.cli import crd as _crd  # noqa: F401
 from setpoint.cli import dev as _dev  # noqa: F401
 from setpoint.cli import drivers as _drivers  # noqa: F401

@@ -117,7 +117,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="py-spy --native: C frames too (GC, write(2), msgspec, sqlite); default on")
     ap.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""),
                     help="comma list of parts: loadgen,sqlite,ceiling,etcd,setpoint,agent,backends,southbound,"
-                         "transfer,loadbalancer,templates,cloud,stacks,clients")
+                         "transfer,loadbalancer,templates,cloud,stacks,typed,clients")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("BENCH_OUT", RESULTS)))
     ap.add_argument("--tmp-dir", default=os.environ.get("BENCH_TMPDIR"),
                     help="where data directories go (default: the system temp dir)")
@@ -504,6 +504,10 @@ class Bench:
             from bench import stacks
             with self.section("stacks"):
                 self.results["stacks"] = stacks.run(self)
+        if "typed" in p or not self.a.only:  # decoding into typed classes vs dicts: bench/typed.py
+            from bench import typed
+            with self.section("typed"):
+                self.results["typed"] = typed.run(self)
         if "clients" in p or not self.a.only:  # the kubernetes client and kopf as informers: bench/clients.py
             from bench import clients
             with self.section("clients"):

@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: lint
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m bench
+
+# The dashboard's views as docs/images/*.png, from the browser tests (Debian's chromium).
+screenshots: $(VENV)/.installed-test
+	SETPOINT_SCREENSHOTS=docs/images $(BIN)/pytest -q tests/ui/test_dashboard.py
 
 clean:
 	rm -rf $(VENV) .setpoint .pytest_cache .mypy_cache .ruff_cache

@@ -168,6 +168,8 @@ def _announce(url: str, kubeconfig: Path, applied: list[str], logs: Path) -> Non
     console.print(f"setpoint is running at [bold]{url}[/bold] (TLS with its own certificate, trusted by the "
                   "kubeconfig)", highlight=False)
     console.print(f"kubeconfig: {kubeconfig}   logs: {logs}/", highlight=False)
+    console.print(f"dashboard: [bold]{url}/ui/[/bold]   token: {token}  (the browser will warn about the "
+                  "self-signed certificate)", highlight=False)
     if applied:
         console.print(f"applied: {', '.join(applied)} (two web servers on node local)", highlight=False)
     console.print("try:", highlight=False)

@@ -29,6 +29,10 @@ from setpoint.controllers.template import TemplateController
 log = logging.getLogger(__name__)
 
 
+# The transfer report in the Node status rides on every Nth heartbeat: a write per node that the
+# dashboard reads, kept rare enough not to matter next to the desired state itself.
+TRANSFER_REPORT_EVERY = 3
+
 class NodeAgent:
     def __init__(
         self,
@@ -109,6 +113,7 @@ class NodeAgent:
                 status = dict(node.get("status") or {})
                 status.update(agentVersion=__version__, hostname=socket.gethostname(), addresses=[self.address])
                 set_condition(status, "Ready", True, reason="AgentReady", message="the agent is running")
+                status["transfer"] = self.transfer_report()
                 await self.client.patch(NODES, self.node, {"status": status}, subresource="status")
                 await self._renew()
                 outage.recovered()
@@ -130,12 +135,31 @@ class NodeAgent:
         await self.client.update(LEASES, lease, namespace=NODE_LEASE_NAMESPACE)
         self.heartbeats += 1
 
+    def transfer_report(self) -> dict[str, Any]:
+        """How desired state reaches this agent, for the Node's status (the dashboard's transfer
+        view): the transport, the revision each informer has seen, and the work waiting."""
+        controllers = (self.processsets, self.loadbalancers, self.templates)
+        informers = {c.controller_name: c.informer for c in controllers}
+        revisions = {name: inf.resource_version or "" for name, inf in informers.items()}
+        seen = [int(r) for r in revisions.values() if r.isdigit()]
+        transport = next(iter(informers.values())).transport
+        return {"transport": getattr(transport, "name", type(transport).__name__),
+                "revision": str(min(seen)) if seen else "", "informers": revisions,
+                "queueDepth": sum(c.queue.depth + c.queue.waiting for c in controllers),
+                "reportedAt": now_micro()}
+
+    async def _report_transfer(self) -> None:
+        await self.client.patch(NODES, self.node, {"status": {"transfer": self.transfer_report()}},
+                                subresource="status")
+
     async def _heartbeat_loop(self) -> None:
         outage = Outage(log, f"heartbeat of node {self.node}")
         while True:
             await asyncio.sleep(self.heartbeat)  # the heartbeat's period, not a wait for something
             try:
                 await self._renew()
+                if self.heartbeats % TRANSFER_REPORT_EVERY == 1:
+                    await self._report_transfer()
             except ClientError as e:
                 outage.failed(e)
             else:

@@ -17,8 +17,9 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
-from starlette.routing import Route
+from starlette.responses import PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from setpoint.crds import bundled_crds
@@ -126,6 +127,10 @@ class Server:
                 Route("/metrics", self.metrics_endpoint, methods=["GET"]),
                 Route("/transfer", self.transfer_endpoint, methods=["GET"]),
                 Route("/openapi/{path:path}", self.openapi_endpoint, methods=["GET", "HEAD"]),
+                # The dashboard: static files only; every request it makes is an API request,
+                # authenticated and authorized like any other.
+                Route("/ui", lambda request: RedirectResponse("/ui/"), methods=["GET", "HEAD"]),
+                Mount("/ui", StaticFiles(packages=[("setpoint.server", "ui")], html=True), name="ui"),
                 Route("/{path:path}", self.endpoint,
                       methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]),
             ],

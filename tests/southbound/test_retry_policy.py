@@ -57,7 +57,8 @@ async def test_transient_budget_spent_alerts_by_webhook(server: ServerProcess, t
             assert body["name"] == "cottage" and body["namespace"] == r.ns and body["errorClass"] == "Transient"
             assert body["attempts"] == 4 and "kettle" in body["message"]
             state = await r.state()
-            assert state["requests"]["PUT kettle"] == 4  # 1 + 3 retries, then it stopped
+            # 1 + 3 runtime attempts, each trying the kettle op_attempts times, then it stopped.
+            assert state["requests"]["PUT kettle"] == 4 * r.driver.op_attempts
             # A change of the desired state brings it back with a fresh budget.
             await r.clear_faults()
             devices = [{**DEVICES[0], "settings": {"targetCelsius": 22}}, *DEVICES[1:]]

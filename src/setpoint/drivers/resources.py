@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -121,6 +122,7 @@ class SouthboundStats:
     uncertain: int = 0  # sends whose outcome was unknown
     confirmed_after_uncertain: int = 0  # ... and that a fresh observation showed were done
     deletes: int = 0
+    op_retries: int = 0  # transient failures of one resource retried within the same ensure
 
 
 class ResourcesFailed(DriverError):
@@ -163,8 +165,13 @@ class ResourceSetDriver:
 
     def __init__(self, api: ResourceAPI, *, resources: Callable[[Obj], dict[str, Spec]] = one_resource,
                  retry_policy: RetryPolicy | None = None, progress_poll: float = 0.5,
-                 concurrency: int = 16) -> None:
+                 concurrency: int = 16, op_attempts: int = 6, op_backoff: float = 0.02,
+                 op_backoff_cap: float = 0.2, op_budget: float = 10.0) -> None:
         self.api = api
+        self.op_attempts = op_attempts  # tries of one resource within one ensure
+        self.op_backoff = op_backoff  # the first wait after a transient failure; doubles each time
+        self.op_backoff_cap = op_backoff_cap
+        self.op_budget = op_budget  # seconds one resource may spend retrying within one ensure
         self.resources = resources
         if retry_policy is not None:
             self.retry_policy = retry_policy
@@ -255,6 +262,30 @@ class ResourceSetDriver:
 
     async def _ensure_one(self, id: str, spec: Spec, owner: Owner, op: OperationId,
                           observed: ResourceObservation) -> RemoteResource:
+        """One resource, retried here on transient failures with a backoff of its own: a lost
+        packet costs this resource a short wait, not the whole object a trip through the
+        runtime's retry policy (whose backoff would grow with every other resource's losses).
+        Each attempt observes before it acts; after ``op_attempts`` or ``op_budget`` seconds
+        the error goes to the runtime, which takes over (and alerts if the policy is spent)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.op_budget
+        delay = self.op_backoff
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await self._attempt_one(id, spec, owner, op, observed)
+            except Transient as e:
+                if attempt >= self.op_attempts or loop.time() + delay > deadline:
+                    raise
+                self.stats.op_retries += 1
+                log.debug("%s: %s failed (%s); again in %.3fs", self.name, id, e.message, delay)
+                observed = ResourceObservation()  # observe afresh: what was seen proves nothing now
+                await asyncio.sleep(delay * (0.5 + random.random()))  # jittered, so retries do not march together
+                delay = min(delay * 2, self.op_backoff_cap)
+
+    async def _attempt_one(self, id: str, spec: Spec, owner: Owner, op: OperationId,
+                           observed: ResourceObservation) -> RemoteResource:
         if id in observed.found:
             current = observed.found[id]
         else:  # never read, or reading it failed: look before acting

@@ -37,6 +37,7 @@ import httpx
 import msgspec
 
 from setpoint.drivers.base import DriverError, NotReady, Obj, OperationId, Permanent, Transient
+from setpoint.drivers.latency import AdaptiveTimeout
 from setpoint.drivers.resources import (
     Health,
     Owner,
@@ -121,9 +122,12 @@ class RestBridge:
 
     def __init__(self, base_url: str, *, timeout: float = 5.0, connect_timeout: float | None = None,
                  headers: dict[str, str] | None = None, transport: httpx.AsyncBaseTransport | None = None,
-                 max_connections: int = 64) -> None:
+                 max_connections: int = 64, min_timeout: float = 0.05) -> None:
         self.base_url = base_url.rstrip("/")
         self.requests = 0
+        # ``timeout`` is the cap: each request waits a multiple of the recent answers' latency.
+        self.timeout = AdaptiveTimeout(timeout, floor=min(min_timeout, timeout))
+        self._connect = connect_timeout if connect_timeout is not None else timeout
         self._client = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout, connect=connect_timeout if connect_timeout is not None else timeout),
@@ -139,8 +143,13 @@ class RestBridge:
                     headers: dict[str, str] | None = None) -> httpx.Response:
         mutating = method not in ("GET", "HEAD")
         self.requests += 1
+        timeout = self.timeout.current
+        started = time.monotonic()
         try:
-            return await self._client.request(method, path, content=content, headers=headers)
+            resp = await self._client.request(method, path, content=content, headers=headers,
+                                              timeout=httpx.Timeout(timeout, connect=min(timeout, self._connect)))
+            self.timeout.observe(time.monotonic() - started)
+            return resp
         except httpx.TransportError as e:
             raise _transport_error(e, what, mutating=mutating) from e
         except httpx.InvalidURL as e:
@@ -219,11 +228,11 @@ class RestDriver(ResourceSetDriver):
                  resources: Callable[[Obj], dict[str, Spec]] = one_resource,
                  retry_policy: RetryPolicy | None = None, headers: dict[str, str] | None = None,
                  transport: httpx.AsyncBaseTransport | None = None, progress_poll: float = 0.5,
-                 concurrency: int = 16) -> None:
+                 concurrency: int = 16, min_timeout: float = 0.05, op_attempts: int = 6) -> None:
         self.bridge = RestBridge(base_url, timeout=timeout, headers=headers, transport=transport,
-                                 max_connections=max(concurrency, 1))
+                                 max_connections=max(concurrency, 1), min_timeout=min_timeout)
         super().__init__(self.bridge, resources=resources, retry_policy=retry_policy,
-                         progress_poll=progress_poll, concurrency=concurrency)
+                         progress_poll=progress_poll, concurrency=concurrency, op_attempts=op_attempts)
 
     async def aclose(self) -> None:
         await self.bridge.aclose()

@@ -15,11 +15,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -180,14 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--instances", type=int, default=100)
     ap.add_argument("--reaped", type=int, default=1_000)
     a = ap.parse_args(argv)
-    try:
-        with tempfile.TemporaryDirectory(prefix="setpoint-cloud-") as d:
-            res = measure(Path(d), n=a.instances, reaped=a.reaped, log=lambda m: print(m, file=sys.stderr))
-    finally:
-        procs.stop_all()
-    print(json.dumps({k: v for k, v in res.items() if k != "markdown"}, indent=2))
-    print(res["markdown"])
-    return 0
+    return procs.run_alone("cloud", lambda tmp, log: measure(tmp, n=a.instances, reaped=a.reaped, log=log))
 
 
 if __name__ == "__main__":

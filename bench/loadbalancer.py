@@ -25,13 +25,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -382,15 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, on_signal)
-    try:
-        with tempfile.TemporaryDirectory(prefix="setpoint-lb-") as d:
-            res = measure(Path(d), sizes=tuple(int(s) for s in a.sizes.split(",")), rounds=a.rounds,
-                          log=lambda m: print(m, file=sys.stderr))
-    finally:
-        procs.stop_all()
-    print(json.dumps({k: v for k, v in res.items() if k != "markdown"}, indent=2))
-    print(res["markdown"])
-    return 0
+    sizes = tuple(int(s) for s in a.sizes.split(","))
+    return procs.run_alone("lb", lambda tmp, log: measure(tmp, sizes=sizes, rounds=a.rounds, log=log))
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ manager, and every one started is stopped (SIGTERM, then SIGKILL) when the run e
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import queue
 import re
@@ -12,10 +13,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 _started: list[subprocess.Popen[str]] = []
@@ -230,3 +232,16 @@ def running(proc: Managed) -> Iterator[Managed]:
         yield proc
     finally:
         proc.stop()
+
+
+def run_alone(name: str, measure: Callable[[Path, Callable[[str], None]], dict[str, object]]) -> int:
+    """``python -m bench.NAME``: one part measured in a temporary directory, progress on stderr,
+    its JSON (without the Markdown) and its Markdown table on stdout, and nothing left running."""
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"setpoint-{name}-") as d:
+            res = measure(Path(d), lambda m: print(m, file=sys.stderr))
+    finally:
+        stop_all()
+    print(json.dumps({k: v for k, v in res.items() if k != "markdown"}, indent=2))
+    print(res["markdown"])
+    return 0

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -198,14 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.stacks", description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     a = ap.parse_args(argv)
-    try:
-        with tempfile.TemporaryDirectory(prefix="setpoint-stacks-") as d:
-            res = measure(Path(d), rounds=a.rounds, log=lambda m: print(m, file=sys.stderr))
-    finally:
-        procs.stop_all()
-    print(json.dumps({k: v for k, v in res.items() if k != "markdown"}, indent=2))
-    print(res["markdown"])
-    return 0
+    return procs.run_alone("stacks", lambda tmp, log: measure(tmp, rounds=a.rounds, log=log))
 
 
 if __name__ == "__main__":

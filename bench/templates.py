@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -163,15 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.templates", description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
     a = ap.parse_args(argv)
-    try:
-        with tempfile.TemporaryDirectory(prefix="setpoint-templates-") as d:
-            res = measure(Path(d), sizes=tuple(int(s) for s in a.sizes.split(",")),
-                          log=lambda m: print(m, file=sys.stderr))
-    finally:
-        procs.stop_all()
-    print(json.dumps({k: v for k, v in res.items() if k != "markdown"}, indent=2))
-    print(res["markdown"])
-    return 0
+    sizes = tuple(int(s) for s in a.sizes.split(","))
+    return procs.run_alone("templates", lambda tmp, log: measure(tmp, sizes=sizes, log=log))
 
 
 if __name__ == "__main__":

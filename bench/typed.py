@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import statistics
 import sys
-import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -209,14 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--objects", type=int, default=OBJECTS)
     ap.add_argument("--rounds", type=int, default=ROUNDS)
     a = ap.parse_args(argv)
-    try:
-        with tempfile.TemporaryDirectory(prefix="setpoint-typed-") as d:
-            res = measure(Path(d), n=a.objects, rounds=a.rounds, log=lambda m: print(m, file=sys.stderr))
-    finally:
-        procs.stop_all()
-    print(json.dumps({k: v for k, v in res.items() if k != "markdown"}, indent=2))
-    print(res["markdown"])
-    return 0
+    return procs.run_alone("typed", lambda tmp, log: measure(tmp, n=a.objects, rounds=a.rounds, log=log))
 
 
 if __name__ == "__main__":

@@ -76,7 +76,9 @@ def _tp_note(d: dict[str, Any] | None) -> str:
         return ""
     parts = [f"{d['generator']}, {d['connections']} conns, {d['seconds']:.0f} s"]
     if d.get("rounds_rps") and len(d["rounds_rps"]) > 1:
-        parts.append("best of rounds " + " / ".join(f"{x:,.0f}" for x in d["rounds_rps"]))
+        rounds = d["rounds_rps"]
+        parts.append(f"median of rounds {' / '.join(f'{x:,.0f}' for x in rounds)} "
+                     f"(min {min(rounds):,.0f}, max {max(rounds):,.0f})")
     lat = d.get("latency_ms") or {}
     if lat:
         parts.append(f"req p50 {lat.get('p50')} ms p99 {lat.get('p99')} ms")

@@ -181,3 +181,36 @@ async def test_an_elbv2_load_balancer_forwards_to_a_target_group_of_instances(
     targets = elb.describe_target_health(TargetGroupArn=tg["status"]["targetGroupArn"])["TargetHealthDescriptions"]
     assert [t["Target"]["Id"] for t in targets] == [vm]
     assert len(elb.describe_load_balancers()["LoadBalancers"]) == 1
+
+
+async def test_throttling_is_waited_out_and_makes_one_instance(
+        admin: Client, moto: MotoServer, proxy: LosingProxy) -> None:
+    proxy.throttle(b"Action=RunInstances", 3)  # the API refuses the first three: RequestLimitExceeded
+    created = await admin.create(INSTANCES, obj("Instance", "vm", proxy.url, imageId=AMI), namespace="default")
+    vm = await eventually(lambda: ready(admin, INSTANCES, "vm"), timeout=60, what="the instance running")
+    assert proxy.throttled == 3, f"{proxy.throttled} throttled: the test proves nothing"
+    found = [i for r in boto("ec2", moto).describe_instances(
+        Filters=[{"Name": "tag:setpoint.dev/owner-uid", "Values": [created["metadata"]["uid"]]}])["Reservations"]
+        for i in r["Instances"]]
+    assert [i["InstanceId"] for i in found] == [vm["status"]["instanceId"]]
+
+
+def test_the_clouds_answers_are_classified() -> None:
+    from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+
+    from setpoint.agent.errors import NotReady, Permanent, Transient
+    from setpoint.drivers.aws.errors import classify
+
+    def refused(code: str, status: int = 400) -> ClientError:
+        return ClientError({"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                           "RunInstances")
+
+    assert isinstance(classify(refused("RequestLimitExceeded", 503), "RunInstances"), Transient)
+    assert isinstance(classify(refused("InternalError", 500), "x"), Transient)
+    assert isinstance(classify(refused("DependencyViolation"), "x"), NotReady)
+    assert isinstance(classify(refused("InvalidParameterValue"), "x"), Permanent)
+    assert isinstance(classify(refused("InstanceLimitExceeded"), "x"), Permanent)
+    timed_out = classify(ReadTimeoutError(endpoint_url="http://x"), "RunInstances")
+    assert isinstance(timed_out, Transient) and timed_out.uncertain, "a lost reply is uncertain"
+    unreachable = classify(EndpointConnectionError(endpoint_url="http://x"), "RunInstances")
+    assert isinstance(unreachable, Transient) and not unreachable.uncertain

@@ -51,3 +51,20 @@ async def test_a_lost_request_is_retried_within_the_reconcile(server: ServerProc
         assert r.ctl.stats.by_class.get("Transient", 0) == 0, "a lost packet failed the whole reconcile"
         assert not r.hub.repeated_operations()
         assert effects(await r.state())["kettle"]["boilings"] == 1
+
+
+async def test_a_listing_waits_the_configured_timeout_not_the_learned_one(server: ServerProcess) -> None:
+    """One resource's requests teach the timeout; the listing of every resource, a different
+    request, waits the configured timeout and does not fail for being slower."""
+    from setpoint.drivers.base import Transient
+
+    async with rig(server, "rest", drift_interval=None) as r:
+        bridge = r.driver.bridge  # type: ignore[attr-defined]
+        for _ in range(30):
+            await bridge.get("kettle")
+        learned = bridge.timeout.current
+        assert learned < 0.15, f"learned {learned}s from answers of a few ms"
+        await r.inject("delay", methods=("GET",), count=2, seconds=0.2)  # between learned and cap (0.3 s)
+        with pytest.raises(Transient):
+            await bridge.get("kettle")  # one resource: the learned timeout applies
+        assert len(await bridge.list()) >= 4  # the listing: the cap applies

@@ -375,3 +375,22 @@ async def test_an_object_that_exists_already_is_taken_over(admin: Client) -> Non
     o = await eventually(adopted, timeout=20, what="the object taken over")
     assert o["metadata"]["labels"]["setpoint.dev/stack"] == "s"
     assert o["metadata"]["ownerReferences"][0]["kind"] == "Stack"
+
+
+def test_what_counts_as_converged() -> None:
+    from setpoint.controllers.stack import converged
+
+    def o(status: dict[str, Any] | None = None, generation: int = 2) -> dict[str, Any]:
+        return {"metadata": {"name": "x", "generation": generation}, **({"status": status} if status else {})}
+
+    def cond(t: str, s: str, gen: int | None = 2) -> dict[str, Any]:
+        return {"type": t, "status": s, **({"observedGeneration": gen} if gen is not None else {})}
+
+    assert converged(o()) and not converged(o(), reports_status=True), "a ProcessSet just created is done"
+    assert converged(o({"phase": "Active"}), reports_status=True)  # a Namespace
+    assert converged(o({"conditions": [cond("Established", "True", None)]}), reports_status=True)  # a CRD
+    assert not converged(o({"conditions": [cond("Established", "False", None)]}), reports_status=True)
+    assert converged(o({"conditions": [cond("Ready", "True")]}), reports_status=True)
+    assert not converged(o({"conditions": [cond("Ready", "True", 1)]}), reports_status=True), "stale"
+    assert not converged(o({"observedGeneration": 1, "phase": "Active"}), reports_status=True), "stale"
+    assert not converged(None)

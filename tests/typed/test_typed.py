@@ -91,6 +91,7 @@ async def test_object_to_class_to_object_is_exact(client: Client, namespace: str
 
 def test_data_that_does_not_fit_names_the_field() -> None:
     for bad, where in (({"spec": {"brightness": "bright"}}, "$.spec.brightness"),
+                       ({"spec": {"brightness": "5"}}, "$.spec.brightness"),  # no coercion: the API sends numbers
                        ({"spec": {"color": "green"}}, "$.spec.color"),
                        ({"metadata": {"name": 3}, "spec": {}}, "$.metadata.name"),
                        ({}, "spec")):

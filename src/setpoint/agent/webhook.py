@@ -23,6 +23,7 @@ import httpx
 import msgspec
 
 from setpoint.agent.alerts import Alert
+from setpoint.backoff import exponential
 from setpoint.tasks import cancel_and_wait
 
 log = logging.getLogger("setpoint.alerts")
@@ -98,7 +99,6 @@ class WebhookAlertSink:
 
     async def _post(self, http: httpx.AsyncClient, alert: Alert) -> None:
         body = msgspec.json.encode(alert_payload(alert))
-        wait = self.backoff
         error = ""
         for attempt in range(1, self.attempts + 1):
             started = time.monotonic()
@@ -113,8 +113,8 @@ class WebhookAlertSink:
             except httpx.HTTPError as e:
                 error = f"{type(e).__name__}: {e}"
             if attempt < self.attempts:
+                wait = exponential(attempt, self.backoff, cap=300.0)
                 await asyncio.sleep(max(0.0, wait - (time.monotonic() - started)))
-                wait *= 2
         self.failed += 1
         log.error("webhook %s: alert for %s (%s) not delivered: %s", self.url, alert.object_ref,
                   alert.reason, error)

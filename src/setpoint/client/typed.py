@@ -99,7 +99,7 @@ def is_typed(value: Any) -> bool:
 
 def decode(cls: type[K], obj: Mapping[str, Any]) -> K:
     try:
-        return msgspec.convert(obj, cls, strict=False)
+        return msgspec.convert(obj, cls)
     except msgspec.ValidationError as e:
         meta = obj.get("metadata") if isinstance(obj, Mapping) else None
         name = meta.get("name", "") if isinstance(meta, Mapping) else ""

@@ -47,20 +47,28 @@ def stack_of(child: Object) -> list[str]:
     return [f"{ns}/{name}"] if name and ns else []
 
 
+# The condition that says an object is done, by kind: setpoint's kinds and most controllers say
+# Ready; a CustomResourceDefinition says Established; a Deployment-like kind says Available.
+DONE_CONDITIONS = ("Ready", "Established", "Available")
+
+
 def converged(obj: Object | None, reports_status: bool = False) -> bool:
-    """Ready for its current generation. An object of a kind whose controller reports status
-    (it has a status subresource) and that has reported nothing yet is not converged: a
-    ProcessSet just created runs nothing yet. One of a kind without status (a ConfigMap) is
-    converged once it exists."""
+    """Done for its current generation. An object whose status carries one of
+    :data:`DONE_CONDITIONS` is converged when it is True for the current generation. One whose
+    kind reports status (it has a status subresource) but that has reported nothing yet is not
+    converged: a ProcessSet just created runs nothing yet. Otherwise (a ConfigMap, a Namespace
+    with its phase) it is converged once it exists and its status, if any, is not behind."""
     if obj is None or obj["metadata"].get("deletionTimestamp"):
         return False
     status = obj.get("status") or {}
-    if not status.get("conditions"):
-        return not reports_status
-    ready = get_condition(status, "Ready")
     gen = obj["metadata"].get("generation")
-    observed = (ready or {}).get("observedGeneration", status.get("observedGeneration", gen))
-    return bool(ready and ready.get("status") == "True" and observed == gen)
+    done = next((c for t in DONE_CONDITIONS if (c := get_condition(status, t)) is not None), None)
+    if done is None:
+        if reports_status and not status:
+            return False
+        return bool(status.get("observedGeneration", gen) == gen)
+    observed = done.get("observedGeneration", status.get("observedGeneration", gen))
+    return bool(done.get("status") == "True" and observed == gen)
 
 
 def _merged(live: Any, patch: Any) -> Any:

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgspec
 
+from setpoint.backoff import Backoff
 from setpoint.drivers.base import DriverError, ErrorClass, NotReady, Obj, OperationId, Permanent, Transient
 from setpoint.drivers.retry import RetryPolicy
 
@@ -269,20 +269,21 @@ class ResourceSetDriver:
         the error goes to the runtime, which takes over (and alerts if the policy is spent)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.op_budget
-        delay = self.op_backoff
+        # Jittered, so that the retries of resources that failed together do not march together.
+        pace = Backoff(initial=self.op_backoff, cap=self.op_backoff_cap, jitter=0.5)
         attempt = 0
         while True:
             attempt += 1
             try:
                 return await self._attempt_one(id, spec, owner, op, observed)
             except Transient as e:
+                delay = pace.next()
                 if attempt >= self.op_attempts or loop.time() + delay > deadline:
                     raise
                 self.stats.op_retries += 1
                 log.debug("%s: %s failed (%s); again in %.3fs", self.name, id, e.message, delay)
                 observed = ResourceObservation()  # observe afresh: what was seen proves nothing now
-                await asyncio.sleep(delay * (0.5 + random.random()))  # jittered, so retries do not march together
-                delay = min(delay * 2, self.op_backoff_cap)
+                await asyncio.sleep(delay)
 
     async def _attempt_one(self, id: str, spec: Spec, owner: Owner, op: OperationId,
                            observed: ResourceObservation) -> RemoteResource:

@@ -140,15 +140,19 @@ class RestBridge:
         await self._client.aclose()
 
     async def _send(self, method: str, path: str, what: str, *, content: bytes | None = None,
-                    headers: dict[str, str] | None = None) -> httpx.Response:
+                    headers: dict[str, str] | None = None, adaptive: bool = True) -> httpx.Response:
+        """One request. ``adaptive``: one resource's request, timed and timed out by what such
+        requests take; a listing of every resource (or the health check) is not like them and
+        waits the configured timeout, without teaching the adaptive one anything."""
         mutating = method not in ("GET", "HEAD")
         self.requests += 1
-        timeout = self.timeout.current
+        timeout = self.timeout.current if adaptive else self.timeout.cap
         started = time.monotonic()
         try:
             resp = await self._client.request(method, path, content=content, headers=headers,
                                               timeout=httpx.Timeout(timeout, connect=min(timeout, self._connect)))
-            self.timeout.observe(time.monotonic() - started)
+            if adaptive:
+                self.timeout.observe(time.monotonic() - started)
             return resp
         except httpx.TransportError as e:
             raise _transport_error(e, what, mutating=mutating) from e
@@ -190,14 +194,14 @@ class RestBridge:
 
     async def list(self) -> list[RemoteResource]:
         what = "GET resources"
-        resp = await self._send("GET", f"/{CONTRACT_VERSION}/resources", what)
+        resp = await self._send("GET", f"/{CONTRACT_VERSION}/resources", what, adaptive=False)
         if resp.status_code != 200:
             raise classify_response(resp, what, mutating=False)
         return _decode(_items, resp, what, mutating=False).items
 
     async def health(self) -> Health:
         what = "GET health"
-        resp = await self._send("GET", f"/{CONTRACT_VERSION}/health", what)
+        resp = await self._send("GET", f"/{CONTRACT_VERSION}/health", what, adaptive=False)
         if resp.status_code != 200:
             raise classify_response(resp, what, mutating=False)
         return _decode(_health, resp, what, mutating=False)

@@ -23,6 +23,11 @@ class KeyLocks:
     def __len__(self) -> int:
         return len(self._locks)
 
+    def users(self, key: str) -> int:
+        """How many writers hold or wait for ``key``'s lock."""
+        entry = self._locks.get(key)
+        return entry[1] if entry else 0
+
     @asynccontextmanager
     async def hold(self, key: str) -> AsyncIterator[None]:
         lock, users = self._locks.get(key) or (asyncio.Lock(), 0)

@@ -19,6 +19,11 @@ import threading
 from collections import Counter
 
 _ACTION = re.compile(rb"Action=([A-Za-z]+)")
+_THROTTLED_BODY = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>RequestLimitExceeded"
+                   b"</Code><Message>Request limit exceeded.</Message></Error></Errors><RequestID>setpoint-proxy"
+                   b"</RequestID></Response>")
+_THROTTLED = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/xml\r\nConnection: close\r\n"
+              b"Content-Length: " + str(len(_THROTTLED_BODY)).encode() + b"\r\n\r\n" + _THROTTLED_BODY)
 
 
 class ReplyLossProxy:
@@ -37,6 +42,9 @@ class ReplyLossProxy:
         self._left = 0
         self._from = b""
         self._cut = False
+        self._throttle_marker = b""
+        self._throttle_left = 0
+        self.throttled = 0
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="reply-loss-proxy")
@@ -48,6 +56,11 @@ class ReplyLossProxy:
         """Lose the replies to the next ``times`` requests that contain ``marker``."""
         self._marker, self._left = marker, times
 
+    def throttle(self, marker: bytes, times: int) -> None:
+        """Answer the next ``times`` requests that contain ``marker`` with EC2's throttling error
+        (503 RequestLimitExceeded) instead of passing them on: the API refused, nothing was done."""
+        self._throttle_marker, self._throttle_left = marker, times
+
     def lose_from(self, marker: bytes) -> None:
         """Lose every reply from the first request that contains ``marker`` on (that one's
         included) until :meth:`heal`: the client acted, then lost its network."""
@@ -56,6 +69,7 @@ class ReplyLossProxy:
     def heal(self) -> None:
         """Stop losing replies (cues, cuts and the random loss alike)."""
         self._from, self._cut, self._left, self.loss = b"", False, 0, 0.0
+        self._throttle_left = 0
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -86,6 +100,14 @@ class ReplyLossProxy:
 
         async def up() -> None:
             while data := await cr.read(65536):
+                if self._throttle_left > 0 and self._throttle_marker in data:
+                    self._throttle_left -= 1
+                    self.throttled += 1
+                    cw.write(_THROTTLED)
+                    await cw.drain()
+                    cw.close()  # Connection: close: the request never reached the API
+                    uw.close()
+                    return
                 if not doomed.is_set() and self._doomed(data):
                     doomed.set()
                 uw.write(data)

@@ -31,6 +31,7 @@ import httpx
 import msgspec
 
 from setpoint.agent.errors import NotReady, Permanent, Transient
+from setpoint.backoff import Backoff
 from setpoint.drivers.loadbalancer.exits import ExitWatch, exited, instance_dirs
 from setpoint.drivers.loadbalancer.model import Backend, Desired, Frontend, Observed, ServerState
 from setpoint.files import write_atomic
@@ -229,7 +230,7 @@ class EnvoyDriver:
         """What Envoy serves once it has applied the files (it reloads them asynchronously)."""
         want = set(desired.backends)
         deadline = time.monotonic() + 5.0
-        delay = 0.005
+        pace = Backoff(initial=0.005, cap=0.2, jitter=0.0)
         while True:
             observed = await self.observe(uid)
             have = {s.backend for s in observed.servers}
@@ -238,8 +239,7 @@ class EnvoyDriver:
             if time.monotonic() > deadline:
                 raise Transient(f"Envoy has not applied the new endpoints within 5s ({len(have)} of {len(want)})",
                                 reason="NotApplied")
-            await asyncio.sleep(delay)  # the admin API cannot be watched: back off between looks
-            delay = min(delay * 2, 0.2)
+            await asyncio.sleep(pace.next())  # the admin API cannot be watched: back off between looks
 
     async def _start(self, uid: str, inst: Instance, frontend: Frontend, title: str) -> None:
         binary = shutil.which(self.binary)
@@ -248,7 +248,7 @@ class EnvoyDriver:
                             reason="BalancerNotInstalled")
         proc = inst.process = await asyncio.to_thread(_spawn, binary, inst, uid)
         deadline = time.monotonic() + START_TIMEOUT
-        delay = 0.01
+        pace = Backoff(initial=0.01, cap=0.2, jitter=0.0)
         while not inst.admin_address.exists() or not inst.admin_address.read_text().strip():
             if proc.poll() is not None:
                 tail = inst.log.read_text(errors="replace").strip().splitlines()[-3:]
@@ -260,8 +260,7 @@ class EnvoyDriver:
             if time.monotonic() > deadline:
                 proc.kill()
                 raise NotReady("Envoy did not start within 15s", reason="BalancerStartTimeout")
-            await asyncio.sleep(delay)  # Envoy writes its admin address once it listens
-            delay = min(delay * 2, 0.2)
+            await asyncio.sleep(pace.next())  # Envoy writes its admin address once it listens
         await asyncio.to_thread(write_atomic, inst.running_file, msgspec.json.encode({"pid": proc.pid}), 0o600)
         log.info("%s: Envoy started (pid %d)", title, proc.pid)
         self._watch(uid, proc.pid)

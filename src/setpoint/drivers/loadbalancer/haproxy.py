@@ -35,6 +35,7 @@ from pathlib import Path
 import msgspec
 
 from setpoint.agent.errors import NotReady, Permanent
+from setpoint.backoff import Backoff
 from setpoint.drivers.loadbalancer.exits import ExitWatch, exited, instance_dirs
 from setpoint.drivers.loadbalancer.model import Backend, Desired, Frontend, Observed, ServerState
 from setpoint.drivers.loadbalancer.runtime import RuntimeAPI, RuntimeAPIError
@@ -273,7 +274,7 @@ class HAProxyDriver:
 
     async def _wait_for_socket(self, inst: Instance) -> None:
         deadline = time.monotonic() + START_TIMEOUT
-        delay = 0.005
+        pace = Backoff(initial=0.005, cap=0.2, jitter=0.0)
         while True:
             try:
                 await inst.api.command("show info")
@@ -281,8 +282,7 @@ class HAProxyDriver:
             except RuntimeAPIError:
                 if time.monotonic() > deadline:
                     raise
-            await asyncio.sleep(delay)  # the daemon opens its socket just after it forks
-            delay = min(delay * 2, 0.2)
+            await asyncio.sleep(pace.next())  # the daemon opens its socket just after it forks
 
     # ---- exits and deletion -----------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from setpoint.backoff import exponential
 from setpoint.drivers.process.records import Record
 from setpoint.drivers.process.spec import Spec
 
@@ -52,9 +53,7 @@ class Plan:
 
 def restart_delay(streak: int, initial: float, maximum: float) -> float:
     """The first restart is immediate; each further one in a row waits twice as long."""
-    if streak <= 1:
-        return 0.0
-    return min(maximum, initial * 2.0 ** min(streak - 2, 64))
+    return 0.0 if streak <= 1 else exponential(streak - 1, initial, maximum)
 
 
 def next_attempt(rec: Record, exited_at: float, spec: Spec, backoff_reset: float) -> tuple[int, float]:

@@ -220,3 +220,35 @@ async def test_an_owner_that_appears_while_the_driver_lists_keeps_its_resources(
 
         r.driver.orphans = listing_while_an_owner_appears  # type: ignore[method-assign]
         assert await r.ctl.sweep_orphans() == []
+
+
+async def test_what_a_pass_confirmed_is_not_read_again_while_a_sibling_moves(server: ServerProcess,
+                                                                             transport: str) -> None:
+    """The garage door takes time: the passes that wait for it do not read the devices already
+    confirmed by the same operation; once all are done, a drift check reads them all again."""
+    async with rig(server, transport, drift_interval=None, travel_seconds=0.3) as r:
+        await r.create_home()
+        state = await finished(r)
+        assert state["requests"]["GET garage"] >= 2  # read until it arrived
+        for device in ("thermostat", "lights", "kettle"):
+            assert state["requests"][f"GET {device}"] == 1, (device, state["requests"])
+        # A drift check after convergence reads everything afresh: a device replaced behind the
+        # driver's back is found (a second reconcile of the same generation).
+        r.ctl.queue.add(f"{r.ns}/cottage")
+        await eventually(lambda: _read_again(r), timeout=10, what="every device read again by the next pass")
+
+
+async def _read_again(r: Rig) -> bool:
+    requests = (await r.state())["requests"]
+    return all(requests.get(f"GET {d}", 0) >= 2 for d in ("thermostat", "lights", "kettle"))
+
+
+async def test_a_lost_request_is_read_once_then_sent_again(server: ServerProcess, transport: str) -> None:
+    """The read that finds a lost request's work not done is also the next attempt's reading."""
+    async with rig(server, transport, drift_interval=None) as r:
+        await r.inject("drop_request", device="kettle", count=1)
+        await r.create_home()
+        state = await finished(r)
+        assert state["requests"]["PUT kettle"] == 2
+        assert state["requests"]["GET kettle"] == 2  # before the first PUT, after its loss
+        assert state["devices"]["kettle"]["effects"] == EXPECTED_EFFECTS["kettle"]

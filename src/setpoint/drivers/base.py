@@ -29,7 +29,10 @@ ObservedT = TypeVar("ObservedT")
 
 class Driver(Protocol[ObservedT]):
     """What a reconciler needs from a subsystem, for one kind of object. Optionally also a
-    ``retry_policy`` attribute (a :class:`~setpoint.agent.retry.RetryPolicy`)."""
+    ``retry_policy`` attribute (a :class:`~setpoint.agent.retry.RetryPolicy`), and
+    ``observes_in_ensure = True`` when ``ensure(obj, None, op)`` reads each part of the object
+    itself right before acting on it: the reconciler then skips the separate ``observe``, so that
+    one part's slow or lost read delays that part only, not every other part's changes."""
 
     name: str
 

@@ -3,7 +3,8 @@
 :class:`DriverController` is what most southbound controllers need. Its ``reconcile``
 
 1. observes the subsystem afresh (never an observation made before a failure: after a timeout
-   the outcome is uncertain, so what was seen before it proves nothing);
+   the outcome is uncertain, so what was seen before it proves nothing); a driver that reads
+   each part itself just before acting on it (``observes_in_ensure``) does so inside ``ensure``;
 2. calls ``driver.ensure`` with that observation and the object's operation id
    (uid + generation + ``ensure``), the same id on every retry of the same desired state, so a
    subsystem that already did the work answers with its first result instead of doing it again;
@@ -67,8 +68,11 @@ class DriverController(Controller, Generic[DriverT]):
 
     async def reconcile(self, obj: Object) -> Result:
         op = OperationId.for_object(obj, "ensure")
-        observed = await self.driver.observe(obj)
-        observed = await self.driver.ensure(obj, observed, op)
+        if getattr(self.driver, "observes_in_ensure", False):
+            observed = await self.driver.ensure(obj, None, op)
+        else:
+            observed = await self.driver.observe(obj)
+            observed = await self.driver.ensure(obj, observed, op)
         result = self.status_for(obj, observed)
         if result.requeue_after is None and self.drift_interval is not None:
             result.requeue_after = self.drift_interval

@@ -162,11 +162,14 @@ class ResourceSetDriver:
 
     name = "resources"
     retry_policy = RetryPolicy()
+    # ``ensure(obj, None, op)`` reads each resource just before acting on it, each on its own: a
+    # reconciler need not observe them all first (a lost read would hold up every resource).
+    observes_in_ensure = True
 
     def __init__(self, api: ResourceAPI, *, resources: Callable[[Obj], dict[str, Spec]] = one_resource,
                  retry_policy: RetryPolicy | None = None, progress_poll: float = 0.5,
                  concurrency: int = 16, op_attempts: int = 6, op_backoff: float = 0.02,
-                 op_backoff_cap: float = 0.2, op_budget: float = 10.0) -> None:
+                 op_backoff_cap: float = 0.2, op_budget: float = 10.0, confirmed_for: float = 5.0) -> None:
         self.api = api
         self.op_attempts = op_attempts  # tries of one resource within one ensure
         self.op_backoff = op_backoff  # the first wait after a transient failure; doubles each time
@@ -176,9 +179,16 @@ class ResourceSetDriver:
         if retry_policy is not None:
             self.retry_policy = retry_policy
         self.progress_poll = progress_poll
+        # How long, at most, a resource found as desired by an operation is taken as such by the
+        # same operation's next passes while a sibling is still in progress or failing, without
+        # being read again. Once every resource of the object is done, the next pass (a drift
+        # check) reads them all afresh; so does a new generation.
+        self.confirmed_for = confirmed_for
         self.stats = SouthboundStats()
         self._sem = asyncio.Semaphore(concurrency)
         self._sent: dict[str, str] = {}  # resource id -> the last operation id sent for it
+        # resource id -> (operation id, when, the resource): found as desired by that operation
+        self._confirmed: dict[str, tuple[str, float, RemoteResource]] = {}
 
     # ---------------------------------------------------------------- the Driver contract
 
@@ -214,6 +224,8 @@ class ResourceSetDriver:
         await asyncio.gather(*(one(id, spec) for id, spec in desired.items()))
         if errors:
             raise combine(errors, done)
+        for id in desired:  # all done: the next pass (a drift check) reads each afresh
+            self._confirmed.pop(id, None)
         return done
 
     async def delete(self, obj: Obj, op: OperationId) -> None:
@@ -225,6 +237,7 @@ class ResourceSetDriver:
                     self.stats.deletes += 1
                     await self.api.delete(id, _resource_op(op, id))
                 self._sent.pop(id, None)
+                self._confirmed.pop(id, None)
             except DriverError as e:
                 errors[id] = e
 
@@ -265,39 +278,54 @@ class ResourceSetDriver:
         """One resource, retried here on transient failures with a backoff of its own: a lost
         packet costs this resource a short wait, not the whole object a trip through the
         runtime's retry policy (whose backoff would grow with every other resource's losses).
-        Each attempt observes before it acts; after ``op_attempts`` or ``op_budget`` seconds
-        the error goes to the runtime, which takes over (and alerts if the policy is spent)."""
+        Each attempt observes before it acts. The backoff grows with failures *in a row*: an
+        attempt in which the subsystem answered anything shows it is there (a lossy link, not an
+        overloaded or absent subsystem), so the next waits the shortest delay again. After
+        ``op_attempts`` attempts or ``op_budget`` seconds the error goes to the runtime, which
+        takes over and alerts if its policy is spent."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.op_budget
         # Jittered, so that the retries of resources that failed together do not march together.
         pace = Backoff(initial=self.op_backoff, cap=self.op_backoff_cap, jitter=0.5)
-        attempt = 0
+        attempts = 0
         while True:
-            attempt += 1
+            attempts += 1
+            attempt = _Attempt()
             try:
-                return await self._attempt_one(id, spec, owner, op, observed)
+                return await self._attempt_one(id, spec, owner, op, observed, attempt)
             except Transient as e:
+                if attempt.answered:
+                    pace.reset()
                 delay = pace.next()
-                if attempt >= self.op_attempts or loop.time() + delay > deadline:
+                if attempts >= self.op_attempts or loop.time() + delay > deadline:
                     raise
                 self.stats.op_retries += 1
                 log.debug("%s: %s failed (%s); again in %.3fs", self.name, id, e.message, delay)
-                observed = ResourceObservation()  # observe afresh: what was seen proves nothing now
+                # The next attempt starts from what this one read after its failure, if anything
+                # (each read is one more chance to lose); what was seen before proves nothing now.
+                observed = attempt.seen
                 await asyncio.sleep(delay)
 
     async def _attempt_one(self, id: str, spec: Spec, owner: Owner, op: OperationId,
-                           observed: ResourceObservation) -> RemoteResource:
+                           observed: ResourceObservation, attempt: _Attempt) -> RemoteResource:
+        rop = _resource_op(op, id)
+        key = str(rop)
         if id in observed.found:
             current = observed.found[id]
+        elif (done := self._confirmed.get(id)) is not None and done[0] == key and \
+                asyncio.get_running_loop().time() - done[1] < self.confirmed_for:
+            # This very operation confirmed it moments ago, while its siblings were still on
+            # their way: not read again for the pass that waits for them.
+            self.stats.skipped += 1
+            return done[2]
         else:  # never read, or reading it failed: look before acting
             current = await self._get(id)
+            attempt.answered = True
         if current is not None and current.spec == spec and current.phase != FAILED:
             if current.phase == PROGRESSING:
                 raise self._progressing(current)
             self.stats.skipped += 1
-            return current
-        rop = _resource_op(op, id)
-        key = str(rop)
+            return self._confirm(id, key, current)
         if self._sent.get(id) == key:
             self.stats.resends += 1
         self._sent[id] = key
@@ -315,7 +343,9 @@ class ResourceSetDriver:
                 now = await self._get(id)
             except DriverError:
                 raise e from None
+            attempt.answered = True
             if now is None or now.spec != spec or now.phase == FAILED:
+                attempt.seen.found[id] = now
                 raise
             self.stats.confirmed_after_uncertain += 1
             log.info("%s: %s was done although its reply was lost", self.name, key)
@@ -324,12 +354,24 @@ class ResourceSetDriver:
             raise self._progressing(result)
         if result.phase == FAILED:
             raise Transient(f"{id} failed: {result.message}", reason="ResourceFailed", uncertain=True)
-        return result
+        return self._confirm(id, key, result)
+
+    def _confirm(self, id: str, key: str, resource: RemoteResource) -> RemoteResource:
+        self._confirmed[id] = (key, asyncio.get_running_loop().time(), resource)
+        return resource
 
     def _progressing(self, r: RemoteResource) -> NotReady:
         wait = r.retry_after_seconds if r.retry_after_seconds is not None else self.progress_poll
         return NotReady(f"{r.id} is still {r.phase.lower()}{': ' + r.message if r.message else ''}",
                         retry_after=wait, reason="Progressing")
+
+
+@dataclass
+class _Attempt:
+    """What one attempt at a resource learnt besides its outcome."""
+
+    answered: bool = False  # the subsystem answered at least one of its requests
+    seen: ResourceObservation = field(default_factory=ResourceObservation)  # read after its failure
 
 
 def _resource_op(op: OperationId, id: str) -> OperationId:

@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint bench screenshots clean
+.PHONY: run test lint bench screenshots crds clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ bench: $(VENV)/.installed-test
 # The dashboard's views as docs/images/*.png, from the browser tests (Debian's chromium).
 screenshots: $(VENV)/.installed-test
 	SETPOINT_SCREENSHOTS=docs/images $(BIN)/pytest -q tests/ui/test_dashboard.py
+
+# setpoint's own CRDs (src/setpoint/crds/*.yaml) from their classes (src/setpoint/kinds/).
+crds: $(VENV)/.installed-run
+	$(BIN)/python -m setpoint.kinds
 
 clean:
 	rm -rf $(VENV) .setpoint .pytest_cache .mypy_cache .ruff_cache

@@ -31,6 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     "store": BASE,
     "server": BASE | {"store", "crds"},
     "client": BASE,
+    "kinds": BASE | {"client"},
     "agent": BASE | {"client", "transfer"},
     "drivers": BASE | {"agent", "client", "transfer"},
     "templates": BASE | {"agent", "client", "transfer"},

@@ -5,11 +5,14 @@ descriptions), enums are ``Literal``, defaults are the fields' defaults and desc
 docstrings. ``msgspec.json.schema`` writes the JSON Schema; :func:`structural` then makes it the
 structural schema the Kubernetes API requires: references inlined, ``anyOf [X, null]`` turned into
 ``nullable``, titles dropped, an enum given its type. The kind's names and API details are a
-``kind_info`` class variable (:class:`KindInfo`).
+``kind_info`` class variable (:class:`KindInfo`). What JSON Schema cannot say but the API can
+(``x-kubernetes-preserve-unknown-fields``, ``x-kubernetes-int-or-string``, an object's
+``default: {}``) goes in ``msgspec.Meta(extra_json_schema=...)`` and is kept as written.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +33,8 @@ class KindInfo:
     status_subresource: bool = True
     printer_columns: tuple[tuple[str, str, str], ...] = ()  # (name, type, jsonPath)
     selectable_fields: tuple[str, ...] = ()  # jsonPaths
+    # The scale subresource (what `kubectl scale` uses): (specReplicasPath, statusReplicasPath).
+    scale: tuple[str, str] | None = None
 
 
 class NotStructural(ValueError):
@@ -46,7 +51,10 @@ def _resolve(node: Any, defs: Mapping[str, Any], seen: tuple[str, ...] = ()) -> 
         name = ref.rsplit("/", 1)[-1]
         if name in seen:
             raise NotStructural(f"{name} refers to itself: a structural schema cannot be recursive")
-        return _resolve(defs[name], defs, (*seen, name))
+        # Keys beside the reference (a field's description, default, extra_json_schema) say more
+        # about this use of the type than its definition does, so they win.
+        beside = {k: _resolve(v, defs, seen) for k, v in node.items() if k not in ("$ref", "$defs")}
+        return {**_resolve(defs[name], defs, (*seen, name)), **beside}
     return {k: _resolve(v, defs, seen) for k, v in node.items() if k != "$defs"}
 
 
@@ -70,6 +78,10 @@ def _shape(node: Any) -> Any:
     if not isinstance(node, Mapping):
         return node
     out = {k: _shape(v) for k, v in node.items() if k not in ("title",)}
+    if isinstance(out.get("description"), str):
+        # A docstring's lines are wrapped for the source, not for `kubectl explain`: its lines
+        # are joined, its paragraphs kept.
+        out["description"] = re.sub(r"(?<!\n)\n(?!\n)", " ", out["description"])
     any_of = out.get("anyOf")
     if isinstance(any_of, list):
         rest = [s for s in any_of if s != {"type": "null"}]
@@ -103,8 +115,13 @@ def crd(cls: type) -> dict[str, Any]:
         props.pop(reserved, None)
     version: dict[str, Any] = {"name": info.version, "served": True, "storage": True,
                                "schema": {"openAPIV3Schema": schema}}
+    subresources: dict[str, Any] = {}
     if info.status_subresource and "status" in props:
-        version["subresources"] = {"status": {}}
+        subresources["status"] = {}
+    if info.scale:
+        subresources["scale"] = {"specReplicasPath": info.scale[0], "statusReplicasPath": info.scale[1]}
+    if subresources:
+        version["subresources"] = subresources
     if info.printer_columns:
         version["additionalPrinterColumns"] = [{"name": n, "type": t, "jsonPath": p}
                                                for n, t, p in info.printer_columns]

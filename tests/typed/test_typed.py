@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from setpoint.agent import Result, TypedController
+from setpoint.agent import Informer, Result, TypedController
 from setpoint.client import Client, Conflict, Resource
 from setpoint.client.typed import InvalidObject, ObjectMeta, decode, resource_of, to_builtins
 from setpoint.crdgen import crd
@@ -149,3 +149,30 @@ def test_to_builtins_sends_defaults_and_leaves_unset_out() -> None:
     assert out["spec"] == {"brightness": 50, "color": "white", "schedule": []}
     assert "apiVersion" not in out and out["metadata"] == {}
     assert msgspec.json.decode(msgspec.json.encode(copy.deepcopy(out))) == out
+
+
+async def test_an_informer_typed_by_kind_decodes_each_version_once(client: Client, namespace: str) -> None:
+    informer = Informer(client, LAMPS, namespace=namespace)
+    lamps = informer.typed(Lamp)
+    async with informer:
+        await informer.wait_synced(timeout=15)
+        await client.create(LAMPS, {"apiVersion": "home.example.com/v1", "kind": "Lamp",
+                                    "metadata": {"name": "hall"}, "spec": {"brightness": 20}}, namespace=namespace)
+        key = f"{namespace}/hall"
+        first = await eventually(lambda: lamps.get(key), timeout=15, what="hall cached")
+        assert isinstance(first, Lamp) and first.spec.brightness == 20
+        # Read again and again, listed too: the same instance, decoded once.
+        assert lamps.get(key) is first and lamps.list() == [first] and lamps.decodes == 1
+        await client.patch(LAMPS, "hall", {"spec": {"brightness": 70}}, namespace=namespace)
+        second = await eventually(lambda: (lamp := lamps.get(key)) and lamp.spec.brightness == 70 and lamp,
+                                  timeout=15, what="the new version decoded")
+        assert second is not first and lamps.decodes == 2 and len(lamps) == 1
+        # A version the class cannot hold is refused naming the field; the dict stays readable.
+        await client.patch(LAMPS, "hall", {"spec": {"brightness": 150}}, namespace=namespace)
+        await eventually(lambda: (o := informer.get(key)) and o["spec"]["brightness"] == 150, timeout=15,
+                         what="the odd version cached")
+        with pytest.raises(InvalidObject, match=r"\$\.spec\.brightness"):
+            lamps.get(key)
+        await client.delete(LAMPS, "hall", namespace=namespace)
+        await eventually(lambda: informer.get(key) is None, timeout=15, what="hall gone")
+        assert lamps.get(key) is None and len(lamps) == 0

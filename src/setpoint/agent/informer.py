@@ -47,7 +47,7 @@ import logging
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from setpoint.agent.cache import Indexer, IndexFunc, object_key
 from setpoint.backoff import Backoff, Outage
@@ -68,6 +68,10 @@ from setpoint.transfer import default_transport
 from setpoint.transfer.base import TransferStats, Transport
 from setpoint.transfer.watch import WatchTransport
 from setpoint.types import Object
+
+if TYPE_CHECKING:
+    from setpoint.agent.typedview import TypedView
+    from setpoint.client.typed import K
 
 __all__ = ["Backoff", "HandlerRegistration", "Informer", "InformerStats"]
 
@@ -187,6 +191,14 @@ class Informer:
 
     def add_indexer(self, name: str, fn: IndexFunc) -> None:
         self.cache.add_indexer(name, fn)
+
+    def typed(self, cls: type[K]) -> TypedView[K]:
+        """The cache as instances of ``cls`` (a kind's class), each object version decoded once:
+        ``informer.typed(Lamp).get("home/l1")``. One view per class is enough; each keeps its own
+        decoded objects."""
+        from setpoint.agent.typedview import TypedView
+
+        return TypedView(self, cls)
 
     @property
     def resource_version(self) -> str | None:

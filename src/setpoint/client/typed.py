@@ -49,7 +49,7 @@ class ObjectMeta(msgspec.Struct, kw_only=True):
 
 
 class Condition(msgspec.Struct, kw_only=True):
-    """A status condition, as the SDK writes them (``Ready`` and others)."""
+    """A status condition, as the SDK writes them: Ready and others."""
 
     type: str
     status: Literal["True", "False", "Unknown"]

@@ -92,6 +92,12 @@ def _shape(node: Any) -> Any:
                 del out["default"]
         elif len(rest) < len(any_of):
             raise NotStructural("a union with null of several types is not structural")
+    for bound in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"):
+        # 0 and 0.0 are one bound, written one way: typing caches Annotated[float, Meta(ge=0)]
+        # and Annotated[float, Meta(ge=0.0)] as one type (their Metas are equal), so which of the
+        # two a class gets depends on what was declared first in the process.
+        if isinstance(out.get(bound), float) and out[bound].is_integer():
+            out[bound] = int(out[bound])
     if "enum" in out and "type" not in out:
         t = _json_type(list(out["enum"]))
         if t is None:

@@ -3,6 +3,7 @@ them (``make crds``), and objects of those kinds round-trip through them exactly
 
 from __future__ import annotations
 
+import difflib
 from importlib import resources
 from typing import Any
 
@@ -20,8 +21,9 @@ def test_every_checked_in_crd_is_the_one_its_class_generates() -> None:
     shipped = {e.name: e.read_text() for e in resources.files("setpoint.crds").iterdir() if e.name.endswith(".yaml")}
     assert set(shipped) == set(CRD_FILES), "every CRD the server installs has a class, and every class a file"
     generated = crd_texts()
-    stale = [name for name, text in generated.items() if shipped[name] != text]
-    assert not stale, f"{stale} differ from their classes: run `make crds`"
+    stale = {name: "".join(difflib.unified_diff(shipped[name].splitlines(True), text.splitlines(True), n=1))
+             for name, text in generated.items() if shipped[name] != text}
+    assert not stale, f"{list(stale)} differ from their classes (run `make crds`):\n{''.join(stale.values())[:3000]}"
     assert make_crds(["--check"]) == 0
 
 

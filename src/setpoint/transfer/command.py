@@ -36,7 +36,7 @@ import msgspec
 
 from setpoint.client import ClientError, ConnectionFailed, WatchEvent
 from setpoint.transfer.base import Target, Transport, list_into
-from setpoint.transfer.interrupt import connect_nats, server_subjects
+from setpoint.transfer.interrupt import close_nats, connect_nats, server_subjects
 from setpoint.transfer.selectors import Predicate, predicate
 from setpoint.transfer.subjects import REVISION_HEADER, TYPE_HEADER
 from setpoint.types import Object
@@ -234,8 +234,7 @@ class CommandTransport(Transport):
     async def close(self) -> None:
         nc, self._nc, self._js, self._psub = self._nc, None, None, None
         if nc is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), 5)
+            await close_nats(nc)
 
 
 def _is_timeout(e: BaseException) -> bool:

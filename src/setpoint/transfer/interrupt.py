@@ -55,6 +55,22 @@ async def connect_nats(url: str, connect: Callable[..., Any] | None = None) -> A
         raise ConnectionFailed(f"NATS at {url}: {type(e).__name__}: {e}") from e
 
 
+async def close_nats(nc: Any) -> None:
+    """Close a NATS connection in whatever state it is. nats-py's ``close()`` of a connection that
+    is reconnecting (its server cut off) can end in a ``CancelledError`` of its own making, from
+    the tasks it cancels; that one must not escape as if the caller had been cancelled (an informer
+    stopping would stop its owner). A cancellation of the caller itself still propagates."""
+    task = asyncio.current_task()
+    try:
+        async with asyncio.timeout(5):  # not wait_for: see setpoint.tasks
+            await nc.close()
+    except asyncio.CancelledError:
+        if task is not None and task.cancelling():
+            raise
+    except Exception:  # closing a broken connection: nothing left to do about it
+        pass
+
+
 class InterruptTransport(Transport):
     name = "interrupt"
 
@@ -110,5 +126,4 @@ class InterruptTransport(Transport):
     async def close(self) -> None:
         nc, self._nc, self._sub = self._nc, None, None
         if nc is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), 5)
+            await close_nats(nc)

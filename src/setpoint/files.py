@@ -6,26 +6,29 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> bool:
-    """Replace ``path`` with ``data`` (temporary file in the same directory, fsync, rename, fsync
-    of the directory). Returns False, writing nothing, when the file already holds exactly
-    ``data`` with ``mode``: an unchanged file keeps its timestamp, so watchers are not woken."""
+    """Replace ``path`` with ``data`` (a temporary file of its own in the same directory, fsync,
+    rename, fsync of the directory). Returns False, writing nothing, when the file already holds
+    exactly ``data`` with ``mode``: an unchanged file keeps its timestamp, so watchers are not
+    woken. Two writers of one file, in one process or several, never share a temporary file: the
+    last rename wins, whole."""
     try:
         st = path.stat()
         if st.st_size == len(data) and (st.st_mode & 0o7777) == mode and path.read_bytes() == data:
             return False
     except FileNotFoundError:
         pass
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fchmod(f.fileno(), mode)  # the umask may have narrowed it
+            os.fchmod(f.fileno(), mode)  # mkstemp made it 0600
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

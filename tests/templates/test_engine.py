@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import threading
 from collections.abc import AsyncIterator
@@ -203,3 +204,98 @@ async def test_a_command_that_times_out_is_killed_with_its_process_group(
         return found
 
     await eventually(lambda: not sleepers(), what="no process of the command left")
+
+
+async def test_a_template_raising_anything_is_reported_and_rendering_goes_on(
+        client: Client, engine: Engine, namespace: str, tmp_path: Path) -> None:
+    """Not only Jinja's errors: a filter raising what nobody expected (yaml cannot represent a
+    range) or a recursive macro (RecursionError) fails that render, and that render only."""
+    out = tmp_path / "out"
+    await client.create(CONFIGMAPS, cm("a", "1"), namespace=namespace)
+    (tmp_path / "g").mkdir()
+    good = engine.put("good", config(tmp_path / "g", namespace))
+    source = ("value {{ configmap('a').value }}\n"
+              "{% if configmap('a').value == 'yaml' %}{{ range(3) | toyaml }}{% endif %}\n"
+              "{% macro deeper(n) %}{{ deeper(n + 1) }}{% endmacro %}\n"
+              "{% if configmap('a').value == 'recurse' %}{{ deeper(0) }}{% endif %}\n")
+    entry = engine.put("t", config(tmp_path, namespace, source=source))
+    await entry.first_done.wait()
+    assert entry.outcome.ok and out.read_text() == "value 1\n\n\n\n"
+    await good.first_done.wait()
+
+    await client.patch(CONFIGMAPS, "a", {"data": {"value": "yaml"}}, namespace=namespace)
+    await eventually(lambda: entry.outcome.reason == "RenderFailed", what="the RepresenterError reported")
+    assert "template web.j2 line 2: RepresenterError" in entry.outcome.message, entry.outcome.message
+    assert out.read_text() == "value 1\n\n\n\n", "a failed render changed the file"
+    await eventually(lambda: (tmp_path / "g" / "out").read_text() == "a=yaml\n", what="the other template")
+
+    await client.patch(CONFIGMAPS, "a", {"data": {"value": "recurse"}}, namespace=namespace)
+    await eventually(lambda: "RecursionError" in entry.outcome.message, what="the RecursionError reported")
+    assert "template web.j2 line 3" in entry.outcome.message and not entry.outcome.ok
+    assert out.read_text() == "value 1\n\n\n\n"
+
+    await client.patch(CONFIGMAPS, "a", {"data": {"value": "2"}}, namespace=namespace)
+    await eventually(lambda: out.read_text() == "value 2\n\n\n\n", what="the fixed state rendered")
+    assert entry.outcome.ok and not entry.task.done()  # type: ignore[union-attr]
+    assert (tmp_path / "g" / "out").read_text() == "a=2\n"
+
+
+FUNCTIONS = """\
+{%- set a = get("configmaps", "a") -%}
+get: {{ a.metadata.name }} {{ a.data.value }} {{ get("cm", "no-such-map") is none }}
+{%- set web = objects("configmaps", {"app": "web"}) %}
+sorted: {{ web | sort(attribute="data.value") | map(attribute="metadata.name") | join(",") }}
+{% for tier, items in web | groupby("metadata.labels.tier") -%}
+{{ tier }}: {{ items | map(attribute="metadata.name") | join(",") }}
+{% endfor -%}
+{{ {"name": a.metadata.name, "data": a.data, "list": [2, 1]} | toyaml -}}
+"""
+
+
+async def test_get_sort_groupby_and_toyaml_over_objects(
+        client: Client, engine: Engine, namespace: str, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for name, value, tier in [("a", "3", "front"), ("b", "1", "back"), ("c", "2", "front")]:
+        obj = cm(name, value)
+        obj["metadata"]["labels"]["tier"] = tier
+        await client.create(CONFIGMAPS, obj, namespace=namespace)
+    entry = engine.put("t", config(tmp_path, namespace, source=FUNCTIONS))
+    await entry.first_done.wait()
+    assert entry.outcome.ok, entry.outcome.message
+    assert out.read_text() == ("get: a 3 True\n"
+                               "sorted: b,c,a\n"
+                               "back: b\n"
+                               "front: a,c\n"
+                               "data:\n  value: '3'\n"
+                               "list:\n- 2\n- 1\n"
+                               "name: a\n")
+    # get() of an object that does not exist yet is watched: creating it renders again.
+    entry = engine.put("t", config(tmp_path, namespace, source="{{ get('configmaps', 'late') is none }}\n"))
+    await eventually(lambda: out.read_text() == "True\n", what="get() of a missing object")
+    await client.create(CONFIGMAPS, cm("late", "x"), namespace=namespace)
+    await eventually(lambda: out.read_text() == "False\n", what="get() after the object was created")
+
+
+async def test_a_recorded_command_runs_again_unless_it_succeeded_for_the_content(
+        client: Client, engine: Engine, namespace: str, tmp_path: Path) -> None:
+    """What a restarted agent sees: the file already holds the rendered content. The command runs
+    when the record says it never succeeded for that content, or its last run failed; not when it
+    succeeded for it; and, with no record at all (the CLI), only after a write."""
+    out, log = tmp_path / "out", tmp_path / "ran"
+    await client.create(CONFIGMAPS, cm("a", "1"), namespace=namespace)
+    out.write_text("a=1\n")
+    out.chmod(0o644)
+    digest = hashlib.sha256(b"a=1\n").hexdigest()
+    command = f"echo run >> {log}"
+    cases = [({}, 0), ({"command_succeeded": digest}, 0), ({"command_succeeded": "0" * 64}, 1),
+             ({"command_succeeded": ""}, 1), ({"command_succeeded": digest, "command_failed": True}, 1)]
+    for i, (record, runs) in enumerate(cases):
+        log.unlink(missing_ok=True)
+        entry = engine.put(f"t{i}", config(tmp_path, namespace, command=command), **record)
+        await entry.first_done.wait()
+        assert entry.outcome.ok and entry.outcome.writes == 0, entry.outcome.message
+        assert entry.outcome.commands == runs, f"{record}: {entry.outcome.commands} runs"
+        assert (log.read_text().count("run") if log.exists() else 0) == runs
+        if runs:
+            assert entry.outcome.command_succeeded_digest == digest
+        await engine.remove(f"t{i}")

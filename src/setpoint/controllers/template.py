@@ -5,6 +5,12 @@ The engine renders on its own schedule (quiescence, retries of a failing command
 puts the Template's key back on the work queue, and the reconcile that follows reports it in
 status. Deleting a Template stops its rendering and leaves the file where it is: something on the
 node may still read it.
+
+The status keeps the digest of the content the command last succeeded for
+(``status.command.succeededDigest``). An agent that starts (or restarts after dying between a
+write and its command's success) hands that record to the engine, which runs the command when
+the file holds other content, or when the last run failed: a pending or failing command
+survives the agent.
 """
 
 from __future__ import annotations
@@ -51,7 +57,16 @@ def status_of(o: Outcome) -> dict[str, Any]:
         status.update(lastRenderRevision=o.revision, digest=o.digest, renderedAt=o.rendered_at)
     if o.commands:
         status["command"] = {"runs": o.commands, "exitCode": o.command_exit, "output": o.command_output}
+        if o.command_succeeded_digest:
+            status["command"]["succeededDigest"] = o.command_succeeded_digest
     return status
+
+
+def command_record(obj: Object) -> tuple[str, bool]:
+    """From a Template's status: the digest of the content its command last succeeded for ("":
+    never), and whether its last run failed."""
+    command = (obj.get("status") or {}).get("command") or {}
+    return str(command.get("succeededDigest") or ""), bool(command.get("runs")) and command.get("exitCode") != 0
 
 
 class TemplateController(Controller):
@@ -69,7 +84,8 @@ class TemplateController(Controller):
 
     async def reconcile(self, obj: Object) -> Result:
         key = f"{obj['metadata'].get('namespace')}/{obj['metadata']['name']}"
-        entry = self.engine.put(key, config_of(obj))
+        succeeded, failed = command_record(obj)
+        entry = self.engine.put(key, config_of(obj), command_succeeded=succeeded, command_failed=failed)
         if not entry.first_done.is_set():
             return Result(ready=False, reason="Pending", message="rendering")
         o = entry.outcome
@@ -88,4 +104,4 @@ class TemplateController(Controller):
             await self.engine.close()
 
 
-__all__ = ["TemplateController", "config_of", "status_of"]
+__all__ = ["TemplateController", "command_record", "config_of", "status_of"]

@@ -49,6 +49,9 @@ class CommandStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
     runs: int | UnsetType = UNSET
     exitCode: int | UnsetType | None = UNSET
     output: Annotated[str, Meta(description="The tail of the last run's output.")] | UnsetType = UNSET
+    succeededDigest: Annotated[str, Meta(description=(
+        "sha256 of the content the command last succeeded for. An agent that starts runs the command "
+        "when the file holds other content, or when the last run failed."))] | UnsetType = UNSET
 
 
 class TemplateStatus(msgspec.Struct, kw_only=True, omit_defaults=True):

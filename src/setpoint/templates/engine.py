@@ -5,9 +5,15 @@ Each template renders when something it read last time changed (its dependencies
 ``wait_max`` after the first of them: a burst of a thousand changes is one render. A render
 whose output equals the file is not written and its command is not run. A write replaces the
 file atomically (``setpoint.files.write_atomic``). A template that fails to render (syntax,
-a missing key: undefined is an error, a function raising) leaves the file as it was and reports
-the template and line; a command that fails or times out is retried with backoff until it
-succeeds or a new render supersedes it. One template's trouble never stops the others.
+a missing key: undefined is an error, a function or filter raising, whatever it raises) leaves
+the file as it was and reports the template and line; a command that fails or times out is
+retried with backoff until it succeeds or a new render supersedes it. One template's trouble
+never stops the others, nor its own later renders.
+
+Where the caller keeps a record of the content a command last succeeded for (the ``Template``
+kind keeps it in status), a new entry given that record runs the command when the file holds
+anything else, or when the last run failed: a command pending or failing when its process died
+is not forgotten by the next one.
 """
 
 from __future__ import annotations
@@ -30,7 +36,6 @@ from setpoint.client import Client, ClientError, Resource
 from setpoint.files import write_atomic
 from setpoint.templates.command import CommandResult, run_command
 from setpoint.templates.reader import FILTERS, Caches, Dependency, NeedSync, Reader
-from setpoint.templates.resolve import UnknownKind
 from setpoint.types import Object
 
 log = logging.getLogger(__name__)
@@ -65,6 +70,7 @@ class Outcome:
     rendered_at: str = ""
     command_exit: int | None = None
     command_output: str = ""
+    command_succeeded_digest: str = ""  # the digest of the content the command last succeeded for
     renders: int = 0
     writes: int = 0
     commands: int = 0
@@ -93,12 +99,16 @@ def _where(e: BaseException, name: str) -> str:
 class Entry:
     """One template: its config, its dependencies, its render loop."""
 
-    def __init__(self, engine: Engine, key: str, config: TemplateConfig) -> None:
+    def __init__(self, engine: Engine, key: str, config: TemplateConfig, command_done: str | None = None) -> None:
         self.engine = engine
         self.key = key
         self.config = config
         self.deps: set[Dependency] = set()
         self.outcome = Outcome()
+        # The digest of the content the command is known to have last succeeded for; "" when it
+        # never did or its last run failed (it runs whatever the file holds); None when nothing
+        # is known (it runs only after this entry wrote the file, as consul-template does).
+        self.command_done = command_done
         self.first_done = asyncio.Event()
         self._dirty = asyncio.Event()
         self._changed = asyncio.Event()
@@ -119,10 +129,13 @@ class Entry:
         self._changed.set()
 
     async def run(self) -> None:
-        await self._render_and_apply()
         while True:
+            try:
+                await self._render_and_apply()
+            except Exception as e:  # whatever it is, this template goes on being rendered
+                log.exception("%s: render failed", self.config.name)
+                self._report(False, "RenderFailed", f"template {self.config.name}: {type(e).__name__}: {e}")
             await self._quiet()
-            await self._render_and_apply()
 
     async def _quiet(self) -> None:
         """Until changes stopped for ``wait_min``, or ``wait_max`` after the first of them."""
@@ -181,8 +194,7 @@ class Entry:
         except RenderError as e:
             self._report(False, "RenderFailed", str(e))
             return
-        except (jinja2.TemplateError, UnknownKind, ArithmeticError, LookupError, TypeError, ValueError,
-                AttributeError) as e:
+        except Exception as e:  # anything a template, a function or a filter raises: a RecursionError too
             self._report(False, "RenderFailed", _where(e, cfg.name))
             return
         content = text.encode()
@@ -190,18 +202,22 @@ class Entry:
         o.digest = hashlib.sha256(content).hexdigest()
         o.rendered_at = _now()
         if cfg.destination is None:
-            self.engine.on_output(self.key, text)
+            try:
+                self.engine.on_output(self.key, text)
+            except Exception:
+                log.exception("%s: handing the output over failed", cfg.name)
             self._report(True, "Rendered", "rendered (dry run: nothing written)")
             return
         try:
             written = await asyncio.to_thread(write_atomic, cfg.destination, content, cfg.mode)
-        except OSError as e:
+        except (OSError, ValueError) as e:  # ValueError: a path no file can have
             self._report(False, "WriteFailed", f"template {cfg.name}: writing {cfg.destination}: {e}")
             return
         if written:
             o.writes += 1
-            self._command_pending = bool(cfg.command)
             log.info("%s: wrote %s (%d bytes)", cfg.name, cfg.destination, len(content))
+        if cfg.command and (written or (self.command_done is not None and self.command_done != o.digest)):
+            self._command_pending = True
         if self._command_pending:
             await self._run_command()
             return
@@ -211,17 +227,26 @@ class Entry:
         cfg = self.config
         o = self.outcome
         o.commands += 1
-        result: CommandResult = await run_command(cfg.command, cfg.command_timeout, cwd=cfg.command_dir)
+        try:
+            result: CommandResult = await run_command(cfg.command, cfg.command_timeout, cwd=cfg.command_dir)
+        except OSError as e:  # no shell, no such directory: a failure like any other, retried
+            result = CommandResult(None, f"cannot start the command: {e}")
         o.command_exit = result.exit_code
         o.command_output = result.output
         if result.ok:
             self._command_pending = False
             self._backoff.reset()
+            o.command_succeeded_digest = o.digest
+            if self.command_done is not None:
+                self.command_done = o.digest
             self._report(True, "Rendered", f"wrote {cfg.destination}; command succeeded")
             return
+        if self.command_done is not None:
+            self.command_done = ""  # failed last: a successor runs it whatever the file holds
         delay = self._backoff.next()
         why = (f"timed out after {cfg.command_timeout:g}s and was killed" if result.timed_out
-               else f"exited with code {result.exit_code}")
+               else f"exited with code {result.exit_code}" if result.exit_code is not None
+               else "could not start")
         last = result.output.strip().splitlines()[-1:] or [""]
         if last[0]:
             why += f" ({last[0][:200]})"
@@ -235,7 +260,10 @@ class Entry:
         if not ok:
             log.warning("%s", message)
         self.first_done.set()
-        self.engine.on_outcome(self.key, o)
+        try:
+            self.engine.on_outcome(self.key, o)
+        except Exception:
+            log.exception("%s: reporting the outcome failed", self.config.name)
 
     def cancel(self) -> None:
         if self._retry is not None:
@@ -270,14 +298,25 @@ class Engine:
                    for d in entry.deps):
                 entry.mark_dirty()
 
-    def put(self, key: str, config: TemplateConfig) -> Entry:
-        """Add a template, or replace its config (it renders again at once)."""
+    def put(self, key: str, config: TemplateConfig, *, command_succeeded: str | None = None,
+            command_failed: bool = False) -> Entry:
+        """Add a template, or replace its config (it renders again at once).
+
+        ``command_succeeded``, for a new entry, is the record its caller kept of the content (its
+        sha256) the command last succeeded for ("" for never), and ``command_failed`` whether its
+        last run failed: the command then runs when the file holds other content, or when the
+        last run failed, even though this entry did not write the file. Without a record (None)
+        it runs only after a write. A replaced entry keeps what the one before it knew."""
         entry = self.entries.get(key)
+        done = None if command_succeeded is None else "" if command_failed else command_succeeded
+        succeeded = command_succeeded or ""
         if entry is not None:
             if entry.config == config:
                 return entry
             entry.cancel()
-        entry = self.entries[key] = Entry(self, key, config)
+            done, succeeded = entry.command_done, entry.outcome.command_succeeded_digest
+        entry = self.entries[key] = Entry(self, key, config, command_done=done)
+        entry.outcome.command_succeeded_digest = succeeded
         entry.task = asyncio.get_running_loop().create_task(entry.run(), name=f"template:{key}")
         return entry
 

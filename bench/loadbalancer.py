@@ -10,11 +10,16 @@ size ``n``:
   replicas); measured from the first write until the balancer itself (HAProxy's ``show servers
   state``, Envoy's admin API) has exactly the new set: the controller's informer, the complete
   sync and the driver's runtime changes, end to end. p50 and p99 over the rounds.
+- **follow time from a replicas change**: the same, from a ProcessSet's ``replicas`` patch: the
+  agent starts the replicas and reports each once it listens on its port (or stops them), the
+  controller manager writes their EndpointSlices, and the agent's LoadBalancer controller syncs
+  the balancer. Each replica is a few lines of Perl that accept connections on their port (a
+  Python interpreter per replica would make the run measure Python's start-up).
 - **failed requests under load**: clients send requests through the balancer, a new connection
-  each, while the backends are scaled between 10 and 20 every 200 ms; once through setpoint's
-  runtime sync, and once the way consul-template users do it: the whole configuration rendered
-  to a file and HAProxy reloaded (``haproxy -sf OLDPID``) on every change, measured in the same
-  run on the same machine.
+  each, while the backends are scaled between 10 and 20 every 200 ms; through setpoint's runtime
+  sync (HAProxy, and Envoy), and the way consul-template users do it: the whole configuration
+  rendered to a file and HAProxy reloaded (``haproxy -sf OLDPID``) on every change, measured in
+  the same run on the same machine.
 
 ``python -m bench.loadbalancer`` runs it alone; ``python -m bench --only loadbalancer`` as part of
 the bench.
@@ -27,6 +32,7 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,6 +49,7 @@ if TYPE_CHECKING:
     from bench.harness import Bench
 
 SIZES = (1, 10, 100, 500)
+PS_SIZES = (1, 10, 100)
 ROUNDS = 5
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,6 +85,14 @@ class Backends(procs.Managed):
         return [int(p) for p in self.match.group(1).split()]
 
 
+class ControllerManager(procs.Managed):
+    """Writes the EndpointSlices of ProcessSets' replicas (the endpoints controller)."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        super().__init__([sys.executable, "-m", "setpoint", "controller-manager", "--kubeconfig", str(kubeconfig),
+                          "--log-level", "warning"], None, "controller-manager", cwd=ROOT)
+
+
 class Agent(procs.Managed):
     def __init__(self, kubeconfig: Path, state: Path) -> None:
         super().__init__([sys.executable, "-m", "setpoint", "agent", "--node", "bench", "--kubeconfig",
@@ -96,7 +111,7 @@ async def balancer_set(driver: str, state: Path, uid: str) -> set[int]:
         cfg = (inst / "haproxy.cfg").read_text()
         sock = next(line.split()[2] for line in cfg.splitlines() if "stats socket" in line)
         servers = await RuntimeAPI(Path(sock)).servers("be")
-        return {p for _, p, s in servers.values() if s not in ("MAINT", "DRAIN")}
+        return {s.port for s in servers.values() if s.state not in ("MAINT", "DRAIN")}
     admin = (inst / "admin.address").read_text().strip()
     async with httpx.AsyncClient() as c:
         doc = (await c.get(f"http://{admin}/clusters", params={"format": "json"})).json()
@@ -217,18 +232,89 @@ async def follow_times(client: Any, driver: str, state: Path, ports: list[int], 
     return out
 
 
+# A replica that listens on its port and closes what it accepts: the agent reports a replica
+# running once its port answers.
+_LISTEN = ('use IO::Socket::INET; $SIG{TERM} = sub { exit 0 }; my $s = IO::Socket::INET->new(LocalAddr => '
+           '"127.0.0.1", LocalPort => $ENV{PORT}, Listen => 1024, ReuseAddr => 1) or die "$!"; '
+           'while (1) { my $c = $s->accept; close $c if $c }')
+_LISTEN_PY = ("import os, socket\ns = socket.create_server(('127.0.0.1', int(os.environ['PORT'])), backlog=1024)\n"
+              "while True: s.accept()[0].close()")
+REPLICA = ({"command": shutil.which("perl"), "args": ["-e", _LISTEN]} if shutil.which("perl") else
+           {"command": sys.executable, "args": ["-c", _LISTEN_PY]})
+
+
+async def replicas_follow_times(client: Any, driver: str, state: Path, sizes: tuple[int, ...], rounds: int,
+                                log: Callable[[str], None]) -> dict[str, Any]:
+    """From a ProcessSet's replicas patch until the balancer has exactly the running replicas."""
+    from setpoint.agent.errors import DriverError
+    from setpoint.controllers.resources import LOADBALANCERS, PROCESSSETS
+
+    app = f"replicas-{driver}"
+    await client.create(PROCESSSETS, {
+        "apiVersion": "setpoint.dev/v1alpha1", "kind": "ProcessSet", "metadata": {"name": app, "labels": {"app": app}},
+        "spec": {**REPLICA, "replicas": 0, "nodeName": "bench", "portEnv": "PORT", "stopGracePeriodSeconds": 1}},
+        namespace="default")
+    lb = await client.create(LOADBALANCERS, {
+        "apiVersion": "setpoint.dev/v1alpha1", "kind": "LoadBalancer", "metadata": {"name": app},
+        "spec": {"nodeName": "bench", "driver": driver,
+                 "frontend": {"port": procs.free_port(), "mode": "tcp", "healthCheck": {"intervalSeconds": 5}},
+                 "backends": {"selector": {"matchLabels": {"app": app}}, "drainSeconds": 0}}}, namespace="default")
+    uid = lb["metadata"]["uid"]
+
+    async def running(target: int) -> set[int] | None:
+        ps = await client.get(PROCESSSETS, app, namespace="default")
+        ports = {p["port"] for p in (ps.get("status") or {}).get("processes") or []
+                 if p.get("state") == "Running" and isinstance(p.get("replica"), int) and p["replica"] < target}
+        return ports if len(ports) == target else None
+
+    async def scale_to(target: int) -> float:
+        started = time.perf_counter()
+        await client.patch(PROCESSSETS, app, {"spec": {"replicas": target}}, namespace="default")
+        deadline = started + 120
+        want: set[int] | None = None
+        delay = 0.002
+        while True:
+            if want is None:
+                want = await running(target)
+            if want is not None:
+                with contextlib.suppress(OSError, KeyError, StopIteration, ValueError, httpx.HTTPError, DriverError):
+                    if await balancer_set(driver, state, uid) == want:
+                        return time.perf_counter() - started
+            if time.perf_counter() > deadline:
+                raise RuntimeError(f"{driver}: the balancer did not follow replicas {target} in 120 s")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.02)
+
+    out: dict[str, Any] = {}
+    for n in sizes:
+        await scale_to(n // 2)
+        up: list[float] = []
+        down: list[float] = []
+        for _ in range(rounds):
+            up.append(await scale_to(n))
+            down.append(await scale_to(n // 2))
+        out[str(n)] = {"up_p50_ms": pct(up, 0.5), "up_p99_ms": pct(up, 0.99), "down_p50_ms": pct(down, 0.5),
+                       "down_p99_ms": pct(down, 0.99), "change": f"{n // 2} <-> {n}"}
+        log(f"  {driver} replicas {n // 2} <-> {n}: up p50 {out[str(n)]['up_p50_ms']} ms, "
+            f"down p50 {out[str(n)]['down_p50_ms']} ms")
+    await scale_to(0)
+    await client.delete(LOADBALANCERS, app, namespace="default")
+    await client.delete(PROCESSSETS, app, namespace="default")
+    return out
+
+
 CHANGES = 20
 CHANGE_EVERY = 0.2
 
 
-async def under_load_runtime(client: Any, ports: list[int]) -> dict[str, Any]:
+async def under_load_runtime(client: Any, ports: list[int], driver: str = "haproxy") -> dict[str, Any]:
     from setpoint.controllers.resources import ENDPOINTSLICES, LOADBALANCERS
 
-    app = "load-haproxy"
+    app = f"load-{driver}"
     lb_port = procs.free_port()
     await client.create(LOADBALANCERS, {
         "apiVersion": "setpoint.dev/v1alpha1", "kind": "LoadBalancer", "metadata": {"name": app},
-        "spec": {"nodeName": "bench", "driver": "haproxy", "frontend": {"port": lb_port, "mode": "http"},
+        "spec": {"nodeName": "bench", "driver": driver, "frontend": {"port": lb_port, "mode": "http"},
                  "backends": {"selector": {"matchLabels": {"app": app}}, "drainSeconds": 1}}},
         namespace="default")
     for p in ports[:20]:
@@ -248,6 +334,7 @@ async def under_load_runtime(client: Any, ports: list[int]) -> dict[str, Any]:
 
     await load.run_while(changes)
     await client.delete(LOADBALANCERS, app, namespace="default")
+    await asyncio.gather(*(client.delete(ENDPOINTSLICES, f"{app}-{p}", namespace="default") for p in ports[:10]))
     return {"ok": load.ok, "failed": load.failed, "errors": load.errors}
 
 
@@ -302,7 +389,7 @@ async def _wait_serving(port: int) -> None:
 
 
 def measure(tmp: Path, sizes: tuple[int, ...] = SIZES, rounds: int = ROUNDS,
-            log: Callable[[str], None] = print) -> dict[str, Any]:
+            log: Callable[[str], None] = print, ps_sizes: tuple[int, ...] = PS_SIZES) -> dict[str, Any]:
     from setpoint.client import Client, ClientConfig
     from setpoint.drivers.loadbalancer.haproxy import find_haproxy
 
@@ -313,9 +400,10 @@ def measure(tmp: Path, sizes: tuple[int, ...] = SIZES, rounds: int = ROUNDS,
         import envoy  # noqa: F401
 
         drivers.append("envoy")
-    res: dict[str, Any] = {"sizes": list(sizes), "rounds": rounds, "drivers": drivers, "follow": {}}
+    res: dict[str, Any] = {"sizes": list(sizes), "ps_sizes": list(ps_sizes), "rounds": rounds, "drivers": drivers,
+                           "follow": {}, "replicas": {}, "under_load": {}}
     with Backends(max(max(sizes), 20)) as backends, procs.Setpoint(tmp / "server") as sp, \
-            Agent(sp.data_dir / "kubeconfig.yaml", tmp / "agent"):
+            ControllerManager(sp.data_dir / "kubeconfig.yaml"), Agent(sp.data_dir / "kubeconfig.yaml", tmp / "agent"):
         ports = backends.ports
 
         async def main() -> None:
@@ -324,11 +412,16 @@ def measure(tmp: Path, sizes: tuple[int, ...] = SIZES, rounds: int = ROUNDS,
                     log(f"loadbalancer: follow time, {driver}")
                     res["follow"][driver] = await follow_times(client, driver, tmp / "agent", ports, sizes,
                                                                rounds, log)
+                for driver in drivers if ps_sizes else ():
+                    log(f"loadbalancer: follow time from a replicas change, {driver}")
+                    res["replicas"][driver] = await replicas_follow_times(client, driver, tmp / "agent", ps_sizes,
+                                                                          rounds, log)
+                for driver in drivers:
+                    log(f"loadbalancer: under load, runtime sync, {driver}")
+                    res["under_load"][driver] = await under_load_runtime(client, ports, driver)
                 if "haproxy" in drivers:
-                    log("loadbalancer: under load, runtime sync")
-                    res["under_load_runtime"] = await under_load_runtime(client, ports)
                     log("loadbalancer: under load, render and reload")
-                    res["under_load_reload"] = await under_load_reload(tmp, ports)
+                    res["under_load"]["reload"] = await under_load_reload(tmp, ports)
 
         asyncio.run(main())
     res["markdown"] = markdown(res)
@@ -345,22 +438,32 @@ def markdown(res: dict[str, Any]) -> str:
         for _n, r in sizes.items():
             lines.append(f"| {driver} | {r['change']} | {r['up_p50_ms']} ms | {r['up_p99_ms']} ms | "
                          f"{r['down_p50_ms']} ms | {r['down_p99_ms']} ms | {r['after_writes_p50_ms']} ms |")
-    if "under_load_runtime" in res:
-        rt, rl = res["under_load_runtime"], res["under_load_reload"]
+    if res.get("replicas"):
+        lines += ["", "Time from a ProcessSet's replicas patch to the balancer serving exactly the running replicas "
+                  "(the agent starts or stops them, the controller manager writes their EndpointSlices, the agent "
+                  f"syncs the balancer; {res['rounds']} rounds each way):", "",
+                  "| driver | replicas | scale up p50 | up p99 | scale down p50 | down p99 |",
+                  "|---|---|---|---|---|---|"]
+        for driver, sizes in res["replicas"].items():
+            for _n, r in sizes.items():
+                lines.append(f"| {driver} | {r['change']} | {r['up_p50_ms']} ms | {r['up_p99_ms']} ms | "
+                             f"{r['down_p50_ms']} ms | {r['down_p99_ms']} ms |")
+    rows = {"haproxy": "setpoint runtime sync, HAProxy (runtime API)",
+            "envoy": "setpoint runtime sync, Envoy (EDS file)",
+            "reload": "render and reload (haproxy -sf, as consul-template)"}
+    if res.get("under_load"):
         lines += ["", f"Requests during {CHANGES} scale changes (10 <-> 20 backends, one every "
                   f"{int(CHANGE_EVERY * 1000)} ms), 8 clients, a new connection each:", "",
-                  "| approach | requests | failed | errors |", "|---|---|---|---|",
-                  f"| setpoint runtime sync (HAProxy runtime API) | {rt['ok'] + rt['failed']} | {rt['failed']} | "
-                  f"{rt['errors'] or '-'} |",
-                  f"| render and reload (haproxy -sf, as consul-template) | {rl['ok'] + rl['failed']} | "
-                  f"{rl['failed']} | {rl['errors'] or '-'} |"]
+                  "| approach | requests | failed | errors |", "|---|---|---|---|"]
+        for key, r in res["under_load"].items():
+            lines.append(f"| {rows[key]} | {r['ok'] + r['failed']} | {r['failed']} | {r['errors'] or '-'} |")
     return "\n".join(lines) + "\n"
 
 
 def run(b: Bench) -> dict[str, Any]:
     quick = b.a.quick
     res = measure(b.tmp / "loadbalancer", sizes=(1, 10, 100) if quick else SIZES, rounds=3 if quick else ROUNDS,
-                  log=b.log)
+                  log=b.log, ps_sizes=(1, 10) if quick else PS_SIZES)
     b.a.out.mkdir(parents=True, exist_ok=True)
     (b.a.out / "loadbalancer.md").write_text(res["markdown"])
     return res
@@ -370,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.loadbalancer", description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
     ap.add_argument("--rounds", type=int, default=ROUNDS)
+    ap.add_argument("--replicas", default=",".join(map(str, PS_SIZES)),
+                    help="ProcessSet sizes for the follow time from a replicas change ('' to skip)")
     ap.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)  # the backends process
     a = ap.parse_args(argv)
     if a.serve:
@@ -381,7 +486,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     sizes = tuple(int(s) for s in a.sizes.split(","))
-    return procs.run_alone("lb", lambda tmp, log: measure(tmp, sizes=sizes, rounds=a.rounds, log=log))
+    ps_sizes = tuple(int(s) for s in a.replicas.split(",") if s)
+    return procs.run_alone("lb", lambda tmp, log: measure(tmp, sizes=sizes, rounds=a.rounds, log=log,
+                                                          ps_sizes=ps_sizes))
 
 
 if __name__ == "__main__":

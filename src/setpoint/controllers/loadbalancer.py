@@ -7,6 +7,14 @@ Kubernetes-API server's (an external cluster's Services, or another setpoint). E
 sync hands the driver the complete set, computed from the informer's cache (never from the
 event that woke the controller), so a missed or coalesced event, or an event stream that was
 cut and resumed, cannot leave the balancer wrong: the next sync states the whole truth again.
+
+A balancer that cannot be synced (its admin socket does not answer, its port is taken, a new
+frontend cannot start) is said at once, in the conditions (``Ready=False`` and ``Degraded=True``
+with the reason), and announced once per change of state (a Warning event, an alert), not once
+per attempt. Such a failure is retried with backoff for as long as it lasts: giving up after a
+budget, as the runtime does for other controllers, would leave a balancer serving a stale set for
+good once its socket came back. Only what cannot change before the object does (HAProxy not
+installed, a configuration it refuses) waits for a change of the object.
 """
 
 from __future__ import annotations
@@ -17,16 +25,22 @@ from pathlib import Path
 from typing import Any
 
 from setpoint.agent import Controller, Informer, NotReady, Permanent, Result
-from setpoint.agent.conditions import now_micro, set_condition
+from setpoint.agent.alerts import Alert
+from setpoint.agent.conditions import get_condition, now_micro, set_condition
+from setpoint.agent.errors import DriverError
+from setpoint.backoff import Backoff
 from setpoint.client import Client, ClientConfig, ConfigError
 from setpoint.controllers.resources import ENDPOINTSLICES, LOADBALANCERS
-from setpoint.drivers.loadbalancer import Backend, Desired, HAProxyDriver, LoadBalancerDriver, frontend_of
+from setpoint.drivers.loadbalancer import Backend, Desired, HAProxyDriver, LoadBalancerDriver, Observed, frontend_of
 from setpoint.drivers.loadbalancer.envoy import EnvoyDriver
 from setpoint.types import Object
 
 log = logging.getLogger(__name__)
 
 FINALIZER = "setpoint.dev/loadbalancer"
+# States (the Degraded condition's reason) that are not failures of the balancer: no alert, and
+# leaving one of them is no recovery. NoBackends is still a Warning event when it begins.
+_QUIET = {"Synced", "NoBackends", "BackendsNotInService", "WaitingForSource"}
 
 
 def selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -99,6 +113,10 @@ class LoadBalancerController(Controller):
             "envoy": EnvoyDriver(state_dir / "envoy", binary=envoy, on_exit=self._balancer_exited),
         }
         self._external: dict[tuple[str, str], _External] = {}
+        self._announced: dict[str, str] = {}  # uid -> the state (a reason) last announced
+        self._failing: dict[str, Backoff] = {}  # uid -> the failed syncs in a row, and the wait
+        self._checking: dict[str, Backoff] = {}  # uid -> looks at servers not in service yet
+        self._permanent: dict[str, tuple[Any, DriverError]] = {}  # uid -> (generation, why)
 
     # ---- what wakes a balancer up --------------------------------------------------------------
 
@@ -141,8 +159,21 @@ class LoadBalancerController(Controller):
     # ---- reconcile ---------------------------------------------------------------------------
 
     async def reconcile(self, obj: Object) -> Result:
+        meta = obj["metadata"]
+        uid = str(meta["uid"])
+        given_up = self._permanent.get(uid)
+        if given_up is not None and given_up[0] == meta.get("generation"):
+            return self._sync_failed(obj, given_up[1])  # cannot change before the object does
+        self._permanent.pop(uid, None)
+        try:
+            return await self._sync(obj)
+        except DriverError as e:
+            return self._sync_failed(obj, e)
+
+    async def _sync(self, obj: Object) -> Result:
         meta, spec = obj["metadata"], obj.get("spec") or {}
         namespace = meta.get("namespace", "default")
+        uid = str(meta["uid"])
         frontend = frontend_of(spec)
         backends_spec = _backends(obj)
         selector = backends_spec.get("selector") or {}
@@ -151,42 +182,134 @@ class LoadBalancerController(Controller):
             if not src.informer.has_synced:
                 raise NotReady(f"waiting for the first list of EndpointSlices from {src.server}", retry_after=1.0,
                                reason="WaitingForSource")
-            slices = src.informer.list()
+            slices, cache = src.informer.list(), src.informer
         else:
             slices = [s for s in self.slices.list() if s["metadata"].get("namespace") == namespace]
+            cache = self.slices
+        # The cache's revision, not the newest matching slice's: a deleted slice leaves no
+        # revision behind it, yet the set the sync applies changed with it.
+        cache_revision = cache.resource_version
         backends, revision = ready_backends(slices, selector, str(backends_spec.get("portName") or ""))
+        if cache_revision and cache_revision.isdigit():
+            revision = max(revision, int(cache_revision))
         desired = Desired(frontend, tuple(backends), float(backends_spec.get("drainSeconds", 10)))
-        driver = self.drivers[str(spec.get("driver") or "haproxy")]
-        try:
-            observed = await driver.ensure(str(meta["uid"]), desired, f"LoadBalancer {namespace}/{meta['name']}")
-        except NotReady as e:
-            # Said on the object (a condition and an event), not only in the agent's log: the
-            # balancer cannot start yet (its port is taken...) and is tried again later.
-            self.events.warning(obj, e.reason, e.message)
-            return Result(ready=False, reason=e.reason, message=e.message, requeue_after=e.retry_after or 5.0)
+        driver_name = str(spec.get("driver") or "haproxy")
+        driver = self.drivers[driver_name]
+        observed = await driver.ensure(uid, desired, f"LoadBalancer {namespace}/{meta['name']}")
         before = (obj.get("status") or {}).get("pid")
         if observed.pid is not None and observed.pid != before:
-            self.events.normal(obj, "BalancerStarted", f"{spec.get('driver') or 'haproxy'} running as pid "
+            self.events.normal(obj, "BalancerStarted", f"{driver_name} running as pid "
                                f"{observed.pid} on node {self.node}" + (f" (was pid {before})" if before else ""))
-        serving = observed.in_service
+        for note in observed.notes:
+            self.events.event(obj, note.type, note.reason, note.message)
+            if note.type == "Warning":
+                log.warning("LoadBalancer %s/%s: %s", namespace, meta["name"], note.message)
+        status = self._observed_status(obj, observed, revision)
+        requeue = 1.0 if observed.draining else None
+        if observed.frontend_error is not None:
+            result = self._sync_failed(obj, observed.frontend_error, status)
+            return Result(status=result.status, ready=False, reason=result.reason, message=result.message,
+                          requeue_after=_sooner(requeue, result.requeue_after))
+        self._failing.pop(uid, None)
+        serving = len(observed.in_service)
+        if not backends:
+            self._checking.pop(uid, None)
+            message = "the selector matches no ready endpoint: the balancer has no servers"
+            self._announce(obj, "NoBackends", message)
+            set_condition(status, "Degraded", True, reason="NoBackends", message=message)
+            return Result(status=status, ready=False, reason="NoBackends",
+                          message="the balancer runs with no servers", requeue_after=requeue)
+        message = f"{serving} of {len(backends)} backends in service"
+        # Health checks change what is in service with no event to wake a sync: after a change of
+        # the set (HAProxy counts a new server up until its checks say otherwise; Envoy takes it
+        # once its first check passes), and while some are out of service, the balancer is looked
+        # at again, less often the longer it lasts.
+        hc = frontend.health
+        settle = max(1.0, hc.interval * (max(hc.rise, hc.fall) + 1))
+        before_set = {b.get("name") for b in (obj.get("status") or {}).get("backends") or [] if isinstance(b, dict)}
+        if before_set != {s.backend.name for s in observed.servers}:
+            requeue = _sooner(requeue, settle)
+        if serving < len(backends):
+            look = self._checking.setdefault(uid, Backoff(initial=settle, cap=30.0, jitter=0.0))
+            requeue = _sooner(requeue, look.next())
+            self._announce(obj, "BackendsNotInService", message)
+            set_condition(status, "Degraded", True, reason="BackendsNotInService",
+                          message=f"{len(backends) - serving} of {len(backends)} backends are not in service "
+                                  "(down, or waiting for their first health check)")
+        else:
+            self._checking.pop(uid, None)
+            self._announce(obj, "Synced", message)
+            set_condition(status, "Degraded", False, reason="Synced", message="")
+        return Result(status=status, ready=True, reason="Synced", message=message, requeue_after=requeue)
+
+    def _observed_status(self, obj: Object, observed: Observed, revision: int) -> dict[str, Any]:
         status: dict[str, Any] = {
-            "inService": len(serving),
+            "inService": len(observed.in_service),
             "backends": [{"name": s.backend.name, "address": s.backend.address, "port": s.backend.port,
                           "state": s.state} for s in observed.servers],
             "lastSyncRevision": str(revision), "lastSyncTime": now_micro(),
-            "conditions": [c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") != "Ready"],
+            "conditions": _conditions_but_ready(obj),
         }
         if observed.pid is not None:
             status["pid"] = observed.pid
-        requeue = 1.0 if observed.draining else None
-        if not backends:
-            set_condition(status, "Degraded", True, reason="NoBackends",
-                          message="the selector matches no ready endpoint: the balancer has no servers")
-            return Result(status=status, ready=False, reason="NoBackends",
-                          message="the balancer runs with no servers", requeue_after=requeue)
-        set_condition(status, "Degraded", False, reason="Synced", message="")
-        return Result(status=status, ready=True, reason="Synced",
-                      message=f"{len(backends)} backends in service", requeue_after=requeue)
+        return status
+
+    def _sync_failed(self, obj: Object, error: DriverError, status: dict[str, Any] | None = None) -> Result:
+        """A sync that failed, or a frontend that could not be applied: said in the conditions at
+        once, announced once per change of state, and tried again with backoff, without end,
+        unless it is permanent (then at the object's next change)."""
+        meta = obj["metadata"]
+        uid = str(meta["uid"])
+        delay: float | None = None
+        if isinstance(error, Permanent):
+            if status is None:
+                # Nothing serves: nothing to do before the object changes. (A frontend refused
+                # while the previous one serves is not remembered here: the backends still change.)
+                self._permanent[uid] = (meta.get("generation"), error)
+            attempts = 1
+        else:
+            backoff = self._failing.setdefault(uid, Backoff(initial=0.5, cap=10.0, jitter=0.2))
+            delay = backoff.next()
+            if error.retry_after is not None:
+                delay = error.retry_after
+            attempts = backoff.failures
+            log.info("LoadBalancer %s/%s: sync failed (attempt %d), again in %.1fs: %s",
+                     meta.get("namespace"), meta.get("name"), attempts, delay, error.message)
+        status = status if status is not None else {"conditions": _conditions_but_ready(obj)}
+        set_condition(status, "Degraded", True, reason=error.reason, message=error.message)
+        self._announce(obj, error.reason, error.message, attempts=attempts,
+                       error_class=error.error_class.value)
+        return Result(status=status, ready=False, reason=error.reason, message=error.message, requeue_after=delay)
+
+    def _announce(self, obj: Object, state: str, message: str, *, attempts: int = 0, error_class: str = "") -> None:
+        """An event (and for a failure an alert) when the balancer's state changes, none while
+        it stays: a socket that does not answer for an hour is one event and one alert, and one
+        event when it answers again. The state last announced is remembered, and after an agent
+        restart read from the Degraded condition, so a restart announces nothing again."""
+        meta = obj["metadata"]
+        uid = str(meta["uid"])
+        before = self._announced.get(uid)
+        if before is None:
+            cond = get_condition(obj.get("status"), "Degraded")
+            before = str(cond.get("reason")) if cond is not None else None
+        self._announced[uid] = state
+        if state == before:
+            return
+        if state not in _QUIET:
+            log.warning("LoadBalancer %s/%s: %s: %s", meta.get("namespace"), meta.get("name"), state, message)
+            self.events.warning(obj, state, message)
+            self.stats.alerts += 1
+            self.alert_sink.alert(Alert(
+                controller=self.controller_name, kind=obj.get("kind", "LoadBalancer"),
+                namespace=meta.get("namespace", ""), name=meta.get("name", ""), uid=uid, reason=state,
+                message=message, error_class=error_class, attempts=attempts))
+            return
+        if before is not None and before not in _QUIET:
+            log.info("LoadBalancer %s/%s recovered from %s: %s", meta.get("namespace"), meta.get("name"), before,
+                     message)
+            self.events.normal(obj, "Recovered", f"{message} (after {before})")
+        if state == "NoBackends":
+            self.events.warning(obj, state, message)
 
     async def finalize(self, obj: Object) -> None:
         uid = str(obj["metadata"]["uid"])
@@ -196,6 +319,9 @@ class LoadBalancerController(Controller):
     async def deleted(self, key: str) -> None:
         """Gone, or moved to another node: stop balancers no LoadBalancer here owns any more."""
         live = {str(o["metadata"].get("uid")) for o in self.informer.list()}
+        for memory in (self._announced, self._failing, self._checking, self._permanent):
+            for uid in set(memory) - live:
+                del memory[uid]
         for driver in self.drivers.values():
             for uid in driver.owners() - live:
                 log.info("stopping balancer %s: its LoadBalancer is no longer on node %s", uid, self.node)
@@ -223,6 +349,15 @@ class LoadBalancerController(Controller):
                 await src.client.aclose()
             for driver in self.drivers.values():
                 driver.close()
+
+
+def _conditions_but_ready(obj: Object) -> list[Object]:
+    """The stored conditions the runtime does not write itself (it sets Ready from the Result)."""
+    return [dict(c) for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") != "Ready"]
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def _backends(lb: Object) -> dict[str, Any]:

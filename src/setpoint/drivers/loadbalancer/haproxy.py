@@ -15,13 +15,24 @@ killed and started again, comes back with the current set before the first runti
 Only a frontend change (address, port, mode, timeouts...) needs a new process: it is started
 with ``-x`` (the listening sockets are handed over through the admin socket) and ``-sf`` (the
 old process finishes its connections, then exits), the way HAProxy's own reloads avoid dropping
-connections.
+connections. The new process is started from a file of its own, which replaces the
+configuration file only once it runs: when it cannot start (its port is taken, HAProxy refuses
+the new frontend), the old one keeps serving and keeps being synced, the configuration file
+still says what runs (what a restart would serve), and the sync reports the frontend it could
+not apply.
+
+An admin socket that is gone (its file removed, or nothing listening on it any more) leaves a
+process that can never be changed again: a new HAProxy is started from the configuration file
+(without ``-x``, which needs that socket; both bind the port with ``SO_REUSEPORT`` meanwhile) and
+takes over with ``-sf``. A socket that does not answer (a stopped or overloaded process) is only
+retried: that process may come back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -34,10 +45,10 @@ from pathlib import Path
 
 import msgspec
 
-from setpoint.agent.errors import NotReady, Permanent
+from setpoint.agent.errors import DriverError, NotReady, Permanent
 from setpoint.backoff import Backoff
 from setpoint.drivers.loadbalancer.exits import ExitWatch, exited, instance_dirs
-from setpoint.drivers.loadbalancer.model import Backend, Desired, Frontend, Observed, ServerState
+from setpoint.drivers.loadbalancer.model import Backend, Desired, Frontend, Note, Observed, ServerState
 from setpoint.drivers.loadbalancer.runtime import RuntimeAPI, RuntimeAPIError
 from setpoint.files import write_atomic
 
@@ -52,6 +63,9 @@ class Running(msgspec.Struct):
 
     pid: int
     frontend: str  # the frontend digest the process was started with
+    # That frontend itself: what the sync keeps driving, and the configuration file keeps saying,
+    # while a new one cannot start.
+    spec: Frontend | None = None
 
 
 def _ms(seconds: float) -> str:
@@ -67,14 +81,17 @@ def server_options(fe: Frontend) -> str:
             "observe layer4 error-limit 1 on-error mark-down")
 
 
-def render(desired: Desired, socket_path: Path, title: str) -> str:
-    """The whole configuration: frontend, backend and every current server."""
+def render(desired: Desired, socket_path: Path, title: str, pidfile: Path | None = None) -> str:
+    """The whole configuration: frontend, backend and every current server. With ``pidfile``, an
+    HAProxy started from this file alone (by hand, by an init system) says where it runs, and
+    the agent adopts it."""
     fe = desired.frontend
     lines = [
         f"# {title}: written by setpoint, replaced whole on every change.",
         "global",
         f"    stats socket {socket_path} mode 600 level admin expose-fd listeners",
         "    stats timeout 30s",
+        *([f"    pidfile {pidfile}"] if pidfile is not None else []),
         "defaults",
         f"    mode {fe.mode}",
         f"    timeout connect {_ms(fe.connect_timeout)}",
@@ -104,14 +121,15 @@ def find_haproxy(binary: str = "haproxy") -> str | None:
     return shutil.which(binary) or shutil.which(binary, path="/usr/local/sbin:/usr/sbin:/sbin")
 
 
-def _pid_alive(pid: int, config: Path) -> bool:
-    """Whether ``pid`` is an HAProxy running ``config`` (not a pid reused by something else)."""
+def _pid_alive(pid: int, *configs: Path) -> bool:
+    """Whether ``pid`` is an HAProxy started from one of ``configs`` (not a pid reused by
+    something else)."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return False
-    return stat[0] != "Z" and str(config).encode() in cmdline
+    return stat[0] != "Z" and any(str(c).encode() in cmdline for c in configs)
 
 
 # HAProxy refuses a UNIX socket path longer than this (the kernel's limit is 108 bytes).
@@ -138,19 +156,37 @@ class Instance:
     def __init__(self, root: Path, uid: str) -> None:
         self.dir = root / uid
         self.config = self.dir / "haproxy.cfg"
+        # A new frontend is tried from a file of its own: until its process runs, haproxy.cfg
+        # keeps saying what runs.
+        self.candidate = self.dir / "haproxy.next.cfg"
         self.socket = _socket_path(self.dir / "admin.sock")
         self.pidfile = self.dir / "haproxy.pid"
         self.running_file = self.dir / "running.json"
         self.log = self.dir / "haproxy.log"  # what HAProxy said at its last start
         self.api = RuntimeAPI(self.socket)
         self.drains: dict[str, float] = {}  # server -> when its drain began (monotonic)
+        # Frontends HAProxy refused for good (invalid): not started again until the spec changes.
+        self.refused: dict[str, DriverError] = {}
 
     def running(self) -> Running | None:
         try:
-            r = msgspec.json.decode(self.running_file.read_bytes(), type=Running)
+            recorded: Running | None = msgspec.json.decode(self.running_file.read_bytes(), type=Running)
         except (OSError, msgspec.DecodeError):
+            recorded = None
+        if recorded is not None and _pid_alive(recorded.pid, self.config, self.candidate):
+            return recorded
+        # Started again from the configuration file alone while no agent ran (by hand, by an init
+        # system): the pidfile the file names says where. It serves the frontend last recorded,
+        # because the file always says the frontend that runs.
+        try:
+            pid = int(self.pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
             return None
-        return r if _pid_alive(r.pid, self.config) else None
+        if not _pid_alive(pid, self.config, self.candidate):
+            return None
+        if recorded is None:
+            return Running(pid=pid, frontend="")  # unknown: a frontend sync replaces it
+        return Running(pid=pid, frontend=recorded.frontend, spec=recorded.spec)
 
 
 class HAProxyDriver:
@@ -180,10 +216,11 @@ class HAProxyDriver:
         self._watch(uid, running.pid)
         servers = await inst.api.servers(BACKEND)
         states = []
-        for name, (address, port, state) in sorted(servers.items()):
-            if name != f"{address}:{port}":
+        for name, server in sorted(servers.items()):
+            state = server.state
+            if name != f"{server.address}:{server.port}":
                 state = "FOREIGN"  # a server this driver did not name: removed like any extra one
-            states.append(ServerState(Backend(address, port), state))
+            states.append(ServerState(Backend(server.address, server.port), state))
         draining = sum(1 for s in states if s.state == "DRAIN")
         return Observed(running=True, pid=running.pid, frontend_digest=running.frontend,
                         servers=tuple(states), draining=draining)
@@ -196,18 +233,73 @@ class HAProxyDriver:
         inst = self._instance(uid)
         inst.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(inst.dir, 0o700)
-        await asyncio.to_thread(write_atomic, inst.config, render(desired, inst.socket, title).encode(), 0o600)
         running = inst.running()
-        digest = desired.frontend.digest()
         if running is None:
+            await self._write(inst, desired, title)
             await self._start(uid, inst, desired.frontend, replacing=None)
-        elif running.frontend != digest:
+            return await self.observe(uid)
+        if running.frontend != desired.frontend.digest():
+            return await self._change_frontend(uid, inst, running, desired, title)
+        await self._write(inst, desired, title)
+        notes: tuple[Note, ...] = ()
+        try:
+            await self._sync(inst, desired)
+        except RuntimeAPIError as e:
+            if not e.gone:
+                raise
+            notes = (await self._replace_unmanageable(uid, inst, running, desired.frontend, e),)
+        return dataclasses.replace(await self.observe(uid), notes=notes)
+
+    async def _write(self, inst: Instance, desired: Desired, title: str, path: Path | None = None) -> None:
+        text = render(desired, inst.socket, title, inst.pidfile)
+        await asyncio.to_thread(write_atomic, path or inst.config, text.encode(), 0o600)
+
+    async def _change_frontend(self, uid: str, inst: Instance, running: Running, desired: Desired,
+                               title: str) -> Observed:
+        """A new process for the new frontend, taking over from the running one; or, when it
+        cannot start, the running one kept in step with the backends (the file written with its
+        frontend, the one that runs), and the reason in ``Observed.frontend_error``."""
+        fe = desired.frontend
+        error = inst.refused.get(fe.digest())
+        if error is None:
             log.info("%s: the frontend changed, starting a new HAProxy that takes over from pid %d",
                      title, running.pid)
-            await self._start(uid, inst, desired.frontend, replacing=running.pid)
-        else:
-            await self._sync(inst, desired)
-        return await self.observe(uid)
+            await self._write(inst, desired, title, inst.candidate)
+            try:
+                await self._start(uid, inst, fe, replacing=running.pid, config=inst.candidate)
+            except DriverError as e:
+                error = e
+                if isinstance(e, Permanent):
+                    inst.refused[fe.digest()] = e
+            else:
+                await self._write(inst, desired, title)
+                observed = await self.observe(uid)
+                return dataclasses.replace(observed, notes=(Note(
+                    "Normal", "FrontendChanged",
+                    f"the frontend changed: a new HAProxy (pid {observed.pid}) serves {fe.address}:{fe.port} "
+                    f"and took over from pid {running.pid}, which finishes its connections"),))
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    inst.candidate.unlink()
+        if running.spec is None:
+            raise error  # what runs is not known well enough to sync it
+        old = Desired(running.spec, desired.backends, desired.drain_seconds)
+        await self._write(inst, old, title)
+        await self._sync(inst, old)
+        kept = type(error)(f"{error.message}; HAProxy pid {running.pid} keeps serving {old.frontend.address}:"
+                           f"{old.frontend.port} with the current backends", reason=error.reason,
+                           retry_after=error.retry_after)
+        return dataclasses.replace(await self.observe(uid), frontend_error=kept)
+
+    async def _replace_unmanageable(self, uid: str, inst: Instance, running: Running, frontend: Frontend,
+                                    error: RuntimeAPIError) -> Note:
+        log.warning("%s; starting a new HAProxy to take over from pid %d", error.message, running.pid)
+        await self._start(uid, inst, frontend, replacing=running.pid, handover=False)
+        now = inst.running()
+        return Note("Warning", "AdminSocketLost",
+                    f"{error.message}: HAProxy pid {running.pid} could not be managed any more; a new HAProxy "
+                    f"(pid {now.pid if now else '?'}) took over from the configuration file, and the old one "
+                    "finishes its connections")
 
     async def _sync(self, inst: Instance, desired: Desired) -> None:
         api = inst.api
@@ -218,7 +310,13 @@ class HAProxyDriver:
             have = current.get(name)
             if have is None:
                 await api.add_server(BACKEND, name, b.address, b.port, opts)
-            elif have[2] in ("MAINT", "DRAIN"):
+                inst.drains.pop(name, None)
+                continue
+            # A sync cut between ``add server`` and its last command left the server without its
+            # check, or in maintenance: finish it, the check first so it never serves unchecked.
+            if have.check_configured and not have.check_enabled:
+                await api.enable_health(BACKEND, name)
+            if have.state in ("MAINT", "DRAIN"):
                 await api.set_state(BACKEND, name, "ready")
             inst.drains.pop(name, None)
         extra = [name for name in current if name not in want]
@@ -227,21 +325,25 @@ class HAProxyDriver:
         sessions = await api.sessions(BACKEND)
         now = time.monotonic()
         for name in extra:
-            if current[name][2] not in ("DRAIN", "MAINT"):
+            if current[name].state not in ("DRAIN", "MAINT"):
                 await api.set_state(BACKEND, name, "drain")
             began = inst.drains.setdefault(name, now)
             if sessions.get(name, 0) == 0 or now - began >= desired.drain_seconds:
                 await api.delete_server(BACKEND, name)
                 inst.drains.pop(name, None)
 
-    async def _start(self, uid: str, inst: Instance, frontend: Frontend, replacing: int | None) -> None:
+    async def _start(self, uid: str, inst: Instance, frontend: Frontend, replacing: int | None,
+                     handover: bool = True, config: Path | None = None) -> None:
+        """Start HAProxy from the configuration file (or ``config``); with ``replacing``, the new
+        process takes over from that one (its listening sockets too, through its admin socket, if
+        ``handover``)."""
         binary = find_haproxy(self.binary)
         if binary is None:
             raise Permanent(f"HAProxy is not installed on this node ({self.binary!r} not found on PATH)",
                             reason="BalancerNotInstalled")
-        args = [binary, "-f", str(inst.config), "-p", str(inst.pidfile), "-D"]
+        args = [binary, "-f", str(config or inst.config), "-p", str(inst.pidfile), "-D"]
         if replacing is not None:
-            args += ["-x", str(inst.socket), "-sf", str(replacing)]
+            args += [*(["-x", str(inst.socket)] if handover else []), "-sf", str(replacing)]
         # Its output goes to a file, not a pipe: the daemon keeps what it inherited open, and a
         # pipe would never reach its end. The starting process exits once the daemon runs.
         log_file = await asyncio.to_thread(open, inst.log, "wb")
@@ -263,11 +365,11 @@ class HAProxyDriver:
         if proc.returncode != 0:
             if "cannot bind socket" in text or "Address already in use" in text:
                 raise NotReady(f"the frontend's address {frontend.address}:{frontend.port} is taken by another "
-                               "process; starting again in 10s", retry_after=10.0, reason="PortInUse")
+                               "process", reason="PortInUse")
             raise Permanent(f"HAProxy refused its configuration: {_last_alert(text)}", reason="InvalidConfig")
         pid = int(inst.pidfile.read_text().split()[0])
         await asyncio.to_thread(write_atomic, inst.running_file,
-                                msgspec.json.encode(Running(pid=pid, frontend=frontend.digest())), 0o600)
+                                msgspec.json.encode(Running(pid=pid, frontend=frontend.digest(), spec=frontend)), 0o600)
         inst.drains.clear()
         self._watch(uid, pid)
         await self._wait_for_socket(inst)

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from setpoint.agent.errors import Permanent
+from setpoint.agent.errors import DriverError, Permanent
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -66,20 +66,38 @@ class ServerState:
     """One backend as the balancer reports it."""
 
     backend: Backend
-    state: str  # UP, DOWN, DRAIN, MAINT, STARTING
+    state: str  # UP, STARTING (taking traffic); DOWN, PENDING (its first check), DRAIN, MAINT, FOREIGN
+
+
+# The states in which a server takes new connections (HAProxy's STARTING is a slow start).
+IN_SERVICE = ("UP", "STARTING")
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """Something a sync did that its LoadBalancer's owner should hear of (an Event): a new process
+    for a frontend change, a process that replaced one whose admin socket was gone."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
 
 
 @dataclass(frozen=True, slots=True)
 class Observed:
     running: bool
     pid: int | None
-    frontend_digest: str | None  # of the frontend the running process was started with
+    frontend_digest: str | None  # of the frontend the balancer serves
     servers: tuple[ServerState, ...]
     draining: int = 0  # servers still finishing their connections before removal
+    # The desired frontend could not be applied (its port is taken, the balancer refused it): the
+    # balancer keeps serving its previous frontend, if it had one, with the current backends.
+    frontend_error: DriverError | None = None
+    notes: tuple[Note, ...] = ()
 
     @property
     def in_service(self) -> list[ServerState]:
-        return [s for s in self.servers if s.state in ("UP", "STARTING", "DOWN")]
+        return [s for s in self.servers if s.state in IN_SERVICE]
 
 
 def _num(d: dict[str, Any], key: str, default: float) -> float:

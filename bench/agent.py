@@ -53,6 +53,7 @@ def _env_int(name: str, default: int) -> int:
 class Sizes:
     informer_objects: int
     informer_rounds: int
+    events_updates: int
     reconcile_objects: int
     workers: int
     flood_updates: int
@@ -67,6 +68,7 @@ class Sizes:
         return cls(
             informer_objects=_env_int("BENCH_AGENT_INFORMER_OBJECTS", 2_000 if quick else 100_000),
             informer_rounds=_env_int("BENCH_AGENT_INFORMER_ROUNDS", 1 if quick else 3),
+            events_updates=_env_int("BENCH_AGENT_EVENTS_UPDATES", 1_000 if quick else 10_000),
             reconcile_objects=_env_int("BENCH_AGENT_RECONCILE_OBJECTS", 500 if quick else 10_000),
             workers=_env_int("BENCH_AGENT_WORKERS", 4),
             flood_updates=_env_int("BENCH_AGENT_FLOOD_UPDATES", 1_000 if quick else 20_000),
@@ -248,14 +250,60 @@ async def child_informer(cfg: dict[str, Any]) -> None:
             gc.collect()
             rss2, _ = rss_kb()
             n = len(informer.list())
+            # After the figures: every object read once (an informer may keep what it was sent
+            # until something reads it), for the memory of a cache whose objects are all in use.
+            gc.collect()
+            rss3, _ = rss_kb()
         finally:
             await informer.stop()
     _say(result={"objects": n, "handler_adds": added, "seconds": round(t_synced - t0, 3),
                  "watch_open_s": round(t_watch - t0, 3), "rss_before_kb": rss0, "rss_after_kb": rss1,
-                 "rss_after_gc_kb": rss2, "peak_kb": hwm,
+                 "rss_after_gc_kb": rss2, "peak_kb": hwm, "rss_all_read_kb": rss3,
+                 "rss_all_read_per_object_b": round((rss3 - rss0) * 1024 / max(1, n)),
                  "rss_per_object_b": round((rss1 - rss0) * 1024 / max(1, n)),
                  "peak_per_object_b": round((hwm - rss0) * 1024 / max(1, n)),
                  **cpu})
+
+
+async def child_informer_events(cfg: dict[str, Any]) -> None:
+    """Watch events handled per second: the informer lists and watches, then stops (keeping its
+    cache and revision) while the bench changes every object once, then starts again from that
+    revision and takes the changes as fast as it can (as ``bench/clients.py`` measures the
+    kubernetes client). One change per object, so the server coalesces none away."""
+    from setpoint.agent import Informer
+    from setpoint.client import Client, ClientConfig
+
+    widgets = _widgets()
+    m = cfg["n"]
+    async with Client(ClientConfig(cfg["url"], token=cfg["token"])) as client:
+        updates = 0
+        done = asyncio.Event()
+
+        def on_update(old: dict[str, Any], new: dict[str, Any]) -> None:
+            nonlocal updates
+            updates += 1
+            if updates >= m:
+                done.set()
+
+        informer = Informer(client, widgets, namespace=cfg["ns"])
+        informer.add_handler(on_update=on_update)
+        informer.start()
+        try:
+            await informer.wait_synced(timeout=300)
+            await _wait(lambda: informer.stats.watches >= 1, 60, "the watch to open", 0.001)
+            await informer.stop()
+            _say(ready=True, objects=len(informer.cache))
+            await asyncio.to_thread(sys.stdin.readline)  # the bench has made the changes
+            span = CpuSpan(server=cfg["server_pid"])
+            t0 = time.monotonic()
+            informer.start()
+            await asyncio.wait_for(done.wait(), 300)
+            secs = time.monotonic() - t0
+            cpu = span.end("cpu")
+        finally:
+            await informer.stop()
+    _say(result={"updates": updates, "seconds": round(secs, 3), "events_per_s": round(updates / secs),
+                 "skipped": informer.stats.skipped, "stale": informer.stats.stale, **cpu})
 
 
 def child_k8s_list(cfg: dict[str, Any]) -> None:
@@ -397,6 +445,8 @@ def child_main(argv: list[str]) -> int:
 
     if mode == "informer":
         uvloop.run(child_informer(cfg))
+    elif mode == "informer-events":
+        uvloop.run(child_informer_events(cfg))
     elif mode == "k8s-list":
         child_k8s_list(cfg)
     elif mode == "reconcile":
@@ -608,8 +658,41 @@ class Run:
                 rounds["kubernetes_client"].append(kres)
         for key, rs in rounds.items():
             if rs:
-                best = min(rs, key=lambda x: x["seconds"])
-                out[key] = {**best, "rounds_s": [x["seconds"] for x in rs]}
+                median = sorted(rs, key=lambda x: x["seconds"])[(len(rs) - 1) // 2]
+                per_object = [x["rss_per_object_b"] for x in rs]
+                out[key] = {**median, "rounds_s": [x["seconds"] for x in rs],
+                            "rss_per_object_b": round(statistics.median(per_object)),
+                            "rounds_rss_per_object_b": per_object}
+        if rounds["setpoint"] and rounds["kubernetes_client"]:
+            out["time_ratio_rounds"] = [round(a["seconds"] / b["seconds"], 3)
+                                        for a, b in zip(rounds["setpoint"], rounds["kubernetes_client"], strict=True)]
+        return out
+
+    def informer_events(self) -> dict[str, Any]:
+        """Watch events handled per second by an informer (see ``child_informer_events``)."""
+        import uvloop
+
+        n = self.sz.events_updates
+        out: dict[str, Any] = {"fill": self.fill("ev", n)}
+        headers = {**self.auth, "Content-Type": "application/merge-patch+json"}
+        rounds = []
+        for r in range(self.sz.informer_rounds):
+            with child("informer-events", self.cfg(ns="ev", n=n), self.tmp / "informer-events.log") as c:
+                c.read(timeout=600)  # synced, watched, stopped
+
+                def make(i: int, r: int = r) -> tuple[bytes, bytes]:
+                    body = json.dumps({"spec": {"size": 1000 + r}}).encode()
+                    return b"", build_request("PATCH", self.path("ev", f"w{i}"), self.hostport, body, headers)
+
+                uvloop.run(send_all(self.sp.host, self.sp.port, make, n, self.b.a.connections))
+                c.send("go")
+                res = c.read(timeout=600)["result"]
+            self.log(f"informer events round {r + 1}: {res['updates']:,} in {res['seconds']:.2f}s "
+                     f"({res['events_per_s']:,}/s)")
+            rounds.append(res)
+        rates = [x["events_per_s"] for x in rounds]
+        median = sorted(rounds, key=lambda x: x["events_per_s"])[(len(rounds) - 1) // 2]
+        out.update(median, rounds_events_per_s=rates)
         return out
 
     # ---- 2. reconciles/s ------------------------------------------------------------------------
@@ -988,7 +1071,8 @@ def run(bench: Bench, crd: dict[str, Any]) -> None:
                     raise RuntimeError("widgets never served")
                 time.sleep(0.05)
         run_ = Run(bench, sp, sizes, stack)
-        for key, fn in (("informer", run_.informer), ("reconcile", run_.reconcile_rate),
+        for key, fn in (("informer", run_.informer), ("informer_events", run_.informer_events),
+                        ("reconcile", run_.reconcile_rate),
                         ("coalescing", run_.coalescing), ("kopf", run_.kopf), ("processset", run_.processset)):
             t = time.monotonic()
             with bench.section(f"agent_{key}"):
@@ -1023,12 +1107,27 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         elif k8:
             ref = str(k8.get("skipped", ""))
         fill = inf.get("fill") or {}
+        rs = sp.get("rounds_s", [])
         note += (f"watch open at {sp['watch_open_s']:.2f} s; peak RSS +{sp['peak_per_object_b']:,} B/object; "
-                 f"best of {len(sp.get('rounds_s', []))}: {', '.join(f'{x:.2f}' for x in sp.get('rounds_s', []))} s; "
-                 f"objects created at {fill.get('creates_per_s', 0):,}/s")
+                 f"median of {len(rs)}: {', '.join(f'{x:.2f}' for x in rs)} s")
+        if k8 and "rounds_s" in k8:
+            note += f" (kubernetes client {', '.join(f'{x:.2f}' for x in k8['rounds_s'])} s)"
+        if "rounds_rss_per_object_b" in sp:
+            note += f"; B/object {', '.join(f'{x:,}' for x in sp['rounds_rss_per_object_b'])}"
+        if "rss_all_read_per_object_b" in sp:
+            note += f"; {sp['rss_all_read_per_object_b']:,} B/object once every object was read"
+        note += f"; objects created at {fill.get('creates_per_s', 0):,}/s"
         out.append((f"**Informer cold start, {sp['objects']:,} objects** (start → wait_synced; RSS Δ/object)",
                     f"{sp['seconds']:.2f} s · {sp['rss_per_object_b']:,} B/object", ref, note,
                     _cpu_note(sp, "cpu", "informer")))
+    ev = ag.get("informer_events") or {}
+    if "events_per_s" in ev:
+        rates = ev.get("rounds_events_per_s", [])
+        out.append((f"**Informer watch events handled**, {ev['updates']:,} changes (one per object) taken "
+                    "from a resumed watch", f"{ev['events_per_s']:,} /s", "",
+                    f"{ev['seconds']:.2f} s; median of {len(rates)}: {', '.join(f'{x:,}' for x in rates)} /s; "
+                    f"skipped {ev['skipped']}, stale {ev['stale']}",
+                    _cpu_note(ev, "cpu", "informer")))
     rec = ag.get("reconcile") or {}
     for key, label in (("status_write", "one status write each"),
                        ("noop_converged", "no-op: converged objects, no status write"),

@@ -36,6 +36,14 @@ revision order per object, never older over newer, and failures are handled here
 Handlers are plain (sync) callables, called in order of registration on the informer's task,
 typically to put a key on a work queue. They must not block, and must not change the objects
 they are given (the cache shares them). An exception in a handler is logged, not propagated.
+
+Memory: ``metadata.managedFields`` (the server's record of who wrote which field, often the
+largest part of an object's metadata, read by no agent) is dropped from every object, as
+client-go users do with a transform; ``keep_managed_fields=True`` keeps it. Objects from a list
+are kept as the JSON the server sent until something reads them (:mod:`setpoint.agent.cache`):
+a cold start of many objects then costs their bytes, not their dicts, and no decoding. A
+handler is given each one decoded for it; the cache keeps the decoded object from its first
+read through :meth:`Informer.get`, :meth:`Informer.list` or an index.
 """
 
 from __future__ import annotations
@@ -49,7 +57,9 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from setpoint.agent.cache import Indexer, IndexFunc, object_key
+import msgspec
+
+from setpoint.agent.cache import Entry, Indexer, IndexFunc, entry_versions, object_key, raw_identity
 from setpoint.backoff import Backoff, Outage
 from setpoint.client import (
     BadRequest,
@@ -58,6 +68,8 @@ from setpoint.client import (
     Gone,
     IdleTimeout,
     Invalid,
+    RawObjectList,
+    RawWatchEvent,
     Resource,
     UnsupportedMediaType,
     WatchEvent,
@@ -87,6 +99,9 @@ SERVER_BOOKMARK_INTERVAL = 5.0
 SKIPPED_ANNOTATION = "setpoint.dev/skipped-events"  # on the bookmark that ends a fast-forward
 # Errors no retry can fix: the request itself is wrong (a selector the server cannot apply).
 FATAL_ERRORS = (BadRequest, Invalid, UnsupportedMediaType)
+
+_json = msgspec.json.Decoder(dict[str, Any])
+_CHANGES = frozenset(("ADDED", "MODIFIED", "DELETED"))
 
 
 InformerStats = TransferStats  # the counters every transport keeps
@@ -127,9 +142,12 @@ class Informer:
             ...
 
     ``transform`` is applied to every object before it is cached or handed to a handler, e.g. to
-    drop fields the agent never reads (``metadata.managedFields``) and save memory. It may change
-    the object it is given. A transform that raises is a bug: the informer stops, with the
-    exception in :attr:`error` (and raised by :meth:`wait_synced`).
+    drop fields the agent never reads and save memory (``metadata.managedFields`` is dropped
+    before it unless ``keep_managed_fields``). It may change the object it is given. An object
+    from a list is transformed when it is decoded, which may be more than once (a handler's
+    copy, then the cache's), each time on a fresh object. A transform that raises is a bug: the
+    informer stops, with the exception in :attr:`error` (and raised by :meth:`wait_synced`);
+    raised while a reader decodes an object, it is raised to that reader.
     """
 
     def __init__(
@@ -141,6 +159,7 @@ class Informer:
         label_selector: Selector | None = None,
         field_selector: Selector | None = None,
         transform: Transform | None = None,
+        keep_managed_fields: bool = False,
         idle_timeout: float = 3 * SERVER_BOOKMARK_INTERVAL,
         page_size: int = 500,
         watch_timeout: float = 300.0,
@@ -155,6 +174,7 @@ class Informer:
         self.label_selector = format_selector(label_selector)
         self.field_selector = format_selector(field_selector)
         self.transform = transform
+        self.keep_managed_fields = keep_managed_fields
         self.idle_timeout = idle_timeout
         self.page_size = page_size
         self.watch_timeout = watch_timeout
@@ -165,11 +185,14 @@ class Informer:
                 transport.watch_timeout = watch_timeout
                 transport.backoff = self.backoff
         self.transport = transport
-        self.cache = Indexer()
+        self.cache = Indexer(decode=self._decode)
         self.stats = InformerStats()
         self.error: Exception | None = None  # set when the informer stopped on a fatal error
         self._resource_version: str | None = None  # None: list (again) before watching
+        self._revision_now: int | None = None  # the same, parsed once (it is compared on every event)
         self._handlers: list[HandlerRegistration] = []
+        # Whether any handler takes adds, updates, deletes: what an event must be decoded for.
+        self._takes = (False, False, False)
         self._resync_timers: dict[HandlerRegistration, asyncio.TimerHandle] = {}
         self._listed_at = -1e9
         self._listed = False  # the cache holds a complete list (and its handlers were told)
@@ -224,8 +247,9 @@ class Informer:
             raise ValueError("resync_period must be positive")
         reg = HandlerRegistration(on_add, on_update, on_delete, on_resync, resync_period)
         self._handlers.append(reg)
-        if self.has_synced:
-            for obj in self.cache.list():
+        self._count_takers()
+        if self.has_synced and on_add is not None:
+            for obj in self.cache.objects():
                 self._call(on_add, obj)
         self._schedule_resync(reg)
         return reg
@@ -233,9 +257,14 @@ class Informer:
     def remove_handler(self, reg: HandlerRegistration) -> None:
         with contextlib.suppress(ValueError):
             self._handlers.remove(reg)
+        self._count_takers()
         timer = self._resync_timers.pop(reg, None)
         if timer is not None:
             timer.cancel()
+
+    def _count_takers(self) -> None:
+        regs = self._handlers
+        self._takes = (any(r.on_add for r in regs), any(r.on_update for r in regs), any(r.on_delete for r in regs))
 
     @staticmethod
     def _call(fn: Callable[..., None] | None, *args: Object) -> None:
@@ -246,17 +275,41 @@ class Informer:
         except Exception:
             log.exception("informer event handler %r failed", fn)
 
-    def _added(self, obj: Object) -> None:
-        for reg in list(self._handlers):
-            self._call(reg.on_add, obj)
+    # An entry still held as JSON is decoded once per change, for the handlers that take it, and
+    # only if there is one: the cache keeps it as it was.
 
-    def _updated(self, old: Object, new: Object) -> None:
-        for reg in list(self._handlers):
-            self._call(reg.on_update, old, new)
+    def _added(self, entry: Entry) -> None:
+        regs = [reg for reg in self._handlers if reg.on_add is not None]
+        if regs:
+            obj = self.cache.decode(entry)
+            for reg in regs:
+                self._call(reg.on_add, obj)
 
-    def _deleted(self, obj: Object) -> None:
-        for reg in list(self._handlers):
-            self._call(reg.on_delete, obj)
+    def _updated(self, old: Entry, new: Entry) -> None:
+        regs = [reg for reg in self._handlers if reg.on_update is not None]
+        if regs:
+            old_obj, new_obj = self.cache.decode(old), self.cache.decode(new)
+            for reg in regs:
+                self._call(reg.on_update, old_obj, new_obj)
+
+    def _deleted(self, entry: Entry) -> None:
+        regs = [reg for reg in self._handlers if reg.on_delete is not None]
+        if regs:
+            obj = self.cache.decode(entry)
+            for reg in regs:
+                self._call(reg.on_delete, obj)
+
+    # ---- what objects become before anyone sees them --------------------------------------------
+
+    def _prepare(self, obj: Object) -> Object:
+        if not self.keep_managed_fields:
+            meta = obj.get("metadata")
+            if type(meta) is dict:
+                meta.pop("managedFields", None)
+        return self.transform(obj) if self.transform else obj
+
+    def _decode(self, raw: bytes) -> Object:
+        return self._prepare(_json.decode(raw))
 
     # ---- resync ---------------------------------------------------------------------------------
 
@@ -273,7 +326,7 @@ class Informer:
             return
         if self.has_synced:
             self.stats.resyncs += 1
-            for obj in self.cache.list():
+            for obj in self.cache.objects():
                 self._call(reg.on_resync, obj)
         self._schedule_resync(reg)
 
@@ -351,7 +404,7 @@ class Informer:
                     self.stats.last_error = str(e)
                     log.info("%s: resourceVersion %s is gone; listing again", self.resource.plural,
                              self._resource_version)
-                    self._resource_version = None
+                    self._at(None)
                     if time.monotonic() - self._listed_at < 1.0:
                         # Compacted again right after a list: do not spin on list + 410.
                         await asyncio.sleep(self.backoff.next())
@@ -387,23 +440,67 @@ class Informer:
         """A complete list as of ``resource_version``: the cache becomes exactly ``items``. With
         ``scope`` the list is complete only for the keys ``scope`` accepts (the buckets a digest
         catch-up fetched): other cached objects are left as they are."""
+        fresh: dict[str, Entry] = {}
+        for item in items:
+            obj = self._prepare(item)
+            fresh[object_key(obj)] = obj
+        self._replaced(fresh, resource_version, scope)
+
+    def replace_raw(self, listing: RawObjectList, scope: Callable[[str], bool] | None = None) -> None:
+        """:meth:`replace` from a list whose objects are still the JSON the server sent: they are
+        cached as they are, by name, and decoded when first read."""
+        fresh: dict[str, Entry] = {
+            f"{namespace}/{name}" if namespace else name: raw
+            for raw, (namespace, name) in zip(listing.items, listing.names, strict=True)
+        }
+        self._replaced(fresh, listing.resource_version, scope)
+
+    def _replaced(self, fresh: dict[str, Entry], resource_version: str, scope: Callable[[str], bool] | None) -> None:
         self._listed_at = time.monotonic()
         self._working()
-        self._replace(items, scope)
-        self._resource_version = resource_version
+        self._replace(fresh, scope)
+        self._at(resource_version)
         first = not self._listed
         self._listed = True
         self._wake.set()
         if first:
-            log.debug("%s: synced %d objects at %s", self.resource.plural, len(items), resource_version)
+            log.debug("%s: synced %d objects at %s", self.resource.plural, len(fresh), resource_version)
 
     def cached_versions(self) -> builtins.list[tuple[str, str]]:
-        return [(object_key(o), str(_rv(o))) for o in self.cache.list()]
+        return [(key, str(entry_versions(entry)[1])) for key, entry in self.cache.entries()]
 
     def apply(self, event: WatchEvent) -> None:
         """One change from an ordered stream (watch, poll, interrupt): anything at or below the
         revision the cache reflects is a replay and is dropped."""
         self._apply(event)
+
+    def apply_raw(self, event: RawWatchEvent) -> None:
+        """:meth:`apply` for an event whose object is still the JSON the server sent: it is
+        cached as it is (decoded for the handlers that take it, and when first read), so a
+        change nobody reads costs no object, and the collector no work."""
+        etype = event.type
+        if etype not in _CHANGES:  # a bookmark (read at once), or a type to warn about
+            self._apply(WatchEvent(etype, _json.decode(event.object)))
+            return
+        if self._outage.failures:
+            self._working()
+        raw = bytes(event.object)
+        takes_add, takes_update, takes_delete = self._takes
+        obj: Object | None = None
+        if takes_delete if etype == "DELETED" else takes_add or takes_update:
+            # The handlers will be given the object: decode it once, and read the rest from it.
+            obj = self._decode(raw)
+            meta = obj.get("metadata") or {}
+            name, namespace = meta.get("name", ""), meta.get("namespace")
+            key = f"{namespace}/{name}" if namespace else str(name)
+            uid, revision = meta.get("uid"), meta.get("resourceVersion")
+        else:
+            key, uid, revision = raw_identity(raw)
+        rv = "" if revision is None else str(revision)
+        if not self._newer(rv):
+            self.stats.stale += 1
+            return  # already seen (a replay after a resume): never deliver an event twice
+        self._change(etype, rv, key, uid, raw, obj)
 
     def apply_latest(self, event: WatchEvent) -> bool:
         """One change from a source that keeps only each object's newest state but may deliver
@@ -413,40 +510,40 @@ class Informer:
             self._apply(event)
             return True
         rv = _revision(event.resource_version)
-        cached = self.cache.get(object_key(event.object))
-        if rv is None or (cached is not None and (_revision(str(_rv(cached))) or 0) >= rv):
+        cached = self.cache.entry(object_key(event.object))
+        if rv is None or (cached is not None and (_revision(str(entry_versions(cached)[1])) or 0) >= rv):
             self.stats.stale += 1
             return False
         self._apply(event, ordered=False)
         return True
 
     def forget_revision(self) -> None:
-        self._resource_version = None
+        self._at(None)
 
-    def _replace(self, items: builtins.list[Object], scope: Callable[[str], bool] | None = None) -> None:
-        """Make the cache equal to ``items`` and tell the handlers exactly what changed: what a
+    def _replace(self, fresh: dict[str, Entry], scope: Callable[[str], bool] | None = None) -> None:
+        """Make the cache equal to ``fresh`` and tell the handlers exactly what changed: what a
         watch would have said, had it not been interrupted (minus intermediate states)."""
-        fresh: dict[str, Object] = {}
-        for item in items:
-            obj = self.transform(item) if self.transform else item
-            fresh[object_key(obj)] = obj
-        for key in self.cache.keys():
+        cache = self.cache
+        for key in cache.keys():
             if key not in fresh and (scope is None or scope(key)):
-                gone = self.cache.remove(key)
+                gone = cache.remove_entry(key)
                 if gone is not None:
                     self._deleted(gone)
-        for key, obj in fresh.items():
-            old = self.cache.get(key)
+        for key, entry in fresh.items():
+            old = cache.entry(key)
             if old is None:
-                self.cache.put(obj)
-                self._added(obj)
-            elif _uid(old) != _uid(obj):  # deleted and created again under the same name
-                self.cache.put(obj)
+                cache.put_entry(key, entry)
+                self._added(entry)
+                continue
+            old_uid, old_rv = entry_versions(old)
+            uid, rv = entry_versions(entry)
+            if old_uid != uid:  # deleted and created again under the same name
+                cache.put_entry(key, entry)
                 self._deleted(old)
-                self._added(obj)
-            elif _rv(old) != _rv(obj):
-                self.cache.put(obj)
-                self._updated(old, obj)
+                self._added(entry)
+            elif old_rv != rv:
+                cache.put_entry(key, entry)
+                self._updated(old, entry)
             # unchanged: keep the cached object, say nothing
 
     def _working(self) -> None:
@@ -465,53 +562,73 @@ class Informer:
                 with contextlib.suppress(ValueError):
                     self.stats.skipped += int(skipped)
             if self._newer(rv):
-                self._resource_version = rv
+                self._at(rv)
             return
         if ordered and not self._newer(rv):
             self.stats.stale += 1
             return  # already seen (a replay after a resume): never deliver an event twice
-        obj = self.transform(event.object) if self.transform else event.object
-        key = object_key(obj)
-        cached = self.cache.get(key)
-        if cached is not None and _older(rv, cached, event.type):
-            # The cache already holds a newer state of this object (it was fetched after the
-            # revision this stream resumed from): never go back.
-            self.stats.stale += 1
-            if self._newer(rv):
-                self._resource_version = rv
-            return
+        obj = self._prepare(event.object)
+        self._change(event.type, rv, object_key(obj), _uid(obj), obj, ordered=ordered)
+
+    def _change(self, etype: str, rv: str, key: str, uid: Any, entry: Entry, obj: Object | None = None, *,
+                ordered: bool = True) -> None:
+        """Apply one change to what is held under ``key``: ``entry`` is what to hold, ``obj`` (when
+        given) the same object decoded, for the handlers. ``ordered``: the caller has checked that
+        ``rv`` is newer than the informer's revision."""
+        cache = self.cache
+        cached = cache.entry(key)
+        cached_uid = None
+        if obj is not None and type(cached) is dict:
+            # Someone has read this object (or it came decoded): keep its new state decoded too,
+            # as the handlers were given it, rather than decode it again for the next read.
+            entry = obj
+        if cached is not None:
+            if type(cached) is bytes and etype != "DELETED" and (self._takes[1] or self._takes[2]):
+                cached = cache.decode(cached)  # once: for its versions here, and for the handlers
+            cached_uid, cached_rv = entry_versions(cached)
+            if _older(rv, cached_rv, etype):
+                # The cache already holds a newer state of this object (it was fetched after the
+                # revision this stream resumed from): never go back.
+                self.stats.stale += 1
+                if ordered or self._newer(rv):
+                    self._at(rv)
+                return
         self.stats.events += 1
-        if event.type in ("ADDED", "MODIFIED"):
-            old = self.cache.put(obj)
-            if old is None:
-                self._added(obj)
-            elif _uid(old) != _uid(obj):
-                self._deleted(old)
-                self._added(obj)
+        new = entry if obj is None else obj
+        if etype in ("ADDED", "MODIFIED"):
+            cache.put_entry(key, entry)
+            if cached is None:
+                self._added(new)
+            elif cached_uid != uid:
+                self._deleted(cached)
+                self._added(new)
             else:
-                self._updated(old, obj)
-        elif event.type == "DELETED":
-            if self.cache.remove(key) is not None:
-                self._deleted(obj)
+                self._updated(cached, new)
+        elif etype == "DELETED":
+            if cache.remove_entry(key) is not None:
+                self._deleted(new)
         else:
-            log.warning("%s: ignoring a watch event of unknown type %r", self.resource.plural, event.type)
-        if self._newer(rv):
-            self._resource_version = rv
+            log.warning("%s: ignoring a watch event of unknown type %r", self.resource.plural, etype)
+        if ordered or self._newer(rv):
+            self._at(rv)
+
+    def _at(self, rv: str | None) -> None:
+        self._resource_version = rv
+        self._revision_now = None if rv is None else _revision(rv)
 
     def _newer(self, rv: str) -> bool:
         if not rv:
             return False
-        current = self._resource_version
-        if current is None:
+        if self._resource_version is None:
             return True
-        a, b = _revision(rv), _revision(current)
+        a, b = _revision(rv), self._revision_now
         return a is None or b is None or a > b
 
 
-def _older(rv: str, cached: Object, etype: str) -> bool:
-    """Whether an event at ``rv`` is older than the cached object (a delete: than its revision
-    exclusive, since a delete's revision is above the object's last write)."""
-    have = _revision(str(_rv(cached)))
+def _older(rv: str, cached_rv: Any, etype: str) -> bool:
+    """Whether an event at ``rv`` is older than the cached object at ``cached_rv`` (a delete:
+    than its revision exclusive, since a delete's revision is above the object's last write)."""
+    have = _revision(str(cached_rv))
     at = _revision(rv)
     if have is None or at is None:
         return False
@@ -520,7 +637,3 @@ def _older(rv: str, cached: Object, etype: str) -> bool:
 
 def _uid(obj: Object) -> Any:
     return (obj.get("metadata") or {}).get("uid")
-
-
-def _rv(obj: Object) -> Any:
-    return (obj.get("metadata") or {}).get("resourceVersion")

@@ -107,6 +107,64 @@ class ObjectList:
     api_version: str = ""
 
 
+@dataclass(slots=True)
+class RawObjectList:
+    """A list (one page, or all of them) with each object kept as the bytes the server sent: a
+    cache that files objects by name need not decode them (dicts cost several times their JSON,
+    and allocating them is most of a large list's time) until someone reads them.
+
+    ``items[i]`` is an object's JSON; ``names[i]`` its ``(namespace, name)``."""
+
+    items: list[bytes]
+    names: list[tuple[str, str]]
+    resource_version: str
+    continue_token: str = ""
+
+
+class _ListMeta(msgspec.Struct):
+    resourceVersion: str = ""
+    continue_: str = msgspec.field(default="", name="continue")
+
+
+class _RawPage(msgspec.Struct):
+    items: list[msgspec.Raw] | None = None
+    metadata: _ListMeta | None = None
+
+
+# gc=False: thousands of these live only while a page is filed, and the collector has nothing
+# to find in them.
+class _NameMeta(msgspec.Struct, gc=False):
+    name: str = ""
+    namespace: str = ""
+
+
+class _Named(msgspec.Struct, gc=False):
+    metadata: _NameMeta | None = None
+
+
+class _NamedPage(msgspec.Struct):
+    items: list[_Named] | None = None
+
+
+_raw_page_decoder = msgspec.json.Decoder(_RawPage)
+_named_page_decoder = msgspec.json.Decoder(_NamedPage)
+_NO_NAME = _NameMeta()
+
+
+def _raw_page(body: bytes, what: str) -> RawObjectList:
+    """Two passes over the page, both in C: the objects' spans, then only their names (msgspec
+    skips everything else without building it)."""
+    try:
+        page = _raw_page_decoder.decode(body)
+        named = _named_page_decoder.decode(body).items or []
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise ConnectionFailed(f"{what}: the response is not a list: {e}") from e
+    meta = page.metadata or _ListMeta()
+    names = [((n.metadata or _NO_NAME).namespace, (n.metadata or _NO_NAME).name) for n in named]
+    return RawObjectList(items=[bytes(r) for r in page.items or ()], names=names,
+                         resource_version=meta.resourceVersion, continue_token=meta.continue_)
+
+
 class WatchEvent(msgspec.Struct, frozen=True):
     """One event of a watch stream: ADDED, MODIFIED, DELETED or BOOKMARK, and its object."""
 
@@ -127,6 +185,16 @@ class WatchEvent(msgspec.Struct, frozen=True):
 
 
 _event_decoder = msgspec.json.Decoder(WatchEvent)
+
+
+class RawWatchEvent(msgspec.Struct, frozen=True, gc=False):
+    """A watch event whose object is left as the JSON the server sent (see :meth:`WatchStream.raw`)."""
+
+    type: str
+    object: msgspec.Raw
+
+
+_raw_event_decoder = msgspec.json.Decoder(RawWatchEvent)
 
 
 def format_selector(selector: Selector | None) -> str | None:
@@ -358,19 +426,8 @@ class Client:
 
         ``field_selector`` supports ``metadata.name`` and ``metadata.namespace`` only.
         """
-        params: dict[str, str] = {}
-        if (ls := format_selector(label_selector)) is not None:
-            params["labelSelector"] = ls
-        if (fs := format_selector(field_selector)) is not None:
-            params["fieldSelector"] = fs
-        if limit:
-            params["limit"] = str(limit)
-        if continue_token:
-            params["continue"] = continue_token
-        if resource_version is not None:
-            params["resourceVersion"] = resource_version
-        if resource_version_match is not None:
-            params["resourceVersionMatch"] = resource_version_match
+        params = self._list_params(label_selector, field_selector, limit, continue_token, resource_version,
+                                   resource_version_match)
         body = await self._json("GET", resource.path(namespace), params=params)
         meta = body.get("metadata") or {}
         items = body.get("items") or []
@@ -381,6 +438,71 @@ class Client:
             remaining_item_count=remaining if isinstance(remaining, int) else None,
             kind=str(body.get("kind", "")), api_version=str(body.get("apiVersion", "")),
         )
+
+    def _list_params(
+        self, label_selector: Selector | None, field_selector: Selector | None, limit: int | None,
+        continue_token: str | None, resource_version: str | None = None,
+        resource_version_match: Literal["Exact", "NotOlderThan"] | None = None,
+    ) -> dict[str, str]:
+        params = self._selector_params(label_selector, field_selector)
+        if limit:
+            params["limit"] = str(limit)
+        if continue_token:
+            params["continue"] = continue_token
+        if resource_version is not None:
+            params["resourceVersion"] = resource_version
+        if resource_version_match is not None:
+            params["resourceVersionMatch"] = resource_version_match
+        return params
+
+    async def list_raw(
+        self,
+        resource: Resource,
+        *,
+        namespace: str | None = None,
+        label_selector: Selector | None = None,
+        field_selector: Selector | None = None,
+        limit: int | None = None,
+        continue_token: str | None = None,
+    ) -> RawObjectList:
+        """One page as :meth:`list` reads it, each object left as the bytes the server sent."""
+        path = resource.path(namespace)
+        params = self._list_params(label_selector, field_selector, limit, continue_token)
+        response = await self._send("GET", path, params=params)
+        return _raw_page(response.content, f"GET {path}")
+
+    async def list_all_raw(
+        self,
+        resource: Resource,
+        *,
+        namespace: str | None = None,
+        label_selector: Selector | None = None,
+        field_selector: Selector | None = None,
+        limit: int = 500,
+    ) -> RawObjectList:
+        """Every object, as :meth:`list_all` reads them (one snapshot, ``limit`` at a time, one
+        unpaginated request if the snapshot expires midway), each left as the bytes the server sent."""
+        items: builtins.list[bytes] = []
+        names: builtins.list[tuple[str, str]] = []
+        first: RawObjectList | None = None
+        token: str | None = None
+        try:
+            while True:
+                page = await self.list_raw(resource, namespace=namespace, label_selector=label_selector,
+                                           field_selector=field_selector, limit=limit, continue_token=token)
+                first = first or page
+                items += page.items
+                names += page.names
+                if not page.continue_token:
+                    break
+                token = page.continue_token
+        except Gone:
+            if first is None:
+                raise
+            log.info("paginated list of %s expired midway; listing again in one request", resource.plural)
+            return await self.list_raw(resource, namespace=namespace, label_selector=label_selector,
+                                       field_selector=field_selector)
+        return RawObjectList(items=items, names=names, resource_version=first.resource_version)
 
     async def bucket_digests(
         self, resource: Resource, buckets: int, *, namespace: str | None = None,
@@ -723,6 +845,27 @@ class WatchStream:
     def __aiter__(self) -> AsyncIterator[WatchEvent]:
         return self._events()
 
+    async def raw(self) -> AsyncIterator[RawWatchEvent]:
+        """The events with each object left as the JSON the server sent, for a cache that keeps
+        objects that way until they are read. ERROR events raise their typed error, as in
+        iteration."""
+        await self.open()
+        assert self.response is not None
+        try:
+            async for line in _lines(self.response, self.path):
+                try:
+                    event = _raw_event_decoder.decode(line)
+                    if event.type == "ERROR":
+                        status = _decode.decode(event.object)
+                except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                    raise ConnectionFailed(f"watch {self.path}: undecodable event: {e}") from e
+                if event.type == "ERROR":
+                    code = status.get("code") if isinstance(status, dict) else None
+                    raise from_status(code if isinstance(code, int) else 500, status)
+                yield event
+        finally:
+            await self.aclose()
+
     async def _events(self) -> AsyncIterator[WatchEvent]:
         await self.open()
         assert self.response is not None
@@ -767,5 +910,5 @@ async def _lines(response: httpx.Response, path: str) -> AsyncIterator[bytes]:
         raise ConnectionFailed(f"watch {path}: the stream ended in the middle of an event")
 
 
-__all__ = ["Client", "ObjectList", "PatchType", "Resource", "Selector", "WatchEvent", "WatchStream",
-           "format_selector"]
+__all__ = ["Client", "ObjectList", "PatchType", "RawObjectList", "RawWatchEvent", "Resource", "Selector",
+           "WatchEvent", "WatchStream", "format_selector"]

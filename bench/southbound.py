@@ -18,9 +18,10 @@ generation, every device Ready):
   boilings (must be one per kettle).
 
 The REST timeout (a lost request costs that long) and the retry policy are in ``TIMEOUT`` and
-``POLICY``. The server is a fresh ``setpoint serve`` (SQLite); the simulator and the controller
-share one event loop in this process. Results go into the run's JSON under ``southbound`` and a
-table to ``southbound.md``. ``--quick``: 20 devices, 0 % and 30 % only.
+``POLICY``. The server is a fresh ``setpoint serve`` (SQLite); the simulator runs in a process of
+its own (``python -m bench.southbound devices``), the controller in this one. Results go into
+the run's JSON under ``southbound`` and a table to ``southbound.md``. ``--quick``: 20 devices,
+0 % and 30 % only.
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from bench import procs
 if TYPE_CHECKING:
     from bench.harness import Bench
 
-HOME_DIR = Path(__file__).resolve().parent.parent / "examples" / "home"
+ROOT = Path(__file__).resolve().parent.parent
+HOME_DIR = ROOT / "examples" / "home"
 LOSS_RATES = (0.0, 0.1, 0.3, 0.5)
 DOWN_SECONDS = 10.0  # the "device down, then back" row: one device unreachable this long from the start
 DEVICES_PER_HOME = (("thermostat", "thermostat", {"targetCelsius": 21}),
@@ -58,43 +60,89 @@ def _home_path() -> None:
         sys.path.insert(0, str(HOME_DIR))
 
 
+def _devices_main(argv: list[str]) -> None:
+    """The device simulator in a process of its own: sharing the controller's event loop, every
+    retry the controller makes also delays the devices' answers, and the latency the adaptive
+    timeout measures is then the bench's own load, not the network's."""
+    import argparse
+    import contextlib
+    import json
+
+    _home_path()
+    from setpoint_home.devices import DeviceHub, FaultRule
+    from setpoint_home.simulator import Simulator
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--devices", required=True, help="JSON {id: type}")
+    ap.add_argument("--seed", type=int, required=True)
+    ap.add_argument("--loss", type=float, default=0.0)
+    ap.add_argument("--down", default="", help="a device every request of which is lost until DELETE /_sim/faults")
+    ap.add_argument("--travel-seconds", type=float, default=TRAVEL_SECONDS)
+    a = ap.parse_args(argv)
+
+    async def serve() -> None:
+        hub = DeviceHub(travel_seconds=a.travel_seconds, seed=a.seed)
+        for id, type_ in json.loads(a.devices).items():
+            hub.add(id, type_)
+        if a.loss:
+            hub.inject(FaultRule("drop_request", count=None, probability=a.loss))
+            hub.inject(FaultRule("drop_reply", count=None, probability=a.loss))
+        if a.down:
+            hub.inject(FaultRule("drop_request", device=a.down, count=None))
+        async with Simulator(hub) as sim:
+            print(f"device simulator at {sim.url}", flush=True)
+            await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+
+
 async def scenario(url: str, token: str, n_devices: int, loss: float, seed: int,
                    down: float = 0.0) -> dict[str, Any]:
     _home_path()
+    import json
+    import re
+
     from setpoint_home.controller import HomeController, rest_driver
-    from setpoint_home.devices import DeviceHub, FaultRule
     from setpoint_home.resources import HOMES
-    from setpoint_home.simulator import Simulator
 
     from setpoint.agent.alerts import MemoryAlertSink
     from setpoint.agent.conditions import is_converged
     from setpoint.client import Client, ClientConfig, Resource
     from setpoint.drivers.retry import Backoff, RetryPolicy
 
+    if down and loss:
+        raise ValueError("the device-down row runs without loss (its end clears every fault)")
     policy = RetryPolicy(transient=Backoff(attempts=1000, base=0.05, cap=2.0),
                          not_ready=Backoff(attempts=None, base=0.05, cap=2.0), deadline=CONVERGE_DEADLINE)
     homes = n_devices // len(DEVICES_PER_HOME)
-    hub = DeviceHub(travel_seconds=TRAVEL_SECONDS, seed=seed)
+    types: dict[str, str] = {}
     specs = {}
     for h in range(homes):
         devices = []
         for suffix, type_, settings in DEVICES_PER_HOME:
             id = f"h{h:02d}-{suffix}"
-            hub.add(id, type_)
+            types[id] = type_
             devices.append({"name": id, "type": type_, "settings": settings})
         specs[f"home-{h:02d}"] = devices
-    if loss:
-        hub.inject(FaultRule("drop_request", count=None, probability=loss))
-        hub.inject(FaultRule("drop_reply", count=None, probability=loss))
-    outage = hub.inject(FaultRule("drop_request", device="h00-thermostat", count=None)) if down else None
     desired = {d["name"]: d["settings"] for devices in specs.values() for d in devices}
     ready_at: dict[str, float] = {}
     ns = f"southbound-{int(loss * 100)}{'-down' if down else ''}-{seed}"
     alerts = MemoryAlertSink()
-    async with Simulator(hub) as sim, Client(ClientConfig(url, token=token)) as client:
+    sim = procs.Managed([sys.executable, "-m", "bench.southbound", "devices", "--devices", json.dumps(types),
+                         "--seed", str(seed), "--loss", str(loss), "--travel-seconds", str(TRAVEL_SECONDS)]
+                        + (["--down", "h00-thermostat"] if down else []),
+                        re.compile(r"device simulator at (http://\S+)"), "devices",
+                        cwd=ROOT)
+    await asyncio.to_thread(sim.start)  # waits for its first line
+    assert sim.match is not None
+    sim_url = sim.match.group(1)
+    back = False
+    async with httpx.AsyncClient(base_url=sim_url, timeout=30) as control, \
+            Client(ClientConfig(url, token=token)) as client:
         await client.create(Resource("", "v1", "namespaces", namespaced=False, kind="Namespace"),
                             {"metadata": {"name": ns}})
-        driver = rest_driver(sim.url, timeout=TIMEOUT, retry_policy=policy, progress_poll=TRAVEL_SECONDS,
+        driver = rest_driver(sim_url, timeout=TIMEOUT, retry_policy=policy, progress_poll=TRAVEL_SECONDS,
                              concurrency=64)
         ctl = HomeController(client, driver, namespace=ns, workers=WORKERS, drift_interval=None, alert_sink=alerts)
         task = asyncio.create_task(ctl.run())
@@ -109,24 +157,22 @@ async def scenario(url: str, token: str, n_devices: int, loss: float, seed: int,
                 await client.create(HOMES, {"apiVersion": "home.example.com/v1", "kind": "Home",
                                             "metadata": {"name": name}, "spec": {"devices": devices}}, namespace=ns)
             deadline = started + CONVERGE_DEADLINE
+            # Watched from the controller's own cache, and the devices' times read once at the
+            # end (each device keeps when it last changed): polling the simulator and the server
+            # from this process would take the event loop the controller measures latency on.
             while True:
                 now = time.monotonic()
-                if outage is not None and now - started >= down and outage in hub.rules:
-                    hub.rules.remove(outage)  # the device is back
-                for id, settings in desired.items():
-                    d = hub.devices[id]
-                    if id not in ready_at and d.phase == "Ready" and d.spec is not None \
-                            and d.spec.get("settings") == settings:
-                        ready_at[id] = now - started
-                items = (await client.list(HOMES, namespace=ns)).items
-                done = sum(1 for o in items if is_converged(o)
+                if down and not back and now - started >= down:
+                    (await control.delete("/_sim/faults")).raise_for_status()  # the device is back
+                    back = True
+                done = sum(1 for o in ctl.informer.list() if is_converged(o)
                            and (o.get("status") or {}).get("readyDevices") == len(DEVICES_PER_HOME))
                 if done == homes:
                     break
-                if alerts.alerts or time.monotonic() > deadline:
+                if alerts.alerts or now > deadline:
                     raise RuntimeError(f"{done}/{homes} Homes converged at {loss:.0%} loss; alerts: "
                                        f"{[a.message for a in alerts.alerts][:3]}")
-                await asyncio.sleep(0.02)  # the resolution of the per-device times
+                await asyncio.sleep(0.01)
             elapsed = time.monotonic() - started
         finally:
             task.cancel()
@@ -135,28 +181,34 @@ async def scenario(url: str, token: str, n_devices: int, loss: float, seed: int,
             except asyncio.CancelledError:
                 pass
             await driver.aclose()
-        effects = hub.effects()
-        boilings = [effects[f"h{h:02d}-kettle"].get("boilings", 0) for h in range(homes)]
-        wrong = [id for id, d in hub.devices.items() if d.phase != "Ready" or d.spec is None]
-        stats = driver.stats
-        times = sorted(ready_at.values())
-        return {
-            "loss": loss, "down_s": down, "devices": homes * len(DEVICES_PER_HOME), "homes": homes,
-            "converge_s": round(elapsed, 3),
-            "device_p50_s": round(times[len(times) // 2], 3) if times else None,
-            "device_p99_s": round(times[min(len(times) - 1, int(len(times) * 0.99))], 3) if times else None,
-            "bridge_requests": driver.bridge.requests,
-            "device_requests": {m: hub.requests.get(m, 0) for m in ("GET", "PUT", "DELETE")},
-            "requests_per_device": round(driver.bridge.requests / (homes * len(DEVICES_PER_HOME)), 2),
-            "faults": dict(hub.faults_fired),
-            "sends": stats.sends, "resends_same_id": stats.resends, "uncertain": stats.uncertain,
-            "op_retries": stats.op_retries,
-            "confirmed_without_resend": stats.confirmed_after_uncertain,
-            "reconciles": ctl.stats.reconciles, "uncertain_failures": ctl.retries.uncertain_outcomes,
-            "repeated_operations": len(hub.repeated_operations()),
-            "kettle_boilings": {"min": min(boilings), "max": max(boilings)},
-            "devices_not_as_desired": len(wrong),
-        }
+        final = (await control.get("/_sim/state")).json()
+        for id, settings in desired.items():
+            d = final["devices"][id]
+            if d["phase"] == "Ready" and d["spec"] is not None and d["spec"].get("settings") == settings:
+                ready_at[id] = d["changedAt"] - started
+    await asyncio.to_thread(sim.stop)
+    effects = {id: d["effects"] for id, d in final["devices"].items()}
+    boilings = [effects[f"h{h:02d}-kettle"].get("boilings", 0) for h in range(homes)]
+    wrong = [id for id, d in final["devices"].items() if d["phase"] != "Ready" or d["spec"] is None]
+    stats = driver.stats
+    times = sorted(ready_at.values())
+    return {
+        "loss": loss, "down_s": down, "devices": homes * len(DEVICES_PER_HOME), "homes": homes,
+        "converge_s": round(elapsed, 3),
+        "device_p50_s": round(times[len(times) // 2], 3) if times else None,
+        "device_p99_s": round(times[min(len(times) - 1, int(len(times) * 0.99))], 3) if times else None,
+        "bridge_requests": driver.bridge.requests,
+        "device_requests": {m: final["requests"].get(m, 0) for m in ("GET", "PUT", "DELETE")},
+        "requests_per_device": round(driver.bridge.requests / (homes * len(DEVICES_PER_HOME)), 2),
+        "faults": dict(final["faultsFired"]),
+        "sends": stats.sends, "resends_same_id": stats.resends, "uncertain": stats.uncertain,
+        "op_retries": stats.op_retries,
+        "confirmed_without_resend": stats.confirmed_after_uncertain,
+        "reconciles": ctl.stats.reconciles, "uncertain_failures": ctl.retries.uncertain_outcomes,
+        "repeated_operations": len(final["repeatedOperations"]),
+        "kettle_boilings": {"min": min(boilings), "max": max(boilings)},
+        "devices_not_as_desired": len(wrong),
+    }
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
@@ -223,3 +275,10 @@ def run(b: Bench) -> dict[str, Any]:
     (b.a.out / "southbound.md").write_text(md)
     b.log("southbound:\n" + md)
     return {"runs": rows, "timeout_s": TIMEOUT, "travel_s": TRAVEL_SECONDS}
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["devices"]:
+        sys.exit("usage: python -m bench.southbound devices --devices JSON --seed N [--loss P] [--down ID]"
+                 " (the bench itself runs with python -m bench --only southbound)")
+    _devices_main(sys.argv[2:])

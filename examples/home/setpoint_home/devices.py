@@ -129,6 +129,9 @@ class Device:
         self.operation_id = ""
         self.effects: Counter[str] = Counter()
         self.executions: Counter[str] = Counter()  # operation id -> completed executions
+        # When its spec or phase last changed (time.monotonic(), one clock for every process of
+        # the host): how long a client took to get it where it is, measured without polling it.
+        self.changed_at: float | None = None
         self._done: dict[str, _Done] = {}
         self._in_flight: set[str] = set()
 
@@ -178,6 +181,7 @@ class Device:
         if why:
             return problem(422, "InvalidSettings", f"{self.id}: {why}")
         self._in_flight.add(key)
+        before = (self.spec, self.phase)
         try:
             self.spec = spec
             owner = body.get("owner")
@@ -191,6 +195,8 @@ class Device:
                 return problem(500, "FailedMidway", f"{self.id}: {e}")
         finally:
             self._in_flight.discard(key)
+            if (self.spec, self.phase) != before:
+                self.changed_at = time.monotonic()
         self.executions[key] += 1
         reply = Reply(202 if self.phase == PROGRESSING else 200, self.view())
         self._done[key] = _Done(fingerprint, reply)
@@ -198,6 +204,8 @@ class Device:
 
     def delete(self) -> Reply:
         """Forget the configuration (the device is no longer managed); no physical effect."""
+        if self.spec is not None or self.phase != READY:
+            self.changed_at = time.monotonic()
         self.spec = self.owner = None
         self.operation_id = self.message = ""
         if self.phase == FAILED:
@@ -268,6 +276,7 @@ class GarageDoor(Device):
         self.effects["movements"] += 1
         if self.phase == PROGRESSING:
             self.phase = READY
+            self.changed_at = time.monotonic()
 
 
 class Lights(Device):
@@ -385,7 +394,7 @@ class DeviceHub:
     def state(self) -> dict[str, Any]:
         return {
             "instance": self.instance,
-            "devices": {id: {**d.view(), "serial": d.serial, "effects": dict(d.effects),
+            "devices": {id: {**d.view(), "serial": d.serial, "changedAt": d.changed_at, "effects": dict(d.effects),
                              "executions": dict(d.executions)} for id, d in sorted(self.devices.items())},
             "retired": [{"id": d.id, "serial": d.serial, "effects": dict(d.effects),
                          "executions": dict(d.executions)} for d in self.retired],

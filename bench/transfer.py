@@ -136,7 +136,8 @@ async def scenario(url: str, token: str, nats_url: str, prefix: str, transport: 
             await asyncio.gather(*(inf.wait_synced(timeout=300) for inf in informers))
             down0 = api_proxy.stats.bytes_down + nats_proxy.stats.bytes_down
             conns0 = api_proxy.stats.connections
-            before = [(inf.stats.events, inf.stats.stale, inf.stats.skipped) for inf in informers]
+            before = [(inf.stats.events, inf.stats.stale, inf.stats.skipped, inf.stats.recovered)
+                      for inf in informers]
             stop = asyncio.Event()
             faults = asyncio.create_task(_tcp_faults(api_proxy, loss, stop))
             per_round = max(1, updates // objects)
@@ -177,6 +178,7 @@ async def scenario(url: str, token: str, nats_url: str, prefix: str, transport: 
                 "stale_dropped": sum(s.stale for s in stats) - sum(b[1] for b in before),
                 "coalesced_by_server": sum(s.skipped for s in stats) - sum(b[2] for b in before),
                 "nats_frames_dropped": nats_proxy.stats.dropped,
+                "recovered": sum(s.recovered for s in stats) - sum(b[3] for b in before),
                 "updates_per_s": round(per_round * objects / max(last_write - t0, 1e-9)),
                 "server_rss_mb": _rss_mb(server_pid) if server_pid else None,
                 "agents_rss_mb": _rss_mb(),
@@ -233,16 +235,17 @@ async def large_state(url: str, token: str, n: int) -> dict[str, Any]:
 
 def markdown(rows: list[dict[str, Any]], large: dict[str, Any]) -> str:
     out = ["| transport | loss | converged | p50 s | p99 s [rounds' min-max] | bytes to agents | requests | "
-           "connections | applied | reconciles | stale dropped | coalesced by server | updates/s | "
-           "RSS after each round, server / agents (MB) |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "connections | applied | reconciles | stale dropped | coalesced by server | lost deliveries read back | "
+           "updates/s | RSS after each round, server / agents (MB) |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         spread = r.get("rounds_p99_s") or [r["converge_p99_s"]]
         rss = " · ".join(f"{a:g} / {b:g}" for a, b in r.get("rounds_rss_mb") or [])
         out.append(f"| {r['transport']} | {r['loss']:.0%} | {r['converged']}/{r['agents']} | {r['converge_p50_s']} | "
                    f"{r['converge_p99_s']} [{min(spread):g}-{max(spread):g}] | {r['bytes_to_agents']:,} | "
                    f"{r['requests']:,} | {r['connections']:,} | {r['applied']:,} | {r['reconciles']:,} | "
-                   f"{r['stale_dropped']:,} | {r['coalesced_by_server']:,} | {r.get('updates_per_s', 0):,} | {rss} |")
+                   f"{r['stale_dropped']:,} | {r['coalesced_by_server']:,} | {r.get('recovered', 0):,} | "
+                   f"{r.get('updates_per_s', 0):,} | {rss} |")
     out += ["", "| large-state catch-up | objects | changed | bytes | time s |", "|---|---|---|---|---|",
             f"| full relist | {large['objects']:,} | {large['changed']} | {large['relist_bytes']:,} | "
             f"{large['relist_s']} |",

@@ -79,3 +79,36 @@ async def test_the_command_transfer_survives_a_nats_restart_and_a_purge(
         await client.create(WIDGETS, widget("after-purge", size=1), namespace=ns)
         await eventually(lambda: same_as_server(informer, client, ns), timeout=30,
                          what="the changes made after the purge")
+
+
+async def test_a_delivery_lost_on_the_way_is_read_from_the_stream_without_waiting_for_its_redelivery(
+        client: Client, nats: NatsServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """30 % of the deliveries dropped between NATS and the agent, and a redelivery an hour away:
+    the agent still converges, so what it lost it read from the stream itself."""
+    from setpoint.testing.faultproxy import FaultProxy, NatsFaults
+    from setpoint.transfer import command
+
+    monkeypatch.setattr(command, "ACK_WAIT_SECONDS", 3600.0)
+    ns = await prepare(client)
+    for i in range(50):
+        await client.create(WIDGETS, widget(f"w{i}", size=i), namespace=ns)
+    host, port = nats.url.removeprefix("nats://").rsplit(":", 1)
+    faults = NatsFaults(seed=7, subjects=(f"{PREFIX}.",))
+    async with FaultProxy(host, int(port), nats=faults) as proxy:
+        factory = transport_factory("command", nats_url=f"nats://{proxy.address}",
+                                    consumer=f"t{uuid.uuid4().hex[:6]}", resync_period=3600.0)
+        informer = Informer(client, WIDGETS, namespace=ns, transport=factory(),
+                            backoff=Backoff(initial=0.05, cap=0.5))
+        async with informer:
+            await informer.wait_synced(timeout=30)
+            await eventually(lambda: same_as_server(informer, client, ns), timeout=20, what="the first picture")
+            faults.drop = 0.3  # from now on, after a snapshot that had to wait for none
+            for round_ in range(4):
+                for i in range(50):
+                    await client.patch(WIDGETS, f"w{i}", {"spec": {"size": 1000 * (round_ + 1) + i}}, namespace=ns)
+            await client.delete(WIDGETS, "w0", namespace=ns)
+            await eventually(lambda: same_as_server(informer, client, ns), timeout=60,
+                             what="every change, although deliveries were lost")
+            assert proxy.stats.dropped > 0, "no delivery was dropped: the test proved nothing"
+            assert informer.stats.recovered > 0
+            assert informer.stats.watch_errors == 0  # recovered as it went, not by starting over

@@ -54,6 +54,7 @@ class TransferStats:
     polls: int = 0  # catch-up requests (poll, interrupt)
     interrupts: int = 0  # interrupts received (interrupt)
     commands: int = 0  # messages received from the command stream (command)
+    recovered: int = 0  # lost deliveries read from the stream directly instead of awaiting redelivery (command)
     digest_syncs: int = 0  # catch-ups by bucket digests instead of a full list
     digest_buckets_fetched: int = 0
     last_error: str = ""

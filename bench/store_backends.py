@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from bench import latency, loadgen, procs
+from bench import latency, loadgen, procs, profile
 from bench.cpu import CpuWindow
 from bench.rawhttp import build_request
 
@@ -104,9 +104,46 @@ def writes(b: Bench, label: str, servers: list[procs.Setpoint], pids: tuple[int,
         for k, v in r.errors.items():
             errors[k] = errors.get(k, 0) + v
     b.log(f"{label}: {rps:,.0f} creates/s over {len(servers)} server(s), errors {errors}, cpu {cpu.result}")
+    per_write = round(cpu.result["server_cores"] * 1000 / rps, 3) if rps else None
     return {"rps": rps, "servers": len(servers), "connections": per * len(servers),
+            "server_cpu_ms_per_write": per_write,
             "per_server_rps": [r.rps for r in done], "errors": errors,
             "latency_ms": [r.latency_ms for r in done], "cpu": cpu.result}
+
+
+def profile_servers(b: Bench, label: str, servers: list[procs.Setpoint]) -> dict[str, Any] | None:
+    """Where each server's CPU goes under the create load: py-spy on every server at once, in a
+    pass of its own (sampling slows them), and the CPU each used per write."""
+    py_spy = profile.find_py_spy()
+    if py_spy is None:
+        if b.a.profile == "on":
+            raise RuntimeError("py-spy not found: pip install py-spy")
+        b.log("py-spy not installed: no profile of the servers")
+        return None
+    b.a.out.mkdir(parents=True, exist_ok=True)
+    secs = b.a.profile_seconds
+    raws = [b.a.out / f"profile-{label}-{i}.txt" for i in range(len(servers))]
+    spies = [profile.start(py_spy, s.pid, secs, 200, raw, native=b.a.profile_native)
+             for s, raw in zip(servers, raws, strict=True)]
+    try:
+        load = writes(b, f"{label} (sampled)", servers, tuple(s.pid for s in servers))
+    finally:
+        errs = [spy.communicate(timeout=secs + 60)[1] for spy in spies]
+    analyses = []
+    for spy, raw, err in zip(spies, raws, errs, strict=True):
+        if spy.returncode != 0 or not raw.exists():
+            raise RuntimeError(f"py-spy failed: {err.decode(errors='replace')[-2000:]}")
+        analyses.append(profile.analyze(raw, 200, secs))
+    md = [f"## py-spy profile of {len(servers)} setpoint servers on one PostgreSQL under the create load\n",
+          f"creates/s while sampled: {load['rps']:,.0f} over {len(servers)} servers (sampling slows them); "
+          f"CPU while sampled: {load['cpu']}\n"]
+    for i, a in enumerate(analyses):
+        a["creates_per_s_while_sampled"] = load["per_server_rps"][i]
+        a["native"] = b.a.profile_native
+        md.append(f"### server {i + 1}\n\n" + profile.markdown(a))
+    (b.a.out / f"profile-{label}.md").write_text("\n".join(md))
+    return {"creates_per_s_while_sampled": load["rps"], "cpu": load["cpu"],
+            "servers": [{k: v for k, v in a.items() if k != "raw"} for a in analyses]}
 
 
 def watch_latency(b: Bench, label: str, writer: procs.Setpoint, watcher: procs.Setpoint,
@@ -218,6 +255,8 @@ def run(b: Bench, crd: dict[str, Any]) -> dict[str, Any]:
             pids = tuple(s.pid for s in servers)
             out["postgresql_2"] = {"writes": writes(b, "postgresql x2", servers, pids),
                                    "latency": watch_latency(b, "postgresql x2", servers[0], servers[1], pids)}
+            if b.a.profile != "off":
+                out["postgresql_2"]["profile"] = profile_servers(b, "postgresql-2", servers)
             for s in servers:
                 s.stop()
         finally:
@@ -243,16 +282,18 @@ def run(b: Bench, crd: dict[str, Any]) -> dict[str, Any]:
 def markdown(out: dict[str, Any]) -> str:
     rows = [("SQLite, 1 server", "sqlite_1"), ("PostgreSQL, 2 servers", "postgresql_2"),
             ("etcd, 2 servers", "etcd_2"), ("etcd alone (puts, its own watch)", "etcd_alone")]
-    lines = ["| store | writes/s | watch p50 ms | watch p99 ms | events missing |", "|---|---|---|---|---|"]
+    lines = ["| store | writes/s | servers' CPU per write (ms) | watch p50 ms | watch p99 ms | events missing |",
+             "|---|---|---|---|---|---|"]
     for label, key in rows:
         d = out.get(key)
         if not d:
             continue
         w = d.get("writes", {})
         lat = d.get("latency", {})
-        lines.append(f"| {label} | {w.get('rps', 0):,.0f} | {lat.get('p50_ms', '')} | {lat.get('p99_ms', '')} | "
+        lines.append(f"| {label} | {w.get('rps', 0):,.0f} | {w.get('server_cpu_ms_per_write') or ''} | "
+                     f"{lat.get('p50_ms', '')} | {lat.get('p99_ms', '')} | "
                      f"{lat.get('events_missing', '')}/{lat.get('events_expected', '')} |")
     if "pgbench" in out:
         lines.append(f"| PostgreSQL alone (pgbench, {out['pgbench']['clients']} clients, 1 insert/tx) | "
-                     f"{out['pgbench']['tps']:,.0f} | | | |")
+                     f"{out['pgbench']['tps']:,.0f} | | | | |")
     return "\n".join(lines) + "\n"

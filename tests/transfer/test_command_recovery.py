@@ -112,3 +112,33 @@ async def test_a_delivery_lost_on_the_way_is_read_from_the_stream_without_waitin
             assert proxy.stats.dropped > 0, "no delivery was dropped: the test proved nothing"
             assert informer.stats.recovered > 0
             assert informer.stats.watch_errors == 0  # recovered as it went, not by starting over
+
+
+def test_the_stream_sequences_of_lost_deliveries_are_named_from_those_that_arrived() -> None:
+    from setpoint.transfer.command import _Gaps
+
+    g = _Gaps()
+    g._saw(1, 10)
+    g._saw(2, 12)  # 11 was not this consumer's (another kind's, or superseded): nothing lost
+    assert g.take() == []
+    g._saw(4, 15)  # delivery 3 lost: a stream sequence between 12 and 15
+    assert g.take() == [13, 14]
+    g._saw(6, 5)  # delivery 5 lost, and 6 a redelivery of an old message: not known yet which
+    assert g.take() == []
+    g._saw(7, 17)  # the next new message bounds it
+    assert g.take() == [16]
+    g.consumer_says(7, 17)  # all that was delivered arrived
+    assert g.take() == []
+    g.consumer_says(9, 20)  # the last two deliveries of a burst lost: nothing follows to show it
+    assert g.take() == [18, 19, 20]
+
+
+def test_subjects_match_as_nats_matches_them() -> None:
+    from setpoint.transfer.command import subject_matches
+
+    assert subject_matches("p.cmd.g.widgets.ns.*", "p.cmd.g.widgets.ns.w1")
+    assert not subject_matches("p.cmd.g.widgets.ns.*", "p.cmd.g.widgets.ns.w1.x")
+    assert not subject_matches("p.cmd.g.widgets.ns.*", "p.cmd.g.widgets.other.w1")
+    assert subject_matches("p.cmd.g.widgets.>", "p.cmd.g.widgets.ns.w1")
+    assert not subject_matches("p.cmd.g.widgets.>", "p.cmd.g.widgets")
+    assert not subject_matches("p.cmd.g.gadgets.>", "p.cmd.g.widgets.ns.w1")

@@ -96,6 +96,9 @@ ResyncHandler = Callable[[Object], None]
 Transform = Callable[[Object], Object]
 
 SERVER_BOOKMARK_INTERVAL = 5.0
+# A stream that worked at least this long and then broke is retried at once (not after a
+# backoff); shorter-lived ones back off, so a server that accepts and drops cannot make a loop.
+HEALTHY_FOR = 1.0
 SKIPPED_ANNOTATION = "setpoint.dev/skipped-events"  # on the bookmark that ends a fast-forward
 # Errors no retry can fix: the request itself is wrong (a selector the server cannot apply).
 FATAL_ERRORS = (BadRequest, Invalid, UnsupportedMediaType)
@@ -199,6 +202,7 @@ class Informer:
         self._wake = asyncio.Event()  # set by the first list, or by a fatal error
         self._task: asyncio.Task[None] | None = None
         self._outage = Outage(log, f"{resource.plural}: following the server")
+        self._healthy_since = time.monotonic()  # since when data has flowed without a failure
 
     # ---- the cache ------------------------------------------------------------------------------
 
@@ -419,7 +423,13 @@ class Informer:
                     self.stats.last_error = str(e)
                     if isinstance(e, IdleTimeout):  # no answer to the watch request itself
                         self.stats.idle_timeouts += 1
-                    delay = self.backoff.next()
+                    if self._outage.failures == 0 and time.monotonic() - self._healthy_since >= HEALTHY_FOR:
+                        # A stream that had worked for a while broke (a proxy or load balancer
+                        # closing it, a server restarting): try again at once, and back off only
+                        # if that fails too. Every change made meanwhile waits for the retry.
+                        delay = 0.0
+                    else:
+                        delay = self.backoff.next()
                     self._outage.failed(e, delay)  # logged once per outage, not per attempt
                     await asyncio.sleep(delay)
         except Exception as e:  # a bug, not a fault of the network or the server
@@ -551,6 +561,7 @@ class Informer:
         if self._outage.failures:
             self._outage.recovered()
             self.backoff.reset()
+            self._healthy_since = time.monotonic()
 
     def _apply(self, event: WatchEvent, *, ordered: bool = True) -> None:
         self._working()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 
@@ -20,3 +21,20 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def close_quietly(close: Callable[[], Awaitable[object]], timeout: float = 5.0) -> None:
+    """Close a connection in whatever state it is, within ``timeout``. A library's close of a
+    connection that is reconnecting (nats-py's, with its server cut off) can end in a
+    ``CancelledError`` of its own making, from the tasks it cancels; that one must not escape as if
+    the caller had been cancelled (an informer stopping would stop its owner). A cancellation of
+    the caller itself still propagates; any other error of a broken connection is dropped."""
+    task = asyncio.current_task()
+    try:
+        async with asyncio.timeout(timeout):  # not wait_for: see the module's doc
+            await close()
+    except asyncio.CancelledError:
+        if task is not None and task.cancelling():
+            raise
+    except Exception:  # closing a broken connection: nothing left to do about it
+        pass

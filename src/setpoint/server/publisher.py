@@ -34,7 +34,7 @@ import msgspec
 
 from setpoint.backoff import Backoff
 from setpoint.server.watchcache import CachedObject, WatchCache
-from setpoint.tasks import cancel_and_wait
+from setpoint.tasks import cancel_and_wait, close_quietly
 from setpoint.transfer.subjects import REVISION_HEADER, TYPE_HEADER, Subjects
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,7 @@ class NatsPublisher:
         await cancel_and_wait(self._task)
         self._task = None
         if self._nc is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._nc.close(), 5)
+            await close_quietly(self._nc.close)  # its own CancelledError must not stop the server's shutdown
             self._nc = None
 
     async def _open(self) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import msgspec
 
 from setpoint.client import ConnectionFailed
+from setpoint.tasks import close_quietly
 from setpoint.transfer.base import Target, Transport, catch_up, list_into
 from setpoint.transfer.subjects import Subjects
 
@@ -56,19 +57,8 @@ async def connect_nats(url: str, connect: Callable[..., Any] | None = None) -> A
 
 
 async def close_nats(nc: Any) -> None:
-    """Close a NATS connection in whatever state it is. nats-py's ``close()`` of a connection that
-    is reconnecting (its server cut off) can end in a ``CancelledError`` of its own making, from
-    the tasks it cancels; that one must not escape as if the caller had been cancelled (an informer
-    stopping would stop its owner). A cancellation of the caller itself still propagates."""
-    task = asyncio.current_task()
-    try:
-        async with asyncio.timeout(5):  # not wait_for: see setpoint.tasks
-            await nc.close()
-    except asyncio.CancelledError:
-        if task is not None and task.cancelling():
-            raise
-    except Exception:  # closing a broken connection: nothing left to do about it
-        pass
+    """Close a NATS connection in whatever state it is (:func:`setpoint.tasks.close_quietly`)."""
+    await close_quietly(nc.close)
 
 
 class InterruptTransport(Transport):

@@ -280,10 +280,10 @@ async def test_leader_election_one_acts_and_hands_over(client: Client, ns: str, 
 async def test_leader_that_cannot_renew_stops_before_another_starts(
     client: Client, ns: str, server: ServerProcess
 ) -> None:
-    from tests.agent.support import TcpProxy
+    from setpoint.testing.faultproxy import FaultProxy
 
     acting: list[tuple[str, float, float]] = []
-    proxy = await TcpProxy(server.url).start()
+    proxy = await FaultProxy.for_url(server.url).start()
 
     def replica(identity: str, c: Client) -> Controller:
         class Recording(Controller):

@@ -20,8 +20,9 @@ import pytest
 from setpoint.agent.cache import object_key
 from setpoint.agent.informer import Backoff, Informer
 from setpoint.client import BadRequest, Client, Resource
+from setpoint.testing.faultproxy import FaultProxy
 from setpoint.transfer.natsserver import NatsServer
-from tests.agent.support import WIDGETS, TcpProxy, client_for, eventually, prepare
+from tests.agent.support import WIDGETS, client_for, eventually, prepare
 from tests.conftest import nats_args, widget
 from tests.servers import ServerProcess
 
@@ -240,14 +241,14 @@ def own_server(tmp_path: Path, request: pytest.FixtureRequest, nats_server: Nats
 
 
 @pytest.fixture
-async def proxy(own_server: ServerProcess) -> AsyncIterator[TcpProxy]:
-    p = await TcpProxy(own_server.url).start()
+async def proxy(own_server: ServerProcess) -> AsyncIterator[FaultProxy]:
+    p = await FaultProxy.for_url(own_server.url).start()
     yield p
     await p.close()
 
 
 async def test_resumes_after_server_restart_without_missing_or_repeating(
-    own_server: ServerProcess, proxy: TcpProxy, transfer: str
+    own_server: ServerProcess, proxy: FaultProxy, transfer: str
 ) -> None:
     async with client_for(own_server) as direct, client_for(own_server, proxy.url) as via_proxy:
         ns = await prepare(direct)
@@ -267,7 +268,7 @@ async def test_resumes_after_server_restart_without_missing_or_repeating(
 
             # 2. The informer is cut off while changes happen and the server restarts again,
             #    so its resume reads the missed changes from the store's history.
-            proxy.cut()
+            proxy.refuse()
             await direct.patch(WIDGETS, "c", {"spec": {"size": 3}}, namespace=ns)
             await direct.delete(WIDGETS, "b", namespace=ns)
             await direct.create(WIDGETS, widget("d", 4), namespace=ns)
@@ -299,7 +300,7 @@ API_TRANSFERS = pytest.mark.parametrize("transfer", ["watch", "poll", "interrupt
                                          "--compact-interval", "0.2", "--watch-cache-window", "2"]],
                          indirect=True)
 async def test_relists_after_410_and_delivers_the_true_differences(
-    own_server: ServerProcess, proxy: TcpProxy
+    own_server: ServerProcess, proxy: FaultProxy
 ) -> None:
     async with client_for(own_server) as direct, client_for(own_server, proxy.url) as via_proxy:
         ns = await prepare(direct)
@@ -314,7 +315,7 @@ async def test_relists_after_410_and_delivers_the_true_differences(
             seen_rv = informer.resource_version
             old_uid = informer.get(f"{ns}/recreate")["metadata"]["uid"]  # type: ignore[index]
 
-            proxy.cut()
+            proxy.refuse()
             await direct.patch(WIDGETS, "change", {"spec": {"size": 2}}, namespace=ns)
             await direct.patch(WIDGETS, "drop", {"spec": {"size": 7}}, namespace=ns)  # never seen
             await direct.delete(WIDGETS, "drop", namespace=ns)
@@ -352,7 +353,7 @@ async def test_relists_after_410_and_delivers_the_true_differences(
 @API_TRANSFERS
 async def test_notices_a_frozen_connection_and_reconnects(server: ServerProcess) -> None:
     idle_timeout = 1.0
-    proxy = await TcpProxy(server.url).start()
+    proxy = await FaultProxy.for_url(server.url).start()
     try:
         async with client_for(server) as direct, client_for(server, proxy.url) as via_proxy:
             ns = await prepare(direct)
@@ -410,8 +411,10 @@ async def test_a_server_outage_backs_off_and_is_logged_once(
             await informer.wait_synced(timeout=10)
             caplog.set_level(logging.DEBUG, logger="setpoint.agent.informer")
             await asyncio.to_thread(own_server.stop)
-            await eventually(lambda: informer.stats.watch_errors >= 6, timeout=20, what="six failed attempts")
-            assert informer.backoff.failures >= 6  # the attempt counter rises: delays grow to the cap
+            await eventually(lambda: informer.stats.watch_errors >= 7, timeout=20, what="seven failed attempts")
+            # The attempt counter rises: delays grow to the cap. (The first retry after a stream
+            # that had worked for HEALTHY_FOR is made at once, without a backoff step.)
+            assert informer.backoff.failures >= 6
             await asyncio.to_thread(own_server.start)
             async with client_for(own_server) as direct:
                 await direct.create(WIDGETS, widget("b"), namespace=ns)

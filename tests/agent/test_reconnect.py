@@ -25,9 +25,7 @@ async def client(server: ServerProcess) -> AsyncIterator[Client]:
 async def test_a_watch_cut_after_it_worked_is_resumed_at_once_not_after_a_backoff(
         server: ServerProcess, client: Client) -> None:
     ns = await prepare(client)
-    scheme, address = server.url.split("://", 1)
-    host, port = address.rsplit(":", 1)
-    async with FaultProxy(host, int(port)) as proxy, client_for(server, url=f"{scheme}://{proxy.address}") as via:
+    async with FaultProxy.for_url(server.url) as proxy, client_for(server, url=proxy.url) as via:
         # A backoff far longer than the test's deadlines: a retry that waited for it fails the test.
         informer = Informer(via, WIDGETS, namespace=ns, backoff=Backoff(initial=60.0, cap=60.0))
         async with informer:

@@ -19,7 +19,8 @@ import yaml
 from setpoint.agent.conditions import get_condition, is_converged
 from setpoint.client import Client, NotFound
 from setpoint.controllers.resources import NODES, PROCESSSETS
-from tests.agent.support import TcpProxy, eventually
+from setpoint.testing.faultproxy import FaultProxy
+from tests.agent.support import eventually
 from tests.servers import ServerProcess
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(1e6)"]
@@ -182,7 +183,7 @@ async def test_server_restart_and_cut_connections_still_converge(
     cluster: tuple[ServerProcess, Path], admin: Client
 ) -> None:
     srv, tmp = cluster
-    proxy = await TcpProxy(srv.url).start()
+    proxy = await FaultProxy.for_url(srv.url).start()
     agent = Agent(srv, "n1", tmp / "agent", server_url=proxy.url).start()
     uid = ""
     try:
@@ -197,10 +198,10 @@ async def test_server_restart_and_cut_connections_still_converge(
             await c.patch(PROCESSSETS, "flaky", {"spec": {"replicas": 4}}, namespace="default")
             await eventually(lambda: converged_with(c, "flaky", 4), timeout=40, what="4 after server restart")
             # The network cuts every connection, twice, with changes in between.
-            proxy.cut()
+            proxy.refuse()
             await c.patch(PROCESSSETS, "flaky", {"spec": {"replicas": 2}}, namespace="default")
             proxy.resume()
-            proxy.cut()
+            proxy.refuse()
             await c.patch(PROCESSSETS, "flaky", {"spec": {"replicas": 3}}, namespace="default")
             proxy.resume()
             await eventually(lambda: converged_with(c, "flaky", 3), timeout=40, what="3 after cuts")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
@@ -13,6 +14,7 @@ import pytest
 
 from setpoint.testing.faultproxy import FaultProxy, NatsFaults
 from setpoint.transfer.natsserver import NatsServer
+from tests.agent.support import eventually
 
 
 @pytest.fixture(scope="module")
@@ -21,20 +23,64 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer
         yield server
 
 
+@dataclass
+class Echo:
+    """What the echo server behind the proxy saw, to tell what crossed the proxy and what did not."""
+
+    port: int = 0
+    connections: int = 0
+    ended: int = 0  # connections that ended (closed or reset by the proxy's side)
+    received: bytearray = field(default_factory=bytearray)
+
+
 @contextlib.asynccontextmanager
-async def echo_server() -> AsyncIterator[int]:
+async def echo_server() -> AsyncIterator[Echo]:
+    echo = Echo()
+
     async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await r.read(65536):
-                w.write(data)
-                await w.drain()
-        w.close()
+        echo.connections += 1
+        try:
+            with contextlib.suppress(ConnectionError):
+                while data := await r.read(65536):
+                    echo.received += data
+                    w.write(data)
+                    await w.drain()
+        finally:
+            echo.ended += 1
+            w.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    echo.port = server.sockets[0].getsockname()[1]
     try:
-        yield server.sockets[0].getsockname()[1]
+        yield echo
     finally:
         server.close()
+
+
+async def _through(proxy: FaultProxy, first: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection through ``proxy`` that has carried ``first`` there and back."""
+    r, w = await asyncio.open_connection("127.0.0.1", proxy.port)
+    w.write(first)
+    assert await asyncio.wait_for(r.readexactly(len(first)), 5) == first
+    return r, w
+
+
+async def _ended(r: asyncio.StreamReader) -> bool:
+    """The connection was closed or reset under the client (a deadline, not a wait: 5 s)."""
+    try:
+        return await asyncio.wait_for(r.read(100), 5) == b""
+    except ConnectionError:
+        return True
+
+
+async def _silent(r: asyncio.StreamReader) -> bool:
+    """Neither bytes nor an end arrive. An absence can only be watched for a while: 0.3 s, long
+    against a loopback round trip, which the callers have just made on another connection."""
+    try:
+        await asyncio.wait_for(r.read(100), 0.3)
+    except TimeoutError:
+        return True
+    return False
 
 
 async def _received(nats_url: str, publisher_url: str, n: int, quiet: float = 1.0) -> list[int]:
@@ -89,7 +135,7 @@ async def test_nats_frames_dropped_duplicated_reordered(nats_server: NatsServer)
 
 
 async def test_stall_holds_bytes_and_resume_delivers_them() -> None:
-    async with echo_server() as port, FaultProxy("127.0.0.1", port) as proxy:
+    async with echo_server() as echo, FaultProxy("127.0.0.1", echo.port) as proxy:
         r, w = await asyncio.open_connection("127.0.0.1", proxy.port)
         w.write(b"one")
         assert await asyncio.wait_for(r.readexactly(3), 5) == b"one"
@@ -103,7 +149,7 @@ async def test_stall_holds_bytes_and_resume_delivers_them() -> None:
 
 
 async def test_cut_closes_open_connections_and_accepts_new_ones() -> None:
-    async with echo_server() as port, FaultProxy("127.0.0.1", port) as proxy:
+    async with echo_server() as echo, FaultProxy("127.0.0.1", echo.port) as proxy:
         r, w = await asyncio.open_connection("127.0.0.1", proxy.port)
         w.write(b"x")
         await asyncio.wait_for(r.readexactly(1), 5)
@@ -117,7 +163,7 @@ async def test_cut_closes_open_connections_and_accepts_new_ones() -> None:
 
 
 async def test_partition_heals_by_itself() -> None:
-    async with echo_server() as port, FaultProxy("127.0.0.1", port) as proxy:
+    async with echo_server() as echo, FaultProxy("127.0.0.1", echo.port) as proxy:
         proxy.partition(0.5)
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -127,6 +173,80 @@ async def test_partition_heals_by_itself() -> None:
         assert loop.time() - t0 >= 0.45  # nothing got through while partitioned
         assert not proxy.stalled
         w.close()
+
+
+async def test_refuse_closes_every_connection_and_each_new_one_until_resume() -> None:
+    async with echo_server() as echo, FaultProxy("127.0.0.1", echo.port) as proxy:
+        r, _ = await _through(proxy, b"a")
+        assert proxy.refuse() == 1
+        assert await _ended(r)
+        await eventually(lambda: echo.ended == 1, what="the server to see the connection end")
+        for _ in range(3):  # accepted, and closed at once, however often the client tries
+            r2, w2 = await asyncio.open_connection("127.0.0.1", proxy.port)
+            w2.write(b"b")
+            assert await _ended(r2)
+            w2.close()
+        assert proxy.stats.refused == 3 and proxy.stats.connections == 4
+        assert echo.connections == 1 and bytes(echo.received) == b"a"
+        proxy.resume()
+        await _through(proxy, b"c")
+        assert echo.connections == 2
+
+
+async def test_refuse_closes_what_a_partition_holds_and_outlasts_the_partition() -> None:
+    async with echo_server() as echo, FaultProxy("127.0.0.1", echo.port) as proxy:
+        proxy.partition(1.0)
+        r, _ = await asyncio.open_connection("127.0.0.1", proxy.port)
+        await eventually(lambda: proxy.stats.connections == 1, what="the proxy to accept")
+        assert proxy.refuse() == 1  # held at the partition's gate, and closed all the same
+        assert await _ended(r)
+        await eventually(lambda: not proxy.stalled, what="the partition to heal")
+        r2, _ = await asyncio.open_connection("127.0.0.1", proxy.port)
+        assert await _ended(r2)  # healing the partition did not end the refusal
+        assert echo.connections == 0
+        proxy.resume()
+        await _through(proxy, b"a")
+
+
+async def test_freeze_kills_open_connections_for_good_and_new_ones_until_unfreeze() -> None:
+    async with echo_server() as echo, FaultProxy("127.0.0.1", echo.port) as proxy:
+        a_r, a_w = await _through(proxy, b"1")
+        _, b_w = await _through(proxy, b"2")
+        proxy.freeze()
+        proxy.resume()  # ends stalls and refusals, not a freeze
+        a_w.write(b"x")
+        b_w.close()  # b's end must not cross either
+        held_r, held_w = await asyncio.open_connection("127.0.0.1", proxy.port)
+        held_w.write(b"y")
+        await eventually(lambda: proxy.stats.connections == 3, what="the proxy to accept during the freeze")
+        proxy.unfreeze()
+        c_r, c_w = await _through(proxy, b"3")  # new connections are forwarded again
+        a_w.write(b"z")
+        held_w.write(b"w")
+        c_w.write(b"4")
+        assert await asyncio.wait_for(c_r.readexactly(1), 5) == b"4"
+        # Nothing crossed the frozen connections or the one held during the freeze, either way,
+        # and none of them was closed; the server heard of none of it.
+        assert await _silent(a_r) and await _silent(held_r)
+        assert sorted(echo.received) == sorted(b"1234")
+        assert echo.connections == 3 and echo.ended == 0  # a, b and c; b's end is lost
+        assert proxy.cut() == 4  # cut still closes them: a, b, the held one, and c
+        assert await _ended(a_r) and await _ended(held_r) and await _ended(c_r)
+        await eventually(lambda: echo.ended == 3, what="the server to see a, b and c end")
+
+
+async def test_for_url_keeps_the_scheme_and_its_url_reaches_the_same_server() -> None:
+    async with echo_server() as echo, FaultProxy.for_url(f"https://127.0.0.1:{echo.port}") as proxy:
+        assert (proxy.target_host, proxy.target_port) == ("127.0.0.1", echo.port)
+        assert proxy.url == f"https://127.0.0.1:{proxy.port}"
+        host, port = proxy.url.removeprefix("https://").rsplit(":", 1)
+        r, w = await asyncio.open_connection(host, int(port))
+        w.write(b"a")
+        assert await asyncio.wait_for(r.readexactly(1), 5) == b"a"
+        w.close()
+    assert FaultProxy.for_url("nats://[::1]:4222").target_host == "::1"
+    with pytest.raises(ValueError):
+        FaultProxy.for_url("https://example.com")
 
 
 def test_nats_server_restart_keeps_its_port(tmp_path: Path) -> None:

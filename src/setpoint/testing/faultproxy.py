@@ -9,6 +9,12 @@ an agent and the API server (or NATS) and break things on cue:
 - :meth:`FaultProxy.cut`: every open connection is closed at once (a restart, a reset);
 - :meth:`FaultProxy.partition`: stalled, and new connections wait too, for N seconds, then
   everything flows again;
+- :meth:`FaultProxy.refuse`: cut, and every new connection is closed as soon as it is accepted,
+  until :meth:`FaultProxy.resume` (a server that is down, or restarting, for as long as a test
+  needs);
+- :meth:`FaultProxy.freeze`: every open connection goes dead for good without being closed, and
+  new ones are accepted but never answered, until :meth:`FaultProxy.unfreeze` (what a NAT that
+  forgot the flow or a broken middlebox leaves behind: only a peer's own timeout notices);
 - with ``nats=`` a :class:`NatsFaults`: core NATS ``MSG``/``HMSG`` frames from the server are
   dropped, duplicated or reordered one by one at given rates. The NATS protocol is line-based
   text with a byte count per payload, so this is exact: other lines (``INFO``, ``PING``, ``+OK``)
@@ -25,6 +31,7 @@ import asyncio
 import contextlib
 import random
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 __all__ = ["FaultProxy", "NatsFaults", "ProxyStats"]
 
@@ -55,6 +62,7 @@ class NatsFaults:
 class ProxyStats:
     connections: int = 0
     cuts: int = 0
+    refused: int = 0  # connections closed at accept by refuse()
     bytes_up: int = 0  # client → server
     bytes_down: int = 0  # server → client
     frames: int = 0  # NATS MSG/HMSG frames seen from the server
@@ -144,30 +152,75 @@ class _NatsFramer:
         return held or b""
 
 
+class _Link:
+    """One client connection through the proxy, from accept to close: what the faults act on."""
+
+    def __init__(self, client: asyncio.StreamWriter) -> None:
+        self.writers = [client]  # and the upstream end, once it is open
+        self.pumps: tuple[asyncio.Task[None], ...] = ()
+        # Not yet through the gate a partition closes, so not open as far as cut() goes (refuse()
+        # closes it all the same).
+        self.waiting = True
+        self.frozen = False
+        self.closed = asyncio.Event()
+
+    def freeze(self) -> None:
+        self.frozen = True
+        for t in self.pumps:
+            t.cancel()  # stop reading too: neither peer hears anything more, not even an end
+
+    def abort(self) -> None:
+        for w in self.writers:
+            with contextlib.suppress(Exception):
+                w.transport.abort()
+        self.closed.set()
+
+
 class FaultProxy:
     """``async with FaultProxy(host, port) as proxy:`` listens on ``proxy.host:proxy.port`` and
-    forwards to ``host:port``, applying the faults currently set."""
+    forwards to ``host:port``, applying the faults currently set. ``FaultProxy.for_url(url)`` is
+    the same in front of a server's URL, and ``proxy.url`` the URL to give clients instead."""
 
     def __init__(self, target_host: str, target_port: int, *, listen_host: str = "127.0.0.1",
-                 delay: float = 0.0, nats: NatsFaults | None = None) -> None:
+                 delay: float = 0.0, nats: NatsFaults | None = None, scheme: str = "tcp") -> None:
         self.target_host = target_host
         self.target_port = target_port
         self.host = listen_host
         self.port = 0
         self.delay = delay
         self.nats = nats
+        self.scheme = scheme
         self.stats = ProxyStats()
         self._flowing = asyncio.Event()
         self._flowing.set()
+        self._refusing = False
+        self._frozen = False
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._links: set[_Link] = set()
         self._rng = random.Random(nats.seed if nats else None)
         self._partition_task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def for_url(cls, url: str, *, listen_host: str = "127.0.0.1", delay: float = 0.0,
+                nats: NatsFaults | None = None) -> FaultProxy:
+        """A proxy in front of the server at ``url``, so that a client given :attr:`url` instead
+        reaches the same server, faults included. The scheme is kept: the proxy only moves bytes,
+        so TLS runs end to end through it."""
+        parts = urlsplit(url)
+        if parts.hostname is None or parts.port is None:
+            raise ValueError(f"not a URL with a host and a port: {url!r}")
+        return cls(parts.hostname, parts.port, listen_host=listen_host, delay=delay, nats=nats,
+                   scheme=parts.scheme)
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
 
     async def start(self) -> FaultProxy:
         self._server = await asyncio.start_server(self._accept, self.host, 0)
@@ -181,6 +234,8 @@ class FaultProxy:
             self._partition_task.cancel()
         self._flowing.set()
         self.cut()
+        for link in list(self._links):  # those a partition still holds at its gate
+            link.abort()
         tasks = list(self._tasks)
         for t in tasks:
             t.cancel()
@@ -204,7 +259,10 @@ class FaultProxy:
         self._flowing.clear()
 
     def resume(self) -> None:
+        """End a stall or a refusal. Not a freeze: that is :meth:`unfreeze`, since the connections
+        a freeze killed stay dead and resuming them would hide what the test is about."""
         self._flowing.set()
+        self._refusing = False
 
     @property
     def stalled(self) -> bool:
@@ -212,14 +270,28 @@ class FaultProxy:
 
     def cut(self) -> int:
         """Close every open connection now; returns how many were cut. New ones are accepted."""
-        writers = list(self._writers)
-        for w in writers:
-            with contextlib.suppress(Exception):
-                w.transport.abort()
-        self._writers.clear()
-        if writers:
-            self.stats.cuts += 1
-        return len(writers) // 2
+        return self._abort([link for link in self._links if not link.waiting])
+
+    def refuse(self) -> int:
+        """Close every connection, those a partition holds too, and every new one as soon as it is
+        accepted, until :meth:`resume`; returns how many open ones were closed. Unlike a stall or a
+        partition a client learns at once that it got nowhere, as from a server that is down."""
+        self._refusing = True
+        return self._abort(list(self._links))
+
+    def freeze(self) -> None:
+        """Every open connection goes dead for good: nothing more crosses it, either way, not even
+        its end, yet no socket is closed. New connections are accepted and as dead (they stay so
+        after :meth:`unfreeze`: their clients have given up on them by then). Only a peer's own
+        timeout notices, which is what the fault is for; cut, refuse or close end them."""
+        self._frozen = True
+        for link in self._links:
+            link.freeze()
+
+    def unfreeze(self) -> None:
+        """New connections are forwarded again; the frozen ones stay dead, so a client must notice
+        and reconnect, as it must behind a real middlebox."""
+        self._frozen = False
 
     def partition(self, seconds: float) -> None:
         """Nothing gets through, on open or new connections, for ``seconds``; then it flows again."""
@@ -229,9 +301,17 @@ class FaultProxy:
 
         async def heal() -> None:
             await asyncio.sleep(seconds)  # the fault's own duration, not a synchronisation
-            self.resume()
+            self._flowing.set()  # the partition only: a refusal set meanwhile lasts until resume()
 
         self._partition_task = asyncio.create_task(heal(), name="setpoint-faultproxy-heal")
+
+    def _abort(self, links: list[_Link]) -> int:
+        for link in links:
+            link.abort()
+            self._links.discard(link)
+        if links:
+            self.stats.cuts += 1
+        return len(links)
 
     # -- forwarding ------------------------------------------------------------------------------
 
@@ -248,35 +328,44 @@ class FaultProxy:
         self.stats.connections += 1
         index = len(self.stats.by_connection)
         self.stats.by_connection.append(0)
-        upstream_w: asyncio.StreamWriter | None = None
+        link = _Link(writer)
         try:
-            await self._flowing.wait()  # a partition holds new connections too
-            try:
-                upstream_r, upstream_w = await asyncio.open_connection(self.target_host, self.target_port)
-            except OSError:
+            if self._refusing:
+                self.stats.refused += 1
                 return
-            self._writers.update((writer, upstream_w))
-            framer = _NatsFramer(self.nats, self.stats, self._rng) if self.nats else None
-            up = asyncio.create_task(self._pump(reader, upstream_w, None, index, up=True))
-            down = asyncio.create_task(self._pump(upstream_r, writer, framer, index, up=False))
-            try:
-                await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for t in (up, down):
-                    t.cancel()
-                for t in (up, down):
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await t
+            self._links.add(link)
+            link.frozen = self._frozen  # during a freeze: accepted, never answered
+            await self._flowing.wait()  # a partition holds new connections too
+            if not link.frozen and not link.closed.is_set():
+                try:
+                    upstream_r, upstream_w = await asyncio.open_connection(self.target_host, self.target_port)
+                except OSError:
+                    return
+                link.writers.append(upstream_w)
+            link.waiting = False
+            if link.closed.is_set():  # refused while a partition held it, or while connecting
+                return
+            if not link.frozen:
+                framer = _NatsFramer(self.nats, self.stats, self._rng) if self.nats else None
+                link.pumps = (asyncio.create_task(self._pump(reader, upstream_w, None, index, link, up=True)),
+                              asyncio.create_task(self._pump(upstream_r, writer, framer, index, link, up=False)))
+                try:
+                    await asyncio.wait(link.pumps, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for t in link.pumps:
+                        t.cancel()
+                    for t in link.pumps:
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await t
+            if link.frozen:  # dead, not closed: until cut(), refuse() or close()
+                await link.closed.wait()
         finally:
-            for w in (writer, upstream_w):
-                if w is not None:
-                    self._writers.discard(w)
-                    with contextlib.suppress(Exception):
-                        w.transport.abort()
+            self._links.discard(link)
+            link.abort()
             self._tasks.discard(task)
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    framer: _NatsFramer | None, index: int, *, up: bool) -> None:
+                    framer: _NatsFramer | None, index: int, link: _Link, *, up: bool) -> None:
         while True:
             try:
                 data = await asyncio.wait_for(reader.read(_CHUNK), 0.05) if framer and framer.held \
@@ -289,6 +378,8 @@ class FaultProxy:
             if self.delay > 0:
                 await asyncio.sleep(self.delay)  # the injected latency itself
                 await self._flowing.wait()
+            if link.frozen:  # a freeze's cancellation can be lost in wait_for (Python 3.11)
+                return
             if data is None:
                 assert framer is not None
                 out = framer.flush()

@@ -122,7 +122,7 @@ class RestBridge:
 
     def __init__(self, base_url: str, *, timeout: float = 5.0, connect_timeout: float | None = None,
                  headers: dict[str, str] | None = None, transport: httpx.AsyncBaseTransport | None = None,
-                 max_connections: int = 64, min_timeout: float = 0.05) -> None:
+                 max_connections: int = 64, min_timeout: float = 0.03) -> None:
         self.base_url = base_url.rstrip("/")
         self.requests = 0
         # ``timeout`` is the cap: each request waits a multiple of the recent answers' latency.
@@ -232,7 +232,7 @@ class RestDriver(ResourceSetDriver):
                  resources: Callable[[Obj], dict[str, Spec]] = one_resource,
                  retry_policy: RetryPolicy | None = None, headers: dict[str, str] | None = None,
                  transport: httpx.AsyncBaseTransport | None = None, progress_poll: float = 0.5,
-                 concurrency: int = 16, min_timeout: float = 0.05, op_attempts: int = 6) -> None:
+                 concurrency: int = 16, min_timeout: float = 0.03, op_attempts: int = 6) -> None:
         self.bridge = RestBridge(base_url, timeout=timeout, headers=headers, transport=transport,
                                  max_connections=max(concurrency, 1), min_timeout=min_timeout)
         super().__init__(self.bridge, resources=resources, retry_policy=retry_policy,

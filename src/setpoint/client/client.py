@@ -44,6 +44,7 @@ from setpoint.client.errors import (
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
+_SAFE_METHODS = frozenset(("GET", "HEAD"))
 PATCH_TYPES = {
     "merge": "application/merge-patch+json",
     "json": "application/json-patch+json",
@@ -281,6 +282,20 @@ class Client:
         n = len(self.config.servers)
         return [(self._server_index + i) % n for i in range(n)]
 
+    async def _send_again_if_stale(self, request: httpx.Request, stream: bool) -> httpx.Response:
+        """A read whose kept-alive connection the server closed just as the request went out on
+        it (the server's idle timeout and the client's reuse crossing) got no answer at all, and is
+        sent once more, on a new connection. Only reads: a write that got no answer may have been
+        carried out, and saying so is the caller's business."""
+        try:
+            return await self._http.send(request, stream=stream)
+        except httpx.RemoteProtocolError:
+            if request.method not in _SAFE_METHODS:
+                raise
+            log.debug("%s %s: the connection was closed before an answer; sending it again",
+                      request.method, request.url)
+            return await self._http.send(request, stream=stream)
+
     async def _send(
         self,
         method: str,
@@ -311,7 +326,7 @@ class Client:
                 timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
             try:
-                response = await self._http.send(request, stream=stream)
+                response = await self._send_again_if_stale(request, stream)
             except (httpx.ConnectError, httpx.ConnectTimeout) as e:
                 last = e
                 log.debug("cannot connect to %s: %s", self.config.servers[index], e)

@@ -158,7 +158,7 @@ class Controller:
         self.queue: WorkQueue[str] = WorkQueue(name=self.controller_name, rate_limiter=rate_limiter)
         self.informer = Informer(client, self.resource, namespace=namespace,
                                  label_selector=label_selector, field_selector=field_selector,
-                                 transform=_strip_managed_fields, transport=transfer() if transfer else None)
+                                 transport=transfer() if transfer else None)  # managedFields dropped by default
         self.informer.add_handler(
             on_add=self._enqueue_obj,
             on_update=self._enqueue_update,
@@ -215,7 +215,7 @@ class Controller:
         children's kinds are known only at run time (a Stack's) adds its watches as it meets
         them; one added while the controller runs starts at once and stops with it."""
         inf = Informer(self.client, w.resource, namespace=w.namespace, label_selector=w.label_selector,
-                       field_selector=w.field_selector, transform=_strip_managed_fields,
+                       field_selector=w.field_selector,
                        transport=self._transfer() if self._transfer else None)
         enqueue = self._mapped(w.mapper)
         inf.add_handler(on_add=enqueue, on_update=_on_new(enqueue), on_delete=enqueue)
@@ -462,11 +462,6 @@ def _on_new(enqueue: Callable[[Object], None]) -> Callable[[Object, Object], Non
         enqueue(new)
 
     return on_update
-
-
-def _strip_managed_fields(obj: Object) -> Object:
-    (obj.get("metadata") or {}).pop("managedFields", None)
-    return obj
 
 
 class TypedController(Controller, Generic[K]):

@@ -334,7 +334,7 @@ async def under_load_runtime(client: Any, ports: list[int], driver: str = "hapro
 
     await load.run_while(changes)
     await client.delete(LOADBALANCERS, app, namespace="default")
-    await asyncio.gather(*(client.delete(ENDPOINTSLICES, f"{app}-{p}", namespace="default") for p in ports[:10]))
+    await asyncio.gather(*(client.delete(ENDPOINTSLICES, f"{app}-{p}", namespace="default") for p in ports[:20]))
     return {"ok": load.ok, "failed": load.failed, "errors": load.errors}
 
 

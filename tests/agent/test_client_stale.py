@@ -72,3 +72,33 @@ async def test_a_write_on_a_connection_closed_under_it_is_not_sent_again(
     with pytest.raises(ConnectionFailed):
         await client.patch(WIDGETS, "w", {"spec": {"size": 1}}, namespace="ns")
     assert [r.split()[0] for r in server.requests] == ["GET", "PATCH"]
+
+
+@pytest.mark.parametrize("obj", [b"null", b"[1]"])
+async def test_a_watch_event_whose_object_is_not_an_object_is_a_connection_failure(obj: bytes) -> None:
+    """Read raw (the informer's way) as iterated: a broken stream to resume, not a crash later."""
+    line = b'{"type":"ADDED","object":' + obj + b"}\n"
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                     + str(len(line)).encode() + b"\r\n\r\n" + line)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with Client(ClientConfig(f"http://127.0.0.1:{port}")) as client:
+            for read in ("raw", "iterate"):
+                stream = client.watch(WIDGETS, namespace="ns")
+                with pytest.raises(ConnectionFailed):
+                    if read == "raw":
+                        async for _ in stream.raw():
+                            pass
+                    else:
+                        async for _ in stream:
+                            pass
+    finally:
+        server.close()
+        await server.wait_closed()

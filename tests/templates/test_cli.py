@@ -61,6 +61,15 @@ def test_dry_once_prints_and_writes_nothing(server: ServerProcess, tmp_path: Pat
     assert "dry-a=7" in r.stdout and not out.exists() and not (tmp_path / "ran").exists()
 
 
+def test_dry_with_exec_is_refused_before_anything_runs(server: ServerProcess, tmp_path: Path) -> None:
+    src, out, ran = tmp_path / "t.j2", tmp_path / "out", tmp_path / "ran"
+    src.write_text(TEMPLATE)
+    r = setpoint(server, "-t", f"{src}:{out}", "--dry", "--exec", f"touch {ran}")
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "--dry runs no command" in r.stdout + r.stderr
+    assert not ran.exists() and not out.exists()
+
+
 def test_a_broken_template_fails_with_its_name_and_line(server: ServerProcess, tmp_path: Path) -> None:
     src, out = tmp_path / "broken.j2", tmp_path / "out"
     src.write_text("fine\n{{ get('configmaps', 'no-such-map').data }}\n")

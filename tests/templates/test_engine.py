@@ -299,3 +299,17 @@ async def test_a_recorded_command_runs_again_unless_it_succeeded_for_the_content
         if runs:
             assert entry.outcome.command_succeeded_digest == digest
         await engine.remove(f"t{i}")
+
+
+async def test_a_changed_command_runs_for_content_its_predecessor_already_ran_for(
+        client: Client, engine: Engine, namespace: str, tmp_path: Path) -> None:
+    """A Template whose command changed while its output did not: the new command runs once."""
+    out, first, second = tmp_path / "out", tmp_path / "first", tmp_path / "second"
+    await client.create(CONFIGMAPS, cm("a", "1"), namespace=namespace)
+    entry = engine.put("t", config(tmp_path, namespace, command=f"echo run >> {first}"), command_succeeded="")
+    await entry.first_done.wait()
+    assert entry.outcome.ok and out.read_text() == "a=1\n" and first.read_text() == "run\n"
+    entry = engine.put("t", config(tmp_path, namespace, command=f"echo run >> {second}"))
+    await entry.first_done.wait()
+    assert entry.outcome.ok and entry.outcome.writes == 0, entry.outcome.message
+    assert second.read_text() == "run\n" and first.read_text() == "run\n"

@@ -180,16 +180,19 @@ class Indexer:
         return self.by_index(LABEL_INDEX, f"{key}={value}")
 
     def _index(self, name: str) -> dict[str, set[str]]:
-        index = self._indices.get(name)
-        if index is not None:
-            return index
+        built = self._indices.get(name)
+        if built is not None:
+            return built
         fn = self._funcs.get(name)
         if fn is None:
             raise KeyError(f"no index named {name!r}")
-        index = self._indices[name] = {}
+        index: dict[str, set[str]] = {}
         for key, entry in self._items.items():
             for value in self._values(name, fn, entry):
                 index.setdefault(value, set()).add(key)
+        # Kept only once complete: a decode that raises midway (a transform's bug) leaves no half
+        # index behind for put_entry to keep current and by_index to answer from.
+        self._indices[name] = index
         return index
 
     # ---- entries (the informer's) ---------------------------------------------------------------

@@ -341,6 +341,7 @@ class Informer:
         if self._task is not None and not self._task.done():
             raise RuntimeError("the informer is already running")
         self.error = None
+        self._healthy_since = time.monotonic()  # not since construction: a first failure backs off
         if not self._listed:
             self._wake.clear()
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"informer:{self.resource.plural}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import re
 import shlex
 import signal
@@ -48,11 +47,8 @@ def parse_duration(text: str) -> float:
 def parse_wait(text: str) -> tuple[float, float]:
     """``MIN[:MAX]``; without MAX, four times MIN, as consul-template defaults it."""
     lo, _, hi = text.partition(":")
-    try:
-        wait_min = parse_duration(lo)
-        wait_max = parse_duration(hi) if hi else 4 * wait_min
-    except typer.BadParameter as e:
-        raise typer.BadParameter(e.message, param_hint="'--wait'") from None
+    wait_min = _option_duration(lo, "--wait")
+    wait_max = _option_duration(hi, "--wait") if hi else 4 * wait_min
     if wait_max < wait_min:
         raise typer.BadParameter(f"{text!r}: MAX must not be below MIN", param_hint="'--wait'")
     return wait_min, wait_max
@@ -112,6 +108,8 @@ def template(
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if dry and exec_:
+        raise typer.BadParameter("--dry runs no command; leave out --exec (or --dry)", param_hint="'--exec'")
     wait_min, wait_max = parse_wait(wait)
     timeout = _option_duration(command_timeout, "--command-timeout")
     kill_timeout = _option_duration(exec_kill_timeout, "--exec-kill-timeout")
@@ -197,6 +195,8 @@ async def _stop(child: asyncio.subprocess.Process, sig: signal.Signals, timeout:
     """Send ``sig`` to the --exec child; after ``timeout``, SIGKILL its process group."""
     import asyncio
 
+    from setpoint.templates.command import kill_group
+
     with contextlib.suppress(ProcessLookupError):
         child.send_signal(sig)
     try:
@@ -207,12 +207,7 @@ async def _stop(child: asyncio.subprocess.Process, sig: signal.Signals, timeout:
         console.print(f"[red]the --exec child did not exit {timeout:g}s after {sig.name}[/red]: killing it",
                       highlight=False)
     except asyncio.CancelledError:  # a second SIGTERM or Ctrl-C: no more waiting
-        _kill_group(child.pid)
+        kill_group(child.pid)
         raise
-    _kill_group(child.pid)
+    kill_group(child.pid)
     await child.wait()
-
-
-def _kill_group(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)

@@ -874,6 +874,8 @@ class WatchStream:
                         status = _decode.decode(event.object)
                 except (msgspec.DecodeError, msgspec.ValidationError) as e:
                     raise ConnectionFailed(f"watch {self.path}: undecodable event: {e}") from e
+                if memoryview(event.object)[:1].tobytes() != b"{":  # null, a list: no object (iteration refuses it too)
+                    raise ConnectionFailed(f"watch {self.path}: an event whose object is not a JSON object")
                 if event.type == "ERROR":
                     code = status.get("code") if isinstance(status, dict) else None
                     raise from_status(code if isinstance(code, int) else 500, status)

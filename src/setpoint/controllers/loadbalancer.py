@@ -38,6 +38,9 @@ from setpoint.types import Object
 log = logging.getLogger(__name__)
 
 FINALIZER = "setpoint.dev/loadbalancer"
+# How long at most between looks at a balancer with backends out of service (health checks move
+# with no event to wake a sync); also caps the first look, whatever the checks' interval and rise.
+LOOK_AGAIN_CAP = 30.0
 # States (the Degraded condition's reason) that are not failures of the balancer: no alert, and
 # leaving one of them is no recovery. NoBackends is still a Warning event when it begins.
 _QUIET = {"Synced", "NoBackends", "BackendsNotInService", "WaitingForSource"}
@@ -225,12 +228,12 @@ class LoadBalancerController(Controller):
         # once its first check passes), and while some are out of service, the balancer is looked
         # at again, less often the longer it lasts.
         hc = frontend.health
-        settle = max(1.0, hc.interval * (max(hc.rise, hc.fall) + 1))
+        settle = min(LOOK_AGAIN_CAP, max(1.0, hc.interval * (max(hc.rise, hc.fall) + 1)))
         before_set = {b.get("name") for b in (obj.get("status") or {}).get("backends") or [] if isinstance(b, dict)}
         if before_set != {s.backend.name for s in observed.servers}:
             requeue = _sooner(requeue, settle)
         if serving < len(backends):
-            look = self._checking.setdefault(uid, Backoff(initial=settle, cap=30.0, jitter=0.0))
+            look = self._checking.setdefault(uid, Backoff(initial=settle, cap=LOOK_AGAIN_CAP, jitter=0.0))
             requeue = _sooner(requeue, look.next())
             self._announce(obj, "BackendsNotInService", message)
             set_condition(status, "Degraded", True, reason="BackendsNotInService",

@@ -306,7 +306,8 @@ class Engine:
         sha256) the command last succeeded for ("" for never), and ``command_failed`` whether its
         last run failed: the command then runs when the file holds other content, or when the
         last run failed, even though this entry did not write the file. Without a record (None)
-        it runs only after a write. A replaced entry keeps what the one before it knew."""
+        it runs only after a write. A replaced entry keeps what the one before it knew, unless
+        its command changed: a new command has never run for any content."""
         entry = self.entries.get(key)
         done = None if command_succeeded is None else "" if command_failed else command_succeeded
         succeeded = command_succeeded or ""
@@ -315,6 +316,8 @@ class Engine:
                 return entry
             entry.cancel()
             done, succeeded = entry.command_done, entry.outcome.command_succeeded_digest
+            if config.command != entry.config.command:
+                done, succeeded = (None if done is None else ""), ""
         entry = self.entries[key] = Entry(self, key, config, command_done=done)
         entry.outcome.command_succeeded_digest = succeeded
         entry.task = asyncio.get_running_loop().create_task(entry.run(), name=f"template:{key}")

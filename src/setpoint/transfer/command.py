@@ -216,6 +216,9 @@ class CommandTransport(Transport):
             if parsed is not None:
                 self._apply(target, *parsed)
             await msg.ack()
+        await self._apply_recovered(target)
+
+    async def _apply_recovered(self, target: Target) -> None:
         for raw in await self._recover(target):
             parsed = self._parse(target, raw)
             if parsed is not None:
@@ -229,10 +232,7 @@ class CommandTransport(Transport):
             return
         if info.delivered is not None:
             self._gaps.consumer_says(int(info.delivered.consumer_seq or 0), int(info.delivered.stream_seq or 0))
-        for raw in await self._recover(target):
-            parsed = self._parse(target, raw)
-            if parsed is not None:
-                self._apply(target, *parsed)
+        await self._apply_recovered(target)
 
     async def _recover(self, target: Target) -> list[Any]:
         """The stream's current messages at the sequences whose delivery was lost, those of this

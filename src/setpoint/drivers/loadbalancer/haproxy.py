@@ -45,7 +45,7 @@ from pathlib import Path
 
 import msgspec
 
-from setpoint.agent.errors import DriverError, NotReady, Permanent
+from setpoint.agent.errors import DriverError, ErrorClass, NotReady, Permanent, Transient
 from setpoint.backoff import Backoff
 from setpoint.drivers.loadbalancer.exits import ExitWatch, exited, instance_dirs
 from setpoint.drivers.loadbalancer.model import Backend, Desired, Frontend, Note, Observed, ServerState
@@ -53,6 +53,8 @@ from setpoint.drivers.loadbalancer.runtime import RuntimeAPI, RuntimeAPIError
 from setpoint.files import write_atomic
 
 log = logging.getLogger(__name__)
+_BY_CLASS: dict[ErrorClass, type[DriverError]] = {
+    ErrorClass.TRANSIENT: Transient, ErrorClass.NOT_READY: NotReady, ErrorClass.PERMANENT: Permanent}
 
 BACKEND = "be"
 START_TIMEOUT = 10.0
@@ -268,6 +270,12 @@ class HAProxyDriver:
             try:
                 await self._start(uid, inst, fe, replacing=running.pid, config=inst.candidate)
             except DriverError as e:
+                now = await asyncio.to_thread(inst.running)
+                if now is not None and now.pid != running.pid:
+                    # Started and recorded, only its socket was late: the new process serves now
+                    # (the old one was told to stop), so the file is the new frontend's.
+                    await self._write(inst, desired, title)
+                    raise
                 error = e
                 if isinstance(e, Permanent):
                     inst.refused[fe.digest()] = e
@@ -286,9 +294,11 @@ class HAProxyDriver:
         old = Desired(running.spec, desired.backends, desired.drain_seconds)
         await self._write(inst, old, title)
         await self._sync(inst, old)
-        kept = type(error)(f"{error.message}; HAProxy pid {running.pid} keeps serving {old.frontend.address}:"
-                           f"{old.frontend.port} with the current backends", reason=error.reason,
-                           retry_after=error.retry_after)
+        # By class, not type(error): a subclass (RuntimeAPIError) need not take the same arguments.
+        kept = _BY_CLASS[error.error_class](
+            f"{error.message}; HAProxy pid {running.pid} keeps serving {old.frontend.address}:"
+            f"{old.frontend.port} with the current backends", reason=error.reason,
+            retry_after=error.retry_after, uncertain=error.uncertain)
         return dataclasses.replace(await self.observe(uid), frontend_error=kept)
 
     async def _replace_unmanageable(self, uid: str, inst: Instance, running: Running, frontend: Frontend,

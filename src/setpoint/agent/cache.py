@@ -188,7 +188,7 @@ class Indexer:
             raise KeyError(f"no index named {name!r}")
         index: dict[str, set[str]] = {}
         for key, entry in self._items.items():
-            for value in self._values(name, fn, entry):
+            for value in self._values(name, fn, self.decode(entry)):
                 index.setdefault(value, set()).add(key)
         # Kept only once complete: a decode that raises midway (a transform's bug) leaves no half
         # index behind for put_entry to keep current and by_index to answer from.
@@ -234,8 +234,7 @@ class Indexer:
             raise ValueError(f"an index named {name!r} already exists")
         self._funcs[name] = fn
 
-    def _values(self, name: str, fn: IndexFunc, entry: Entry) -> set[str]:
-        obj = self.decode(entry)
+    def _values(self, name: str, fn: IndexFunc, obj: Object) -> set[str]:
         try:
             return set(fn(obj))
         except Exception:
@@ -256,10 +255,13 @@ class Indexer:
         old = items.get(key)
         items[key] = share_strings(entry) if type(entry) is dict else entry
         if self._indices:
+            # Each decoded once for every index (a kept object is not decoded at all).
+            new_obj = self.decode(entry)
+            old_obj = self.decode(old) if old is not None else None
             for name, index in self._indices.items():
                 fn = self._funcs[name]
-                new_values = self._values(name, fn, entry)
-                old_values = self._values(name, fn, old) if old is not None else set()
+                new_values = self._values(name, fn, new_obj)
+                old_values = self._values(name, fn, old_obj) if old_obj is not None else set()
                 if new_values != old_values:
                     self._unfile(index, key, old_values - new_values)
                     for value in new_values - old_values:
@@ -274,9 +276,10 @@ class Indexer:
     def remove_entry(self, key: str) -> Entry | None:
         """Remove what is held under ``key``; returns it as it was held (None if absent)."""
         old = self._items.pop(key, None)
-        if old is not None:
+        if old is not None and self._indices:
+            old_obj = self.decode(old)
             for name, index in self._indices.items():
-                self._unfile(index, key, self._values(name, self._funcs[name], old))
+                self._unfile(index, key, self._values(name, self._funcs[name], old_obj))
         return old
 
     @staticmethod

@@ -121,6 +121,19 @@ class Managed:
         self.stop()
 
 
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (Linux)."""
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as f:
+            out.extend(int(x) for x in f.read().split())
+    return out
+
+
 def stop_all() -> None:
     """Last resort (atexit/signals): kill whatever this run started and has not stopped yet."""
     for proc in list(_started):

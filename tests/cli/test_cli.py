@@ -35,7 +35,8 @@ def test_version_flag_and_command() -> None:
 def command_names() -> list[str]:
     group = typer.main.get_command(app)
     assert hasattr(group, "commands")
-    return sorted(group.commands)
+    # Hidden commands are the program's own (a server's worker process), not the user's.
+    return sorted(name for name, command in group.commands.items() if not getattr(command, "hidden", False))
 
 
 def test_help_at_80_columns_shows_every_option_whole() -> None:

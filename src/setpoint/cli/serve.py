@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import ipaddress
 import logging
@@ -17,7 +18,13 @@ import typer
 from setpoint.cli.app import app, console
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    import uvicorn
+
+    from setpoint.server.app import Server, ServerOptions
     from setpoint.server.datadir import DataDirLock
+    from setpoint.store.backend import Backend
 
 
 def _is_loopback(host: str) -> bool:
@@ -100,15 +107,19 @@ def serve(
     idempotency_ttl: Annotated[float, typer.Option(
         help="Seconds an Idempotency-Key is remembered.")] = 86_400.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "warning",
+    workers: Annotated[int, typer.Option(
+        min=1, max=64,
+        help="API server processes over the one SQLite store (which stays in this process, with its "
+             "single writer). One process serves HTTP on one core; more spread HTTP, validation and "
+             "encoding over the cores. Each has its own watch cache, metrics and connection limit. "
+             "Over PostgreSQL or etcd, run several servers instead.")] = 1,
 ) -> None:
     """Run the control plane: the API server over a revisioned store."""
-    import uvicorn
-
-    from setpoint.server.app import Server, ServerOptions
+    from setpoint.server.app import ServerOptions
     from setpoint.server.bootstrap import ensure_policy, ensure_tokens, write_kubeconfig
-    from setpoint.server.protocol import protocol_for
     from setpoint.server.settings import Settings
     from setpoint.store import open_backend
+    from setpoint.store.sqlite import SQLiteBackend
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, _, port_s = listen.rpartition(":") if listen else ("127.0.0.1", "", "")
@@ -138,6 +149,9 @@ def serve(
         raise typer.BadParameter(str(e), param_hint="--store") from None
     data_dir.mkdir(parents=True, exist_ok=True)
     _private_dir(data_dir)
+    if workers > 1 and not isinstance(backend, SQLiteBackend):
+        raise typer.BadParameter("--workers is for the embedded SQLite store; over PostgreSQL or etcd, run "
+                                 "several `setpoint serve` instead", param_hint="--workers")
     # Before anything is written: a second server on this data directory must leave the first
     # one's files (kubeconfig, certificate) as they are.
     lock = _lock_data_dir(data_dir, backend)
@@ -152,8 +166,17 @@ def serve(
         admin_token = ""
     if authorization_policy_file is None:
         authorization_policy_file = ensure_policy(data_dir)
-    sock = _bind(host, port)
-    bound_port = sock.getsockname()[1]
+    if workers > 1:
+        from setpoint.server.workers import bind_group
+
+        try:
+            sockets = bind_group(host, port, workers)
+        except OSError as e:
+            lock.release()
+            raise typer.BadParameter(str(e), param_hint="--listen") from None
+    else:
+        sockets = [_bind(host, port)]
+    bound_port = sockets[0].getsockname()[1]
     url_host = f"[{host}]" if ":" in host else host
     url = f"{'https' if tls else 'http'}://{url_host}:{bound_port}"
     options = ServerOptions(
@@ -183,26 +206,137 @@ def serve(
     # got it only when the event loop went idle, so commits waited on the loop and the loop on
     # commits; at 0.2 ms the writer keeps the disk busy while the loop keeps the CPU busy.
     sys.setswitchinterval(0.0002)
-    server = Server(backend, options)
+    try:
+        if workers > 1:
+            code = _supervise(backend, data_dir, sockets, options, ready, tls_cert if tls else None,
+                              tls_key if tls else None, log_level)
+            if code:
+                raise typer.Exit(code)
+        else:
+            from setpoint.server.app import Server
+
+            _serve_http(Server(backend, options), sockets, tls_cert if tls else None, tls_key if tls else None,
+                        log_level)
+    finally:
+        lock.release()
+
+
+def _serve_http(server: Server, sockets: list[socket.socket], tls_cert: Path | None, tls_key: Path | None,
+                log_level: str, on_serving: Callable[[uvicorn.Server], None] | None = None) -> None:
+    """Serve ``server`` on the bound ``sockets`` until SIGTERM or SIGINT."""
+    import uvicorn
+    import uvloop
+
+    from setpoint.server.protocol import protocol_for
+
     config = uvicorn.Config(
         server.app, loop="uvloop", http=protocol_for(server), lifespan="on", access_log=False, interface="asgi3",
         log_level=log_level, timeout_graceful_shutdown=3,
         # setpoint does not trust X-Forwarded-* headers (no proxy-aware logic), so skip the middleware.
         proxy_headers=False,
-        ssl_certfile=str(tls_cert) if tls else None, ssl_keyfile=str(tls_key) if tls else None,
+        ssl_certfile=str(tls_cert) if tls_cert else None, ssl_keyfile=str(tls_key) if tls_key else None,
     )
+
     class _Uvicorn(uvicorn.Server):
         async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
             server.begin_shutdown()
             await super().shutdown(sockets)
 
     userver = _Uvicorn(config)
+    if on_serving is not None:
+        on_serving(userver)
+    uvloop.run(userver.serve(sockets=sockets))
+
+
+def _supervise(backend: Backend, data_dir: Path, sockets: list[socket.socket], options: ServerOptions,
+               ready: Callable[[], None], tls_cert: Path | None, tls_key: Path | None, log_level: str) -> int:
+    import os
+
     import uvloop
 
-    try:
-        uvloop.run(userver.serve(sockets=[sock]))
-    finally:
-        lock.release()
+    from setpoint.server.workers import Supervisor, WorkerConfig
+
+    def config(store_socket: str, index: int) -> WorkerConfig:
+        return WorkerConfig(
+            store_socket=store_socket, listen_fd=-1, ready_fd=-1, index=index, supervisor_pid=os.getpid(),
+            tls_cert=str(tls_cert) if tls_cert else None, tls_key=str(tls_key) if tls_key else None,
+            log_level=log_level,
+            token_file=str(options.token_file) if options.token_file else None,
+            policy_file=str(options.policy_file) if options.policy_file else None,
+            history_revisions=options.history_revisions, history_seconds=options.history_seconds,
+            compact_interval=options.compact_interval, watch_cache_window=options.watch_cache_window,
+            watcher_queue=options.watcher_queue, watch_fast_forward_keys=options.watch_fast_forward_keys,
+            # One publisher is enough: every worker sees every event.
+            nats_url=options.nats_url if index == 0 else None, nats_prefix=options.nats_prefix,
+            header_timeout=options.header_timeout, max_connections_per_client=options.max_connections_per_client,
+            idempotency_ttl=options.idempotency_ttl, settings=options.settings,
+            server_address=options.server_address,
+        )
+
+    supervisor = Supervisor(backend, data_dir, sockets, config, ready)
+    return uvloop.run(supervisor.run())
+
+
+def _stop_with_parent(pid: int) -> None:
+    """A worker gets SIGTERM when its supervisor dies, however it dies (Linux's parent-death
+    signal), so that no worker outlives it even before its store connection is up."""
+    import ctypes
+    import os
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != pid:  # it died before the signal was asked for
+        raise typer.Exit(1)
+
+
+@app.command("serve-worker", hidden=True)
+def serve_worker() -> None:
+    """One API server process of `setpoint serve --workers N` (started by it; reads its config
+    from stdin)."""
+    import os
+
+    import msgspec
+
+    from setpoint.server.app import Server, ServerOptions
+    from setpoint.server.workers import WorkerConfig
+    from setpoint.store.remote import RemoteBackend
+
+    cfg = msgspec.json.decode(sys.stdin.buffer.read(), type=WorkerConfig)
+    _stop_with_parent(cfg.supervisor_pid)
+    logging.basicConfig(level=cfg.log_level.upper(),
+                        format=f"%(asctime)s %(levelname)s worker {cfg.index} %(name)s: %(message)s")
+    sock = socket.socket(fileno=cfg.listen_fd)
+    backend = RemoteBackend(cfg.store_socket)
+    userver: list[uvicorn.Server] = []
+
+    def ready() -> None:
+        gc.freeze()
+        os.write(cfg.ready_fd, b"r")
+        os.close(cfg.ready_fd)
+        lost = backend.lost
+        assert lost is not None
+
+        def stop(_: object) -> None:
+            logging.getLogger("setpoint.server").warning("the store service is gone; stopping")
+            for u in userver:
+                u.should_exit = True
+
+        lost.add_done_callback(stop)
+
+    options = ServerOptions(
+        token_file=Path(cfg.token_file) if cfg.token_file else None,
+        policy_file=Path(cfg.policy_file) if cfg.policy_file else None,
+        history_revisions=cfg.history_revisions, history_seconds=cfg.history_seconds,
+        compact_interval=cfg.compact_interval, watch_cache_window=cfg.watch_cache_window,
+        watcher_queue=cfg.watcher_queue, watch_fast_forward_keys=cfg.watch_fast_forward_keys,
+        nats_url=cfg.nats_url, nats_prefix=cfg.nats_prefix, header_timeout=cfg.header_timeout,
+        max_connections_per_client=cfg.max_connections_per_client, idempotency_ttl=cfg.idempotency_ttl,
+        settings=cfg.settings, server_address=cfg.server_address, on_ready=ready,
+    )
+    gc.set_threshold(20_000, 50, 100)
+    _serve_http(Server(backend, options), [sock], Path(cfg.tls_cert) if cfg.tls_cert else None,
+                Path(cfg.tls_key) if cfg.tls_key else None, cfg.log_level, on_serving=userver.append)
 
 
 def _lock_data_dir(data_dir: Path, backend: object) -> DataDirLock:

@@ -243,6 +243,19 @@ class SQLiteBackend(Backend):
         self._writer.submit(WriteOp(kind, key, value, expected, fut))
         return await fut
 
+    def write_nowait(self, kind: Op, key: str, value: bytes, expected: int) -> asyncio.Future[KeyValue] | None:
+        """Queue a write and return its future at once, without a coroutine or a task per write:
+        the store service's path (one future per request it relays). None when the pending-write
+        limit is reached: the caller then awaits the ordinary call, which waits for a slot."""
+        self._ensure_open()
+        check_key(key)
+        assert self._write_slots is not None and self._writer is not None and self._loop is not None
+        if not _try_acquire(self._write_slots):
+            return None
+        fut: asyncio.Future[KeyValue] = self._loop.create_future()
+        self._writer.submit(WriteOp(kind, key, bytes(value), expected, fut))
+        return fut
+
     async def create(self, key: str, value: bytes) -> KeyValue:
         return await self._write(Op.CREATE, key, bytes(value), 0)
 
@@ -325,6 +338,20 @@ class SQLiteBackend(Backend):
     def watchers(self) -> int:
         """Live watch subscriptions (for /metrics)."""
         return len(self._hub)
+
+
+def _try_acquire(slots: asyncio.Semaphore) -> bool:
+    """Take a slot if one is free now, without waiting (asyncio's acquire completes without
+    suspending when the semaphore is not locked)."""
+    if slots.locked():
+        return False
+    step = slots.acquire()
+    try:
+        step.send(None)
+    except StopIteration:
+        return True
+    step.close()  # pragma: no cover - it would have had to wait, which locked() ruled out
+    return False
 
 
 def private_files(path: Path) -> None:

@@ -1,0 +1,124 @@
+"""The framing and the messages of the store service (``service.py``) and its client
+(``remote.py``): how several API server processes share one embedded store.
+
+A frame is a 4-byte big-endian length and a MessagePack array of messages; each side gathers the
+messages of one event-loop turn into one frame, so a burst of requests costs one write(2) and one
+decode, not one per request. Every message is an array whose first item is the request id:
+
+- request: ``[id, op, *args]`` (op names in :data:`OPS`);
+- reply:   ``[id, OK, result]`` or ``[id, ERROR, class name, args]``;
+- a watch's batch of events: ``[id, EVENTS, [[type, key, value, create_rev, mod_rev], ...]]``;
+  a watch ends only with an ERROR reply (the contract's watches end only on errors);
+- ``[id, "unwatch"]`` from the client stops watch ``id``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from setpoint.store.backend import (
+    Compacted,
+    Event,
+    FutureRevision,
+    KeyExists,
+    KeyNotFound,
+    KeyValue,
+    RevisionMismatch,
+    StoreError,
+    Unavailable,
+    WatchOverflow,
+)
+
+OK, ERROR, EVENTS = 0, 1, 2
+OPS = ("get", "list", "create", "update", "delete", "rev", "compacted", "compact", "watch", "unwatch")
+HEADER = struct.Struct(">I")
+MAX_FRAME = 256 << 20  # a list page of the largest objects fits many times over
+
+# The errors that cross the socket as themselves; anything else becomes Unavailable.
+ERRORS: dict[str, Callable[..., Exception]] = {
+    cls.__name__: cls
+    for cls in (KeyExists, KeyNotFound, RevisionMismatch, Compacted, FutureRevision, WatchOverflow, Unavailable,
+                ValueError)
+}
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder()
+
+
+def encode(obj: Any) -> bytes:
+    return _encoder.encode(obj)
+
+
+def frame(messages: Sequence[Any]) -> bytes:
+    payload = _encoder.encode(messages)
+    return HEADER.pack(len(payload)) + payload
+
+
+def error_message(rid: int, error: BaseException) -> list[Any]:
+    name = type(error).__name__
+    if name in ERRORS and isinstance(error, (StoreError, ValueError)):
+        return [rid, ERROR, name, list(error.__reduce__()[1])]
+    return [rid, ERROR, "Unavailable", [f"store service: {type(error).__name__}: {error}"]]
+
+
+def error_from(name: str, args: list[Any]) -> Exception:
+    cls = ERRORS.get(name)
+    if cls is None:
+        return Unavailable(f"store service: {name}: {args}")
+    try:
+        return cls(*args)
+    except TypeError:
+        return Unavailable(f"store service: {name}: {args}")
+
+
+def kv_out(kv: KeyValue) -> tuple[str, bytes, int, int]:
+    return (kv.key, kv.value, kv.create_revision, kv.mod_revision)
+
+
+def kv_in(item: list[Any]) -> KeyValue:
+    return KeyValue(item[0], item[1], item[2], item[3])
+
+
+def events_out(batch: list[Event]) -> list[tuple[str, str, bytes, int, int]]:
+    return [(ev.type, ev.kv.key, ev.kv.value, ev.kv.create_revision, ev.kv.mod_revision) for ev in batch]
+
+
+def events_in(items: list[list[Any]]) -> list[Event]:
+    return [Event(t, KeyValue(k, v, c, m)) for t, k, v, c, m in items]
+
+
+class Reader:
+    """Splits a byte stream into decoded frames."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[list[Any]]:
+        """The complete frames ``data`` finishes, each a list of messages. Raises ValueError on
+        a frame no peer of this protocol would send."""
+        buf = self._buf
+        buf += data
+        out: list[list[Any]] = []
+        pos = 0
+        end = len(buf)
+        with memoryview(buf) as view:
+            while end - pos >= 4:
+                (size,) = HEADER.unpack_from(view, pos)
+                if size > MAX_FRAME:
+                    raise ValueError(f"frame of {size} bytes is over the limit")
+                if end - pos - 4 < size:
+                    break
+                messages = _decoder.decode(view[pos + 4:pos + 4 + size])
+                if not isinstance(messages, list):
+                    raise ValueError("a frame must hold a list of messages")
+                out.append(messages)
+                pos += 4 + size
+        if pos:
+            del buf[:pos]
+        return out

@@ -1,0 +1,263 @@
+"""The :class:`Backend` contract over a store service's Unix socket (``service.py``).
+
+An API server worker of ``setpoint serve --workers N`` uses this in place of the SQLite backend
+its supervisor owns. Calls are pipelined on one connection: each call is a message, the messages
+of one event-loop turn go out as one frame, and replies come back in any order, matched by id.
+Watches share the connection; each has its own bounded buffer here, and one that overflows is
+ended with WatchOverflow (and stopped at the service) without holding up the others.
+
+When the connection is lost, every call in flight and every watch fails with Unavailable and the
+backend stays down (``lost`` is set): the worker's supervisor owns the store, so a lost
+connection means the supervisor is gone and the worker should stop too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import collections
+import contextlib
+import copy
+import itertools
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Any, cast
+
+from setpoint.store import _wire as wire
+from setpoint.store._core import Lifecycle
+from setpoint.store.backend import (
+    Backend,
+    Event,
+    KeyValue,
+    ListResult,
+    Unavailable,
+    WatchOverflow,
+    check_key,
+    check_list_args,
+    storable,
+)
+
+
+class _Watch:
+    __slots__ = ("batches", "count", "error", "waiter")
+
+    def __init__(self) -> None:
+        self.batches: collections.deque[builtins.list[Event]] = collections.deque()
+        self.count = 0
+        self.error: Exception | None = None
+        self.waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+
+class RemoteBackend(Backend, asyncio.Protocol):
+    def __init__(self, path: str | Path, *, watch_buffer: int = 10_000, max_pending: int = 4096) -> None:
+        if watch_buffer < 1 or max_pending < 1:
+            raise ValueError("watch_buffer and max_pending must be at least 1")
+        self.path = Path(path)
+        self._watch_buffer = watch_buffer
+        self._max_pending = max_pending
+        self._life = Lifecycle(f"store service {self.path}")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._transport: asyncio.Transport | None = None
+        self._reader = wire.Reader()
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._watches: dict[int, _Watch] = {}
+        self._out: builtins.list[Any] = []
+        self._flushing = False
+        self._slots: asyncio.Semaphore | None = None
+        self.lost: asyncio.Future[None] | None = None  # set once the connection is gone
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._life.starting("RemoteBackend")
+        loop = self._loop = asyncio.get_running_loop()
+        self._slots = asyncio.Semaphore(self._max_pending)
+        self.lost = loop.create_future()
+        try:
+            await loop.create_unix_connection(lambda: self, str(self.path))
+        except OSError as e:
+            self._life.state = "closed"
+            raise Unavailable(f"store service {self.path}: cannot connect: {e.strerror or e}") from e
+        self._life.state = "open"
+
+    async def close(self) -> None:
+        await self._life.close(self._finish_close)
+
+    async def _finish_close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        self._fail_all(self._life.closed_error())
+
+    def _fail_all(self, error: Exception) -> None:
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(error)
+        for w in self._watches.values():
+            if w.error is None:
+                w.error = error
+            w.wake()
+        if self.lost is not None and not self.lost.done():
+            self.lost.set_result(None)
+
+    # -- the connection -------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        if self._life.is_open:
+            self._life.state = "failed"
+        self._fail_all(Unavailable(f"store service {self.path}: connection lost"))
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._reader.feed(data)
+        except ValueError as e:
+            if self._transport is not None:
+                self._transport.abort()
+            self._fail_all(Unavailable(f"store service {self.path}: {e}"))
+            return
+        pending, watches = self._pending, self._watches
+        for messages in frames:
+            for m in messages:
+                rid, kind = m[0], m[1]
+                if kind == wire.EVENTS:
+                    w = watches.get(rid)
+                    if w is not None and w.error is None:
+                        self._deliver(rid, w, wire.events_in(m[2]))
+                    continue
+                fut = pending.pop(rid, None)
+                if fut is None:
+                    w = watches.get(rid)
+                    if w is not None and kind == wire.ERROR and w.error is None:
+                        w.error = wire.error_from(m[2], m[3])
+                        w.wake()
+                    continue
+                if fut.done():
+                    continue
+                if kind == wire.OK:
+                    fut.set_result(m[2])
+                else:
+                    fut.set_exception(wire.error_from(m[2], m[3]))
+
+    def _deliver(self, rid: int, w: _Watch, batch: builtins.list[Event]) -> None:
+        if w.count + len(batch) > self._watch_buffer:
+            w.error = WatchOverflow(f"watch fell more than {self._watch_buffer} events behind")
+            self._send([rid, "unwatch"])
+        else:
+            w.batches.append(batch)
+            w.count += len(batch)
+        w.wake()
+
+    def _send(self, message: builtins.list[Any]) -> None:
+        self._out.append(message)
+        if not self._flushing:
+            self._flushing = True
+            assert self._loop is not None
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flushing = False
+        out, self._out = self._out, []
+        if not out or self._transport is None or self._transport.is_closing():
+            return
+        try:
+            data = wire.frame(out)
+        except (TypeError, ValueError):  # e.g. text no engine stores (a lone surrogate): fail that call only
+            parts = []
+            for message in out:
+                try:
+                    parts.append(wire.frame([message]))
+                except (TypeError, ValueError) as e:
+                    fut = self._pending.pop(message[0], None)
+                    if fut is not None and not fut.done():
+                        fut.set_exception(ValueError(f"cannot send {message[1]!r}: {e}"))
+            data = b"".join(parts)
+        self._transport.write(data)
+
+    async def _call(self, *message: Any) -> Any:
+        self._life.ensure_open()
+        assert self._slots is not None and self._loop is not None
+        async with self._slots:
+            self._life.ensure_open()
+            rid = next(self._ids)
+            fut = self._loop.create_future()
+            self._pending[rid] = fut
+            self._send([rid, *message])
+            return await fut
+
+    # -- the contract ---------------------------------------------------------------------------
+
+    async def current_revision(self) -> int:
+        return int(await self._call("rev"))
+
+    async def compacted_revision(self) -> int:
+        return int(await self._call("compacted"))
+
+    async def get(self, key: str, revision: int = 0) -> KeyValue | None:
+        check_list_args(revision)
+        if not storable(key):
+            key = ""  # matches nothing: no stored key breaks the rule
+        item = await self._call("get", key, revision)
+        return None if item is None else wire.kv_in(item)
+
+    async def list(
+        self, prefix: str, *, revision: int = 0, limit: int = 0, start_after: str = ""
+    ) -> ListResult:
+        check_list_args(revision, limit)
+        items, rev, more = await self._call("list", prefix, revision, limit, start_after)
+        return ListResult([wire.kv_in(i) for i in items], rev, more)
+
+    async def create(self, key: str, value: bytes) -> KeyValue:
+        check_key(key)
+        return wire.kv_in(await self._call("create", key, bytes(value)))
+
+    async def update(self, key: str, value: bytes, expected_revision: int = 0) -> KeyValue:
+        check_key(key)
+        return wire.kv_in(await self._call("update", key, bytes(value), expected_revision))
+
+    async def delete(self, key: str, expected_revision: int = 0) -> KeyValue:
+        check_key(key)
+        return wire.kv_in(await self._call("delete", key, expected_revision))
+
+    async def compact(self, revision: int) -> None:
+        await self._call("compact", revision)
+
+    def watch(self, prefix: str, after_revision: int) -> AsyncGenerator[builtins.list[Event], None]:
+        return self._watch(prefix, after_revision)
+
+    async def _watch(self, prefix: str, after: int) -> AsyncGenerator[builtins.list[Event], None]:
+        self._life.ensure_open()
+        assert self._loop is not None
+        rid = next(self._ids)
+        w = self._watches[rid] = _Watch()
+        self._send([rid, "watch", prefix, after])
+        try:
+            while True:
+                if w.batches:
+                    batch = w.batches.popleft()
+                    w.count -= len(batch)
+                    yield batch
+                    continue
+                if w.error is not None:
+                    raise copy.copy(w.error)  # one error may end many watches
+                w.waiter = self._loop.create_future()
+                try:
+                    await w.waiter
+                finally:
+                    w.waiter = None
+        finally:
+            if self._watches.pop(rid, None) is not None and w.error is None:
+                with contextlib.suppress(Exception):
+                    self._send([rid, "unwatch"])
+
+    @property
+    def watchers(self) -> int:
+        return len(self._watches)

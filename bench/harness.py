@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -126,8 +127,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="run setpoint through bench/setpoint_uvloop.py (its loop forced to uvloop)")
     ap.add_argument("--setpoint-args", default=os.environ.get("BENCH_SETPOINT_ARGS", ""),
                     help="extra arguments for `setpoint serve`")
-    ap.add_argument("--setpoint-workers", type=int, default=env_int("BENCH_SETPOINT_WORKERS", 2),
-                    help="also measure creates on `setpoint serve --workers N` in the same rounds (0: not)")
+    ap.add_argument("--setpoint-workers", default=os.environ.get("BENCH_SETPOINT_WORKERS", "1,2"),
+                    help="also measure creates on `setpoint serve --workers N` for each N of this comma "
+                         "list, in the same rounds (empty: not)")
     a = ap.parse_args(argv)
     q = a.quick
     a.duration = a.duration or env_float("BENCH_DURATION", 1.0 if q else 8.0)
@@ -230,12 +232,12 @@ class Bench:
         self.log(f"etcd {e.version()} at {e.host}:{e.port} (pid {e.pid})")
         return e
 
-    def start_setpoint(self, workers: int = 1) -> procs.Setpoint:
-        extra = ["--workers", str(workers)] if workers > 1 else []
-        s = procs.Setpoint(self.tmp / ("setpoint" if workers <= 1 else f"setpoint-workers-{workers}"),
+    def start_setpoint(self, workers: int = 0) -> procs.Setpoint:
+        extra = ["--workers", str(workers)] if workers else []
+        s = procs.Setpoint(self.tmp / (f"setpoint-workers-{workers}" if workers else "setpoint"),
                            self.a.setpoint_args.split() + extra, force_uvloop=self.a.setpoint_uvloop)
         self.stack.enter_context(s)
-        self.log(f"setpoint at {s.host}:{s.port} (pid {s.pid}{f', {workers} workers' if workers > 1 else ''})")
+        self.log(f"setpoint at {s.host}:{s.port} (pid {s.pid}{f', --workers {workers}' if workers else ''})")
         headers = {"Authorization": f"Bearer {s.token}"}
         with httpx.Client(base_url=f"http://{s.host}:{s.port}", headers=headers, timeout=30) as c:
             r = c.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=WIDGET_CRD)
@@ -430,13 +432,13 @@ class Bench:
         if "etcd" in p:
             with self.section("etcd_start"):
                 etcd = self.start_etcd()
-        spw = None
+        spw: dict[int, procs.Setpoint] = {}
         if "setpoint" in p:
             with self.section("setpoint_start"):
                 sp = self.start_setpoint()
-            if self.a.setpoint_workers > 1:
-                with self.section("setpoint_workers_start"):
-                    spw = self.start_setpoint(self.a.setpoint_workers)
+            for n in sorted({int(x) for x in self.a.setpoint_workers.split(",") if x.strip()} - {0}):
+                with self.section(f"setpoint_workers_{n}_start"):
+                    spw[n] = self.start_setpoint(n)
         if ceiling is not None and "loadgen" in p:
             with self.section("loadgen_check"):
                 self.loadgen_check(ceiling)
@@ -458,11 +460,10 @@ class Bench:
             s = sp
             runners["setpoint_creates"] = lambda: self.throughput(self.setpoint_target(s, "bench"),
                                                                   (s.pid,), "s")
-        if spw is not None:
-            sw = spw
+        for n, sw in spw.items():
             pids = (sw.pid, *procs.children(sw.pid))  # the supervisor (the store) and its workers
-            runners["setpoint_creates_workers"] = lambda: self.throughput(self.setpoint_target(sw, "bench"), pids,
-                                                                          "w")
+            runners[f"setpoint_creates_workers_{n}"] = functools.partial(
+                self.throughput, self.setpoint_target(sw, "bench"), pids, f"w{n}")
         tp = self.rounds(runners)
         if "trivial" in tp:
             self.results.setdefault("loadgen_check", {})["generator"] = tp["trivial"]
@@ -472,9 +473,10 @@ class Bench:
             self.results.setdefault("etcd", {})["puts"] = tp["etcd_puts"]
         if "setpoint_creates" in tp:
             self.results.setdefault("setpoint", {})["creates"] = tp["setpoint_creates"]
-        if "setpoint_creates_workers" in tp:
-            self.results.setdefault("setpoint", {})["creates_workers"] = {
-                "workers": self.a.setpoint_workers, **tp["setpoint_creates_workers"]}
+        for n in spw:
+            if f"setpoint_creates_workers_{n}" in tp:
+                self.results.setdefault("setpoint", {}).setdefault("creates_workers", {})[str(n)] = {
+                    "workers": n, **tp[f"setpoint_creates_workers_{n}"]}
         if etcd is not None:
             with self.section("etcd_latency"):
                 self.results.setdefault("etcd", {})["latency"] = self.etcd_latency(etcd)

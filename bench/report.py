@@ -27,8 +27,7 @@ def _get(d: dict[str, Any], *path: str) -> Any:
 
 def ratios(r: dict[str, Any]) -> tuple[dict[str, float | None], list[dict[str, Any]]]:
     creates = _get(r, "setpoint", "creates", "rps")
-    creates_w = _get(r, "setpoint", "creates_workers", "rps")
-    workers = _get(r, "setpoint", "creates_workers", "workers")
+    by_workers = _get(r, "setpoint", "creates_workers") or {}
     puts = _get(r, "etcd", "puts", "rps")
     ceiling = _get(r, "ceiling", "insert", "rps")
     sp99 = _get(r, "setpoint", "latency", "p99_ms")
@@ -41,9 +40,10 @@ def ratios(r: dict[str, Any]) -> tuple[dict[str, float | None], list[dict[str, A
         "creates_over_etcd_puts": div(creates, puts),
         "creates_over_ceiling": div(creates, ceiling),
         "watch_p99_over_etcd": div(sp99, et99),
-        "workers_creates_over_etcd_puts": div(creates_w, puts),
-        "workers_creates_over_ceiling": div(creates_w, ceiling),
     }
+    for n, d in sorted(by_workers.items(), key=lambda kv: int(kv[0])):
+        out[f"workers_{n}_creates_over_etcd_puts"] = div(d.get("rps"), puts)
+        out[f"workers_{n}_creates_over_ceiling"] = div(d.get("rps"), ceiling)
     targets = [
         {"target": "setpoint creates/s ÷ etcd puts/s", "value": out["creates_over_etcd_puts"],
          "goal": "≥ 1.0", "met": None if out["creates_over_etcd_puts"] is None
@@ -57,12 +57,12 @@ def ratios(r: dict[str, Any]) -> tuple[dict[str, float | None], list[dict[str, A
          "goal": "≤ 1.0", "met": None if out["watch_p99_over_etcd"] is None
          else out["watch_p99_over_etcd"] <= 1.0},
     ]
-    if creates_w is not None:
-        over_etcd, over_ceiling = out["workers_creates_over_etcd_puts"], out["workers_creates_over_ceiling"]
+    for n in sorted(by_workers, key=int):
+        over_etcd, over_ceiling = out[f"workers_{n}_creates_over_etcd_puts"], out[f"workers_{n}_creates_over_ceiling"]
         targets += [
-            {"target": f"setpoint --workers {workers} creates/s ÷ etcd puts/s", "value": over_etcd,
+            {"target": f"setpoint --workers {n} creates/s ÷ etcd puts/s", "value": over_etcd,
              "goal": "≥ 1.2", "met": None if over_etcd is None else over_etcd >= 1.2},
-            {"target": f"setpoint --workers {workers} creates/s ÷ Python ceiling", "value": over_ceiling,
+            {"target": f"setpoint --workers {n} creates/s ÷ Python ceiling", "value": over_ceiling,
              "goal": "≥ 0.8", "met": None if over_ceiling is None else over_ceiling >= 0.8},
         ]
     return out, targets
@@ -138,9 +138,8 @@ def markdown(r: dict[str, Any]) -> str:
     sc = _get(r, "setpoint", "creates")
     rows.append(("**setpoint creates** (CRD with schema, ~500 B)", _n(_get(sc or {}, "rps"), " creates/s"),
                  "", _tp_note(sc), _cpu(sc)))
-    sw = _get(r, "setpoint", "creates_workers")
-    if sw:
-        rows.append((f"**setpoint creates**, `serve --workers {sw['workers']}`", _n(sw.get("rps"), " creates/s"),
+    for n, sw in sorted((_get(r, "setpoint", "creates_workers") or {}).items(), key=lambda kv: int(kv[0])):
+        rows.append((f"**setpoint creates**, `serve --workers {n}`", _n(sw.get("rps"), " creates/s"),
                      "", _tp_note(sw), _cpu(sw)))
     el = _get(r, "etcd", "latency")
     fig, note = _lat(el)

@@ -97,3 +97,31 @@ async def test_start_without_a_service_is_unavailable(tmp_path: Path) -> None:
     client = RemoteBackend(tmp_path / "none.sock")
     with pytest.raises(Unavailable, match="cannot connect"):
         await client.start()
+
+
+async def test_calls_past_the_pending_limit_wait_their_turn(tmp_path: Path) -> None:
+    store = SQLiteBackend(tmp_path / "s.db")
+    await store.start()
+    service = StoreService(store, tmp_path / "s.sock")
+    await service.start()
+    client = RemoteBackend(service.path, max_pending=2)
+    await client.start()
+    most = 0
+    send = client._send
+
+    def counting_send(message: list[object]) -> None:
+        nonlocal most
+        most = max(most, client.in_flight)
+        send(message)
+
+    client._send = counting_send  # type: ignore[method-assign]
+    try:
+        kvs = await asyncio.gather(*(client.create(f"/p/{i}", b"x") for i in range(50)))
+        revisions = sorted(kv.mod_revision for kv in kvs)
+        assert revisions == list(range(revisions[0], revisions[0] + 50))
+        assert client.in_flight == 0 and most == 2
+        assert [kv.key for kv in (await client.list("/p/")).items] == sorted(f"/p/{i}" for i in range(50))
+    finally:
+        await client.close()
+        await service.close()
+        await store.close()

@@ -108,11 +108,12 @@ def serve(
         help="Seconds an Idempotency-Key is remembered.")] = 86_400.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "warning",
     workers: Annotated[int, typer.Option(
-        min=1, max=64,
-        help="API server processes over the one SQLite store (which stays in this process, with its "
-             "single writer). One process serves HTTP on one core; more spread HTTP, validation and "
-             "encoding over the cores. Each has its own watch cache, metrics and connection limit. "
-             "Over PostgreSQL or etcd, run several servers instead.")] = 1,
+        min=0, max=64,
+        help="API server processes over the one SQLite store, which stays in this process with its "
+             "single writer (0: serve the API in this process too). 1 takes the store's work off "
+             "the API's core; more spread HTTP, validation and encoding over more cores. Each has "
+             "its own watch cache, metrics and connection limit. Over PostgreSQL or etcd, run "
+             "several servers instead.")] = 0,
 ) -> None:
     """Run the control plane: the API server over a revisioned store."""
     from setpoint.server.app import ServerOptions
@@ -149,7 +150,7 @@ def serve(
         raise typer.BadParameter(str(e), param_hint="--store") from None
     data_dir.mkdir(parents=True, exist_ok=True)
     _private_dir(data_dir)
-    if workers > 1 and not isinstance(backend, SQLiteBackend):
+    if workers and not isinstance(backend, SQLiteBackend):
         raise typer.BadParameter("--workers is for the embedded SQLite store; over PostgreSQL or etcd, run "
                                  "several `setpoint serve` instead", param_hint="--workers")
     # Before anything is written: a second server on this data directory must leave the first
@@ -166,7 +167,7 @@ def serve(
         admin_token = ""
     if authorization_policy_file is None:
         authorization_policy_file = ensure_policy(data_dir)
-    if workers > 1:
+    if workers:
         from setpoint.server.workers import bind_group
 
         try:
@@ -207,7 +208,7 @@ def serve(
     # commits; at 0.2 ms the writer keeps the disk busy while the loop keeps the CPU busy.
     sys.setswitchinterval(0.0002)
     try:
-        if workers > 1:
+        if workers:
             code = _supervise(backend, data_dir, sockets, options, ready, tls_cert if tls else None,
                               tls_key if tls else None, log_level)
             if code:

@@ -68,7 +68,7 @@ class RemoteBackend(Backend, asyncio.Protocol):
         self._watches: dict[int, _Watch] = {}
         self._out: builtins.list[Any] = []
         self._flushing = False
-        self._slots: asyncio.Semaphore | None = None
+        self._room: asyncio.Future[None] | None = None  # set when a full pending table frees a slot
         self.lost: asyncio.Future[None] | None = None  # set once the connection is gone
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -76,7 +76,6 @@ class RemoteBackend(Backend, asyncio.Protocol):
     async def start(self) -> None:
         self._life.starting("RemoteBackend")
         loop = self._loop = asyncio.get_running_loop()
-        self._slots = asyncio.Semaphore(self._max_pending)
         self.lost = loop.create_future()
         try:
             await loop.create_unix_connection(lambda: self, str(self.path))
@@ -98,6 +97,7 @@ class RemoteBackend(Backend, asyncio.Protocol):
         for fut in pending.values():
             if not fut.done():
                 fut.set_exception(error)
+        self._freed()
         for w in self._watches.values():
             if w.error is None:
                 w.error = error
@@ -134,6 +134,8 @@ class RemoteBackend(Backend, asyncio.Protocol):
                         self._deliver(rid, w, wire.events_in(m[2]))
                     continue
                 fut = pending.pop(rid, None)
+                if self._room is not None:
+                    self._freed()
                 if fut is None:
                     w = watches.get(rid)
                     if w is not None and kind == wire.ERROR and w.error is None:
@@ -184,14 +186,21 @@ class RemoteBackend(Backend, asyncio.Protocol):
 
     async def _call(self, *message: Any) -> Any:
         self._life.ensure_open()
-        assert self._slots is not None and self._loop is not None
-        async with self._slots:
+        assert self._loop is not None
+        while len(self._pending) >= self._max_pending:  # bounded: wait for a reply to free a slot
+            room = self._room = self._room or self._loop.create_future()
+            await room
             self._life.ensure_open()
-            rid = next(self._ids)
-            fut = self._loop.create_future()
-            self._pending[rid] = fut
-            self._send([rid, *message])
-            return await fut
+        rid = next(self._ids)
+        fut = self._loop.create_future()
+        self._pending[rid] = fut
+        self._send([rid, *message])
+        return await fut
+
+    def _freed(self) -> None:
+        room, self._room = self._room, None
+        if room is not None and not room.done():
+            room.set_result(None)
 
     # -- the contract ---------------------------------------------------------------------------
 
@@ -257,6 +266,11 @@ class RemoteBackend(Backend, asyncio.Protocol):
             if self._watches.pop(rid, None) is not None and w.error is None:
                 with contextlib.suppress(Exception):
                     self._send([rid, "unwatch"])
+
+    @property
+    def in_flight(self) -> int:
+        """Calls sent and not answered yet (at most ``max_pending``)."""
+        return len(self._pending)
 
     @property
     def watchers(self) -> int:

@@ -175,6 +175,7 @@ def test_json_patch_copies_cannot_blow_an_object_up(c: httpx.Client, ns: str) ->
 
 @pytest.mark.parametrize(("body", "ctype"), [
     ('{"metadata":{"name":"n"},"spec":{"leaseDurationSeconds":' + "1" * 401 + "}}", "application/json"),
+    ('{"metadata":{"name":"n"},"spec":{"x":' + "9" * 20 + "}}", "application/json"),
     ("metadata: {name: n}\nspec: {x: .nan}\n", "application/yaml"),
     ("metadata: {name: n}\nspec: {x: .inf}\n", "application/yaml"),
     ('{"metadata":{"name":"n"},"spec":{"a":' + "[" * 1000 + "]" * 1000 + "}}", "application/json"),

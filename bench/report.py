@@ -158,7 +158,8 @@ def markdown(r: dict[str, Any]) -> str:
                          f"{d['items']:,} items", ""))
     rows += agent.rows(r)
     launch = ("bench/setpoint_uvloop.py (loop forced to uvloop)"
-              if _get(meta, "settings", "setpoint_uvloop") else "`setpoint serve` as shipped")
+              if _get(meta, "settings", "setpoint_uvloop") else "`setpoint serve` as shipped (its default, one "
+              "process; the `--workers N` rows: N API processes beside the store's)")
     out = [
         f"## setpoint bench — {meta.get('when', '')} on {meta.get('cpus')} CPUs, "
         f"load generator {meta.get('generator', '?')}",

@@ -34,7 +34,7 @@ from typing import Any
 import msgspec
 
 from setpoint.server.settings import Settings
-from setpoint.store.backend import Backend
+from setpoint.store.backend import Backend, StoreError
 from setpoint.store.service import StoreService
 
 log = logging.getLogger(__name__)
@@ -154,9 +154,20 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         path, private = socket_path(self.data_dir)
-        await self.backend.start()
+        try:
+            await self.backend.start()
+        except StoreError as e:
+            log.error("cannot open the store: %s", e)
+            _remove(private)
+            return 1
         service = StoreService(self.backend, path)
-        await service.start()
+        try:
+            await service.start()
+        except OSError as e:
+            log.error("cannot serve the store on %s: %s", path, e)
+            await self.backend.close()
+            _remove(private)
+            return 1
         try:
             for w in self.workers:
                 await self._spawn(w, str(path))
@@ -185,9 +196,7 @@ class Supervisor:
             await self._stop_workers()
             await service.close()
             await self.backend.close()
-            if private is not None:
-                with contextlib.suppress(OSError):
-                    private.rmdir()
+            _remove(private)
 
     async def _spawn(self, w: _Worker, store_socket: str) -> None:
         loop = asyncio.get_running_loop()
@@ -271,6 +280,12 @@ class Supervisor:
             await asyncio.gather(*(p.wait() for p in procs))
         for w in self.workers:
             w.sock.close()
+
+
+def _remove(private: Path | None) -> None:
+    if private is not None:
+        with contextlib.suppress(OSError):
+            private.rmdir()
 
 
 def _describe(code: int) -> str:

@@ -6,7 +6,8 @@ messages of one event-loop turn into one frame, so a burst of requests costs one
 decode, not one per request. Every message is an array whose first item is the request id:
 
 - request: ``[id, op, *args]`` (op names in :data:`OPS`);
-- reply:   ``[id, OK, result]`` or ``[id, ERROR, class name, args]``;
+- reply:   ``[id, OK, result]`` or ``[id, ERROR, class name, args]`` (a create's or an update's
+  result is only ``[create_revision, mod_revision]``: the caller has the key and the value);
 - a watch's batch of events: ``[id, EVENTS, [[type, key, value, create_rev, mod_rev], ...]]``;
   a watch ends only with an ERROR reply (the contract's watches end only on errors);
 - ``[id, "unwatch"]`` from the client stops watch ``id``.

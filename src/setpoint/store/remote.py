@@ -32,7 +32,6 @@ from setpoint.store.backend import (
     ListResult,
     Unavailable,
     WatchOverflow,
-    check_key,
     check_list_args,
     storable,
 )
@@ -224,16 +223,20 @@ class RemoteBackend(Backend, asyncio.Protocol):
         items, rev, more = await self._call("list", prefix, revision, limit, start_after)
         return ListResult([wire.kv_in(i) for i in items], rev, more)
 
+    # Keys are checked by the store at the other end (its ValueError comes back as one); a create's
+    # or an update's reply carries only the revisions, since the caller has the key and the value.
+
     async def create(self, key: str, value: bytes) -> KeyValue:
-        check_key(key)
-        return wire.kv_in(await self._call("create", key, bytes(value)))
+        value = bytes(value)
+        create_revision, mod_revision = await self._call("create", key, value)
+        return KeyValue(key, value, create_revision, mod_revision)
 
     async def update(self, key: str, value: bytes, expected_revision: int = 0) -> KeyValue:
-        check_key(key)
-        return wire.kv_in(await self._call("update", key, bytes(value), expected_revision))
+        value = bytes(value)
+        create_revision, mod_revision = await self._call("update", key, value, expected_revision)
+        return KeyValue(key, value, create_revision, mod_revision)
 
     async def delete(self, key: str, expected_revision: int = 0) -> KeyValue:
-        check_key(key)
         return wire.kv_in(await self._call("delete", key, expected_revision))
 
     async def compact(self, revision: int) -> None:

@@ -180,7 +180,7 @@ class _Connection(asyncio.Protocol):
                 self.send(wire.error_message(rid, e))
                 return
             if fut is not None:
-                fut.add_done_callback(functools.partial(self._reply, rid))
+                fut.add_done_callback(functools.partial(self._reply, rid, op != "delete"))
                 return
         try:
             coro = self._call(op, args)
@@ -189,7 +189,7 @@ class _Connection(asyncio.Protocol):
             return
         task = self.loop.create_task(coro)
         self.tasks[rid] = task
-        task.add_done_callback(functools.partial(self._reply, rid))
+        task.add_done_callback(functools.partial(self._reply, rid, op in ("create", "update")))
 
     def _write_nowait(self, op: str, args: list[Any]) -> asyncio.Future[Any] | None:
         assert self.nowait is not None
@@ -228,7 +228,7 @@ class _Connection(asyncio.Protocol):
             return b.compact(revision)
         raise ValueError("unknown operation")
 
-    def _reply(self, rid: int, task: asyncio.Future[Any]) -> None:
+    def _reply(self, rid: int, revisions_only: bool, task: asyncio.Future[Any]) -> None:
         self.tasks.pop(rid, None)
         if task.cancelled():
             return
@@ -241,6 +241,8 @@ class _Connection(asyncio.Protocol):
             self.send([rid, wire.OK, result])
         elif isinstance(result, ListResult):
             self.send([rid, wire.OK, [[wire.kv_out(kv) for kv in result.items], result.revision, result.more]])
+        elif revisions_only:  # a create or an update: the caller has the key and the value
+            self.send([rid, wire.OK, (result.create_revision, result.mod_revision)])
         else:
             self.send([rid, wire.OK, wire.kv_out(result)])
 

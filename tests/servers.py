@@ -139,6 +139,31 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02, what: s
         time.sleep(interval)
 
 
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+
+
+def children(pid: int) -> set[int]:
+    """The live children of process ``pid``."""
+    out: set[int] = set()
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out.update(int(x) for x in f.read().split())
+        except OSError:
+            continue
+    return out
+
+
 def kill_left_behind(root: Path) -> list[int]:
     """SIGKILL every process still running from ``root`` (its working directory is there, or its
     command line names it): the replicas, balancers and children a failed test would otherwise

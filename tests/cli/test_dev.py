@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from setpoint.agent.conditions import is_converged
+from tests.servers import alive as _alive
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,14 +71,6 @@ def test_dev_brings_up_server_controllers_agent_and_example(tmp_path: Path, tran
     assert "stopped the processes of 1 ProcessSets" in agent_log and f"transfer {transfer}" in agent_log
     for nats_pid in nats_pids:
         assert not _alive(nats_pid), "the NATS server dev started outlived it"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_dev_tears_down_everything_when_its_control_plane_dies(tmp_path: Path) -> None:

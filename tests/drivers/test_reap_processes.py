@@ -16,7 +16,7 @@ from setpoint.client import Client, Resource
 from setpoint.drivers.base import OperationId
 from setpoint.drivers.process import ProcessDriver
 from tests.agent.support import eventually
-from tests.servers import ServerProcess
+from tests.servers import ServerProcess, alive
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the process driver is Linux only")
 
@@ -37,14 +37,6 @@ async def reap(server: ServerProcess, state: Path, *args: str) -> dict[str, Any]
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
     return json.loads(out)  # type: ignore[no-any-return]
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
 
 
 async def test_the_processes_of_a_gone_process_set_are_reported_and_stopped(

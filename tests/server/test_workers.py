@@ -13,30 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.servers import ServerProcess, wait_until
-
-
-def children(pid: int) -> set[int]:
-    out: set[int] = set()
-    try:
-        tasks = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return out
-    for tid in tasks:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out.update(int(x) for x in f.read().split())
-        except OSError:
-            continue
-    return out
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+from tests.servers import ServerProcess, alive, children, wait_until
 
 
 def established_on(pid: int, port: int) -> int:

@@ -38,25 +38,14 @@ def _is_loopback(host: str) -> bool:
 
 def _bind(host: str, port: int | None) -> socket.socket:
     """Bind the listening socket first, so the printed URL is the one that is really served."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    candidates = [port] if port is not None else [6443, 0]
-    last_error: OSError | None = None
-    for p in candidates:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, p))
-        except OSError as e:
-            sock.close()
-            last_error = e
-            continue
-        # Accepted connections inherit this: without it, a response written as headers then body
-        # waits for the client's delayed ACK (~40 ms a request).
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.listen(2048)
-        sock.set_inheritable(True)
-        return sock
-    raise typer.BadParameter(f"cannot listen on {host}:{port}: {last_error}", param_hint="--listen")
+    from setpoint.server.workers import bind_group
+
+    try:
+        sock = bind_group(host, port, 1)[0]
+    except OSError as e:
+        raise typer.BadParameter(str(e), param_hint="--listen") from None
+    sock.set_inheritable(True)
+    return sock
 
 
 @app.command()
@@ -176,7 +165,11 @@ def serve(
             lock.release()
             raise typer.BadParameter(str(e), param_hint="--listen") from None
     else:
-        sockets = [_bind(host, port)]
+        try:
+            sockets = [_bind(host, port)]
+        except typer.BadParameter:
+            lock.release()
+            raise
     bound_port = sockets[0].getsockname()[1]
     url_host = f"[{host}]" if ":" in host else host
     url = f"{'https' if tls else 'http'}://{url_host}:{bound_port}"

@@ -144,3 +144,21 @@ def test_workers_are_for_the_embedded_store(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--workers" in r.stdout + r.stderr and "several" in r.stdout + r.stderr
     assert time.monotonic() - started < 30
+
+
+def test_every_worker_offers_the_nats_transfers_one_publishes(tmp_path: Path) -> None:
+    # Nothing listens there: the publisher keeps trying, and says so.
+    srv = ServerProcess(tmp_path / "data", ["--workers", "2", "--nats", "nats://127.0.0.1:1"]).start()
+    try:
+        clients = [srv.sync_client() for _ in range(16)]
+        try:
+            docs = [c.get("/transfer").json() for c in clients]
+        finally:
+            for c in clients:
+                c.close()
+        assert all(d["transports"] == ["watch", "poll", "interrupt", "command"] for d in docs), docs
+        assert all(d["nats"]["url"] == "nats://127.0.0.1:1" and d["nats"]["prefix"] == "setpoint" for d in docs)
+        # Worker 0 publishes and reports on it; the other only says where.
+        assert {("connected" in d["nats"]) for d in docs} == {True, False}, docs
+    finally:
+        srv.stop()

@@ -260,8 +260,8 @@ def _supervise(backend: Backend, data_dir: Path, sockets: list[socket.socket], o
             history_revisions=options.history_revisions, history_seconds=options.history_seconds,
             compact_interval=options.compact_interval, watch_cache_window=options.watch_cache_window,
             watcher_queue=options.watcher_queue, watch_fast_forward_keys=options.watch_fast_forward_keys,
-            # One publisher is enough: every worker sees every event.
-            nats_url=options.nats_url if index == 0 else None, nats_prefix=options.nats_prefix,
+            # One publisher is enough: every worker sees every event (the others say where it publishes).
+            nats_url=options.nats_url, nats_publish=index == 0, nats_prefix=options.nats_prefix,
             header_timeout=options.header_timeout, max_connections_per_client=options.max_connections_per_client,
             idempotency_ttl=options.idempotency_ttl, settings=options.settings,
             server_address=options.server_address,
@@ -324,7 +324,8 @@ def serve_worker() -> None:
         history_revisions=cfg.history_revisions, history_seconds=cfg.history_seconds,
         compact_interval=cfg.compact_interval, watch_cache_window=cfg.watch_cache_window,
         watcher_queue=cfg.watcher_queue, watch_fast_forward_keys=cfg.watch_fast_forward_keys,
-        nats_url=cfg.nats_url, nats_prefix=cfg.nats_prefix, header_timeout=cfg.header_timeout,
+        nats_url=cfg.nats_url, nats_publish=cfg.nats_publish, nats_prefix=cfg.nats_prefix,
+        header_timeout=cfg.header_timeout,
         max_connections_per_client=cfg.max_connections_per_client, idempotency_ttl=cfg.idempotency_ttl,
         settings=cfg.settings, server_address=cfg.server_address, on_ready=ready,
     )

@@ -78,6 +78,7 @@ class ServerOptions:
     watcher_queue: int = 1_000
     watch_fast_forward_keys: int = 100_000  # 0: a watcher that falls behind is cut off at once
     nats_url: str | None = None  # publish interrupts and commands for the NATS transfers
+    nats_publish: bool = True  # False: another process of this server publishes (--workers); only say where
     header_timeout: float = 10.0  # seconds a connection has to send a request's headers
     max_connections_per_client: int = 512  # open connections one client address may hold
     nats_prefix: str = "setpoint"  # the first token of every subject: one per control plane on a shared NATS
@@ -113,7 +114,7 @@ class Server:
         self.metrics.track_gc(lambda: float(len(self.gc.skipped)))
         self.discovery = DiscoveryCache(self.registry)
         self.publisher = (NatsPublisher(options.nats_url, self.cache, prefix=options.nats_prefix)
-                          if options.nats_url else None)
+                          if options.nats_url and options.nats_publish else None)
         self.openapi = OpenAPI(self.registry)
         self.metrics.track_revision(lambda: float(self.cache.revision))
         self.metrics.track_cache(self.cache)
@@ -280,10 +281,13 @@ class Server:
             return self._error(e)
         doc: dict[str, Any] = {"kind": "TransferInfo", "apiVersion": "setpoint.dev/v1",
                                "transports": ["watch", "poll"]}
-        if self.publisher is not None:
+        if self.options.nats_url:
             doc["transports"] += ["interrupt", "command"]
-            doc["nats"] = {"url": public_url(self.publisher.url), "prefix": self.publisher.subjects.prefix,
-                           "connected": self.publisher.connected, "backlog": self.publisher.backlog}
+            nats: dict[str, Any] = {"url": public_url(self.options.nats_url), "prefix": self.options.nats_prefix}
+            if self.publisher is not None:  # else another process of this server publishes (--workers)
+                nats.update(url=public_url(self.publisher.url), prefix=self.publisher.subjects.prefix,
+                            connected=self.publisher.connected, backlog=self.publisher.backlog)
+            doc["nats"] = nats
         return json_response(doc)
 
     def _authenticate(self, request: Request, path: str) -> User | None:

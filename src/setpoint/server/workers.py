@@ -65,6 +65,7 @@ class WorkerConfig(msgspec.Struct):
     watcher_queue: int
     watch_fast_forward_keys: int
     nats_url: str | None
+    nats_publish: bool
     nats_prefix: str
     header_timeout: float
     max_connections_per_client: int

@@ -125,3 +125,85 @@ async def test_calls_past_the_pending_limit_wait_their_turn(tmp_path: Path) -> N
         await client.close()
         await service.close()
         await store.close()
+
+
+class _Store:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+
+    async def __aenter__(self) -> RemoteBackend:
+        self.store = SQLiteBackend(self.tmp_path / "s.db")
+        await self.store.start()
+        self.service = StoreService(self.store, self.tmp_path / "s.sock")
+        await self.service.start()
+        self.client = RemoteBackend(self.service.path, max_pending=1)
+        await self.client.start()
+        return self.client
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.close()
+        await self.service.close()
+        await self.store.close()
+
+
+async def test_long_listings_come_in_pages_at_one_revision(tmp_path: Path) -> None:
+    from setpoint.store._wire import LIST_PAGE
+
+    async with _Store(tmp_path) as client:
+        total = 2 * LIST_PAGE + 10
+        for i in range(0, total, 50):
+            await asyncio.gather(*(client.create(f"/l/{j:05d}", b"v") for j in range(i, min(i + 50, total))))
+        at = await client.current_revision()
+        await client.create("/l/later", b"v")  # after ``at``: not in a listing at ``at``
+        whole = await client.list("/l/", revision=at)
+        assert [kv.key for kv in whole.items] == [f"/l/{j:05d}" for j in range(total)]
+        assert whole.revision == at and not whole.more
+        cut = await client.list("/l/", limit=LIST_PAGE + 5)
+        assert len(cut.items) == LIST_PAGE + 5 and cut.more
+        exact = await client.list("/l/", limit=total + 1)
+        assert len(exact.items) == total + 1 and not exact.more
+
+
+async def test_a_cancelled_caller_waiting_for_a_slot_leaves_the_others_waiting(tmp_path: Path) -> None:
+    async with _Store(tmp_path) as client:
+        first = asyncio.ensure_future(client.create("/c/1", b"x"))  # takes the only slot
+        await asyncio.sleep(0)
+        waiting = [asyncio.ensure_future(client.create(f"/c/{i}", b"x")) for i in (2, 3)]
+        await asyncio.sleep(0)
+        waiting[0].cancel()
+        async with asyncio.timeout(DEADLINE):
+            assert (await first).key == "/c/1"
+            assert (await waiting[1]).key == "/c/3"
+        assert waiting[0].cancelled()
+
+
+async def test_close_answers_the_calls_in_flight_and_is_not_a_lost_connection(tmp_path: Path) -> None:
+    async with _Store(tmp_path) as client:
+        pending = asyncio.ensure_future(client.create("/f/1", b"x"))
+        await asyncio.sleep(0)
+        await client.close()
+        assert (await pending).key == "/f/1"
+        assert client.lost is not None and not client.lost.done()
+
+
+async def test_a_watch_that_cannot_be_sent_fails_instead_of_waiting(tmp_path: Path) -> None:
+    async with _Store(tmp_path) as client:
+        stream = client.watch("/w/\ud800", 0)
+        async with asyncio.timeout(DEADLINE):
+            with pytest.raises(ValueError):
+                await anext(stream)
+        await client.create("/w/ok", b"x")  # the connection is fine
+
+
+async def test_a_reply_too_big_for_a_frame_is_an_error_for_that_call_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from setpoint.store import _wire
+
+    owner = _Store(tmp_path)
+    async with owner as client:
+        await client.create("/b/small", b"x")
+        monkeypatch.setattr(_wire, "MAX_FRAME", 2048)
+        await owner.store.create("/b/big", b"x" * 4096)  # past the client: only the reply is big
+        with pytest.raises(ValueError, match="over the limit"):
+            await client.get("/b/big")
+        assert (await client.get("/b/small")).value == b"x"  # type: ignore[union-attr]  # the connection carries on

@@ -202,9 +202,7 @@ class Supervisor:
 
     async def _spawn(self, w: _Worker, store_socket: str) -> None:
         loop = asyncio.get_running_loop()
-        read_fd, write_fd = os.pipe()
-        os.set_inheritable(write_fd, True)
-        w.sock.set_inheritable(True)
+        read_fd, write_fd = os.pipe()  # neither inheritable: pass_fds hands over what the worker gets
         cfg = self.config(store_socket, w.index)
         cfg.listen_fd = w.sock.fileno()
         cfg.ready_fd = write_fd
@@ -216,6 +214,9 @@ class Supervisor:
                 # then stops the workers itself (instead of seeing them exit and starting them again).
                 start_new_session=True,
             )
+        except BaseException:
+            os.close(read_fd)
+            raise
         finally:
             os.close(write_fd)
         w.started_at = time.monotonic()
@@ -261,9 +262,24 @@ class Supervisor:
                             await self._stop.wait()
                     if self._stop.is_set():
                         return
-                    await self._spawn(w, store_socket)
+                    await self._respawn(w, store_socket)
         finally:
             stopped.cancel()
+
+    async def _respawn(self, w: _Worker, store_socket: str) -> None:
+        """Start ``w`` again; a start that fails (no memory, no process slots) is tried again with
+        the same growing pause instead of taking the whole server down."""
+        while not self._stop.is_set():
+            try:
+                await self._spawn(w, store_socket)
+                return
+            except OSError as e:
+                w.failures += 1
+                pause = min(30.0, 0.5 * 2 ** max(0, w.failures - 1))
+                log.warning("API worker %d could not be started (%s); trying again in %.1f s", w.index, e, pause)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(pause):
+                        await self._stop.wait()
 
     async def _stop_workers(self) -> None:
         procs = [w.proc for w in self.workers if w.proc is not None and w.proc.returncode is None]

@@ -37,7 +37,8 @@ from setpoint.store.backend import (
 OK, ERROR, EVENTS = 0, 1, 2
 OPS = ("get", "list", "create", "update", "delete", "rev", "compacted", "compact", "watch", "unwatch")
 HEADER = struct.Struct(">I")
-MAX_FRAME = 256 << 20  # a list page of the largest objects fits many times over
+MAX_FRAME = 1 << 30  # the client lists in pages of LIST_PAGE keys: 256 of the largest objects fit
+LIST_PAGE = 256
 
 # The errors that cross the socket as themselves; anything else becomes Unavailable.
 ERRORS: dict[str, Callable[..., Exception]] = {
@@ -56,7 +57,26 @@ def encode(obj: Any) -> bytes:
 
 def frame(messages: Sequence[Any]) -> bytes:
     payload = _encoder.encode(messages)
+    if len(payload) > MAX_FRAME:
+        raise ValueError(f"a frame of {len(payload)} bytes is over the limit")
     return HEADER.pack(len(payload)) + payload
+
+
+def frames(messages: Sequence[Any], refuse: Callable[[Any, Exception], None]) -> bytes:
+    """One frame of ``messages`` or, when that cannot be made (too big together, or a message
+    that cannot be encoded), a frame per message; ``refuse(message, error)`` is told of each
+    message that cannot go at all, so that its caller gets an error instead of waiting forever."""
+    try:
+        return frame(messages)
+    except (TypeError, ValueError, OverflowError):
+        pass
+    parts = []
+    for message in messages:
+        try:
+            parts.append(frame([message]))
+        except (TypeError, ValueError, OverflowError) as e:
+            refuse(message, e)
+    return b"".join(parts)
 
 
 def error_message(rid: int, error: BaseException) -> list[Any]:

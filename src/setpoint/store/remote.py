@@ -36,6 +36,8 @@ from setpoint.store.backend import (
     storable,
 )
 
+CLOSE_WAIT = 5.0  # seconds close() waits for the answers to calls in flight
+
 
 class _Watch:
     __slots__ = ("batches", "count", "error", "waiter")
@@ -68,7 +70,10 @@ class RemoteBackend(Backend, asyncio.Protocol):
         self._out: builtins.list[Any] = []
         self._flushing = False
         self._room: asyncio.Future[None] | None = None  # set when a full pending table frees a slot
-        self.lost: asyncio.Future[None] | None = None  # set once the connection is gone
+        self._can_write = asyncio.Event()  # cleared while the socket's send buffer is over its mark
+        self._can_write.set()
+        self._drained: asyncio.Future[None] | None = None  # set when close() waits and no call is left
+        self.lost: asyncio.Future[None] | None = None  # set if the connection is lost without close()
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -87,11 +92,16 @@ class RemoteBackend(Backend, asyncio.Protocol):
         await self._life.close(self._finish_close)
 
     async def _finish_close(self) -> None:
+        assert self._loop is not None
+        if self._pending and self._transport is not None:  # the contract: finish those in flight
+            self._drained = self._loop.create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._drained), CLOSE_WAIT)
         if self._transport is not None:
             self._transport.close()
-        self._fail_all(self._life.closed_error())
+        self._fail_all(self._life.closed_error(), lost=False)
 
-    def _fail_all(self, error: Exception) -> None:
+    def _fail_all(self, error: Exception, *, lost: bool = True) -> None:
         pending, self._pending = self._pending, {}
         for fut in pending.values():
             if not fut.done():
@@ -101,7 +111,10 @@ class RemoteBackend(Backend, asyncio.Protocol):
             if w.error is None:
                 w.error = error
             w.wake()
-        if self.lost is not None and not self.lost.done():
+        self._can_write.set()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        if lost and self.lost is not None and not self.lost.done():
             self.lost.set_result(None)
 
     # -- the connection -------------------------------------------------------------------------
@@ -113,7 +126,7 @@ class RemoteBackend(Backend, asyncio.Protocol):
         self._transport = None
         if self._life.is_open:
             self._life.state = "failed"
-        self._fail_all(Unavailable(f"store service {self.path}: connection lost"))
+        self._fail_all(Unavailable(f"store service {self.path}: connection lost"), lost=self._life.state == "failed")
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -135,6 +148,8 @@ class RemoteBackend(Backend, asyncio.Protocol):
                 fut = pending.pop(rid, None)
                 if self._room is not None:
                     self._freed()
+                if self._drained is not None and not pending and not self._drained.done():
+                    self._drained.set_result(None)
                 if fut is None:
                     w = watches.get(rid)
                     if w is not None and kind == wire.ERROR and w.error is None:
@@ -167,28 +182,37 @@ class RemoteBackend(Backend, asyncio.Protocol):
     def _flush(self) -> None:
         self._flushing = False
         out, self._out = self._out, []
-        if not out or self._transport is None or self._transport.is_closing():
-            return
-        try:
-            data = wire.frame(out)
-        except (TypeError, ValueError):  # e.g. text no engine stores (a lone surrogate): fail that call only
-            parts = []
-            for message in out:
-                try:
-                    parts.append(wire.frame([message]))
-                except (TypeError, ValueError) as e:
-                    fut = self._pending.pop(message[0], None)
-                    if fut is not None and not fut.done():
-                        fut.set_exception(ValueError(f"cannot send {message[1]!r}: {e}"))
-            data = b"".join(parts)
-        self._transport.write(data)
+        if out and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(wire.frames(out, self._refuse))
+
+    def _refuse(self, message: builtins.list[Any], error: Exception) -> None:
+        """A call that cannot be sent (text no engine stores, e.g. a lone surrogate) fails alone."""
+        rid = message[0]
+        error = ValueError(f"cannot send {message[1]!r}: {error}")
+        fut = self._pending.pop(rid, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(error)
+        w = self._watches.get(rid)
+        if w is not None and w.error is None:
+            w.error = error
+            w.wake()
+
+    def pause_writing(self) -> None:
+        self._can_write.clear()  # the service reads no more for now: calls wait before sending
+
+    def resume_writing(self) -> None:
+        self._can_write.set()
 
     async def _call(self, *message: Any) -> Any:
         self._life.ensure_open()
         assert self._loop is not None
-        while len(self._pending) >= self._max_pending:  # bounded: wait for a reply to free a slot
-            room = self._room = self._room or self._loop.create_future()
-            await room
+        while len(self._pending) >= self._max_pending or not self._can_write.is_set():
+            if not self._can_write.is_set():
+                await self._can_write.wait()
+            else:  # bounded: wait for a reply to free a slot (shielded: the future is shared)
+                if self._room is None or self._room.done():
+                    self._room = self._loop.create_future()
+                await asyncio.shield(self._room)
             self._life.ensure_open()
         rid = next(self._ids)
         fut = self._loop.create_future()
@@ -219,9 +243,17 @@ class RemoteBackend(Backend, asyncio.Protocol):
     async def list(
         self, prefix: str, *, revision: int = 0, limit: int = 0, start_after: str = ""
     ) -> ListResult:
+        """Fetched in pages of at most LIST_PAGE keys, all at the first page's revision, so
+        that no reply has to hold a whole large listing."""
         check_list_args(revision, limit)
-        items, rev, more = await self._call("list", prefix, revision, limit, start_after)
-        return ListResult([wire.kv_in(i) for i in items], rev, more)
+        items: builtins.list[KeyValue] = []
+        while True:
+            want = wire.LIST_PAGE if not limit else min(wire.LIST_PAGE, limit - len(items))
+            page, revision, more = await self._call("list", prefix, revision, want, start_after)
+            items.extend(wire.kv_in(i) for i in page)
+            if not more or not page or (limit and len(items) >= limit):
+                return ListResult(items, revision, bool(more and page))
+            start_after = page[-1][0]
 
     # Keys are checked by the store at the other end (its ValueError comes back as one); a create's
     # or an update's reply carries only the revisions, since the caller has the key and the value.

@@ -144,7 +144,13 @@ class _Connection(asyncio.Protocol):
         self.flushing = False
         out, self.out = self.out, []
         if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(wire.frame(out))
+            self.transport.write(wire.frames(out, self._refuse))
+
+    def _refuse(self, message: list[Any], error: Exception) -> None:
+        """A reply too big for a frame (or that cannot be encoded) goes as an error for its id."""
+        log.warning("store service: reply %d cannot be sent: %s", message[0], error)
+        refused = ValueError(f"the store's reply cannot be sent: {error}")
+        self.transport.write(wire.frame([wire.error_message(message[0], refused)]))  # type: ignore[union-attr]
 
     # -- requests -------------------------------------------------------------------------------
 

@@ -52,14 +52,32 @@ class TestRemoteConformance(BackendConformance):
         return RemoteHarness(tmp_path)
 
 
+class _Store:
+    """A store, its service and a client of it, for one test."""
+
+    def __init__(self, tmp_path: Path, max_pending: int = 1) -> None:
+        self.tmp_path = tmp_path
+        self.max_pending = max_pending
+
+    async def __aenter__(self) -> RemoteBackend:
+        self.store = SQLiteBackend(self.tmp_path / "s.db")
+        await self.store.start()
+        self.service = StoreService(self.store, self.tmp_path / "s.sock")
+        await self.service.start()
+        self.client = RemoteBackend(self.service.path, max_pending=self.max_pending)
+        await self.client.start()
+        return self.client
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.client.close()
+        await self.service.close()
+        await self.store.close()
+
+
 async def test_a_lost_connection_fails_calls_and_watches_and_says_so(tmp_path: Path) -> None:
-    store = SQLiteBackend(tmp_path / "s.db")
-    await store.start()
-    service = StoreService(store, tmp_path / "s.sock")
-    await service.start()
-    client = RemoteBackend(service.path)
-    await client.start()
-    try:
+    owner = _Store(tmp_path, max_pending=64)
+    async with owner as client:
+        service = owner.service
         await client.create("/a/1", b"x")
         with pytest.raises(KeyExists):
             await client.create("/a/1", b"y")
@@ -75,22 +93,13 @@ async def test_a_lost_connection_fails_calls_and_watches_and_says_so(tmp_path: P
         with pytest.raises(Unavailable):
             await client.get("/a/1")
         await stream.aclose()
-    finally:
-        await client.close()
-        await store.close()
 
 
 async def test_the_socket_is_the_owners_alone(tmp_path: Path) -> None:
-    store = SQLiteBackend(tmp_path / "s.db")
-    await store.start()
-    service = StoreService(store, tmp_path / "s.sock")
-    await service.start()
-    try:
-        assert service.path.stat().st_mode & 0o077 == 0
-    finally:
-        await service.close()
-        await store.close()
-    assert not service.path.exists()
+    owner = _Store(tmp_path)
+    async with owner:
+        assert owner.service.path.stat().st_mode & 0o077 == 0
+    assert not owner.service.path.exists()
 
 
 async def test_start_without_a_service_is_unavailable(tmp_path: Path) -> None:
@@ -100,12 +109,11 @@ async def test_start_without_a_service_is_unavailable(tmp_path: Path) -> None:
 
 
 async def test_calls_past_the_pending_limit_wait_their_turn(tmp_path: Path) -> None:
-    store = SQLiteBackend(tmp_path / "s.db")
-    await store.start()
-    service = StoreService(store, tmp_path / "s.sock")
-    await service.start()
-    client = RemoteBackend(service.path, max_pending=2)
-    await client.start()
+    async with _Store(tmp_path, max_pending=2) as client:
+        await _fifty_creates_two_at_a_time(client)
+
+
+async def _fifty_creates_two_at_a_time(client: RemoteBackend) -> None:
     most = 0
     send = client._send
 
@@ -115,35 +123,11 @@ async def test_calls_past_the_pending_limit_wait_their_turn(tmp_path: Path) -> N
         send(message)
 
     client._send = counting_send  # type: ignore[method-assign]
-    try:
-        kvs = await asyncio.gather(*(client.create(f"/p/{i}", b"x") for i in range(50)))
-        revisions = sorted(kv.mod_revision for kv in kvs)
-        assert revisions == list(range(revisions[0], revisions[0] + 50))
-        assert client.in_flight == 0 and most == 2
-        assert [kv.key for kv in (await client.list("/p/")).items] == sorted(f"/p/{i}" for i in range(50))
-    finally:
-        await client.close()
-        await service.close()
-        await store.close()
-
-
-class _Store:
-    def __init__(self, tmp_path: Path) -> None:
-        self.tmp_path = tmp_path
-
-    async def __aenter__(self) -> RemoteBackend:
-        self.store = SQLiteBackend(self.tmp_path / "s.db")
-        await self.store.start()
-        self.service = StoreService(self.store, self.tmp_path / "s.sock")
-        await self.service.start()
-        self.client = RemoteBackend(self.service.path, max_pending=1)
-        await self.client.start()
-        return self.client
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.client.close()
-        await self.service.close()
-        await self.store.close()
+    kvs = await asyncio.gather(*(client.create(f"/p/{i}", b"x") for i in range(50)))
+    revisions = sorted(kv.mod_revision for kv in kvs)
+    assert revisions == list(range(revisions[0], revisions[0] + 50))
+    assert client.in_flight == 0 and most == 2
+    assert [kv.key for kv in (await client.list("/p/")).items] == sorted(f"/p/{i}" for i in range(50))
 
 
 async def test_long_listings_come_in_pages_at_one_revision(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ decode, not one per request. Every message is an array whose first item is the r
 
 from __future__ import annotations
 
+import asyncio
 import struct
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -110,6 +111,32 @@ def events_out(batch: list[Event]) -> list[tuple[str, str, bytes, int, int]]:
 
 def events_in(items: list[list[Any]]) -> list[Event]:
     return [Event(t, KeyValue(k, v, c, m)) for t, k, v, c, m in items]
+
+
+class Outbox:
+    """The messages of one event-loop turn, sent as one frame when the turn ends (see the module
+    docstring); ``refuse(message, error)`` is told of a message that cannot be sent."""
+
+    __slots__ = ("_loop", "_out", "_refuse", "_scheduled", "transport")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, refuse: Callable[[Any, Exception], None]) -> None:
+        self._loop = loop
+        self._refuse = refuse
+        self._out: list[Any] = []
+        self._scheduled = False
+        self.transport: asyncio.Transport | None = None  # set by the protocol while connected
+
+    def send(self, message: list[Any]) -> None:
+        self._out.append(message)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        out, self._out = self._out, []
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(frames(out, self._refuse))
 
 
 class Reader:

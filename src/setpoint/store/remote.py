@@ -67,8 +67,7 @@ class RemoteBackend(Backend, asyncio.Protocol):
         self._ids = itertools.count(1)
         self._pending: dict[int, asyncio.Future[Any]] = {}
         self._watches: dict[int, _Watch] = {}
-        self._out: builtins.list[Any] = []
-        self._flushing = False
+        self._outbox: wire.Outbox | None = None
         self._room: asyncio.Future[None] | None = None  # set when a full pending table frees a slot
         self._can_write = asyncio.Event()  # cleared while the socket's send buffer is over its mark
         self._can_write.set()
@@ -80,6 +79,7 @@ class RemoteBackend(Backend, asyncio.Protocol):
     async def start(self) -> None:
         self._life.starting("RemoteBackend")
         loop = self._loop = asyncio.get_running_loop()
+        self._outbox = wire.Outbox(loop, self._refuse)
         self.lost = loop.create_future()
         try:
             await loop.create_unix_connection(lambda: self, str(self.path))
@@ -121,9 +121,13 @@ class RemoteBackend(Backend, asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        assert self._outbox is not None
+        self._outbox.transport = self._transport
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        if self._outbox is not None:
+            self._outbox.transport = None
         if self._life.is_open:
             self._life.state = "failed"
         self._fail_all(Unavailable(f"store service {self.path}: connection lost"), lost=self._life.state == "failed")
@@ -173,17 +177,8 @@ class RemoteBackend(Backend, asyncio.Protocol):
         w.wake()
 
     def _send(self, message: builtins.list[Any]) -> None:
-        self._out.append(message)
-        if not self._flushing:
-            self._flushing = True
-            assert self._loop is not None
-            self._loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flushing = False
-        out, self._out = self._out, []
-        if out and self._transport is not None and not self._transport.is_closing():
-            self._transport.write(wire.frames(out, self._refuse))
+        assert self._outbox is not None
+        self._outbox.send(message)
 
     def _refuse(self, message: builtins.list[Any], error: Exception) -> None:
         """A call that cannot be sent (text no engine stores, e.g. a lone surrogate) fails alone."""

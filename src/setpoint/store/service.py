@@ -93,13 +93,13 @@ class _Connection(asyncio.Protocol):
         self.backend = service.backend
         self.transport: asyncio.Transport | None = None
         self.reader = wire.Reader()
-        self.out: list[Any] = []
-        self.flushing = False
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.watches: dict[int, asyncio.Task[None]] = {}
         self.can_write: asyncio.Event = asyncio.Event()
         self.can_write.set()
         self.loop = asyncio.get_running_loop()
+        self.outbox = wire.Outbox(self.loop, self._refuse)
+        self.send = self.outbox.send
         # The SQLite backend's task-free path for writes, when the backend has one.
         self.nowait: Callable[[Op, str, bytes, int], asyncio.Future[Any] | None] | None = getattr(
             self.backend, "write_nowait", None)
@@ -107,7 +107,7 @@ class _Connection(asyncio.Protocol):
     # -- transport ------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.transport = self.outbox.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         self.transport.set_write_buffer_limits(high=HIGH_WATER)
         self.service._connections.add(self)
 
@@ -118,7 +118,7 @@ class _Connection(asyncio.Protocol):
             task.cancel()
         self.tasks.clear()
         self.watches.clear()
-        self.transport = None
+        self.transport = self.outbox.transport = None
 
     def pause_writing(self) -> None:
         self.can_write.clear()
@@ -133,18 +133,6 @@ class _Connection(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
-
-    def send(self, message: list[Any]) -> None:
-        self.out.append(message)
-        if not self.flushing:
-            self.flushing = True
-            self.loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self.flushing = False
-        out, self.out = self.out, []
-        if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(wire.frames(out, self._refuse))
 
     def _refuse(self, message: list[Any], error: Exception) -> None:
         """A reply too big for a frame (or that cannot be encoded) goes as an error for its id."""

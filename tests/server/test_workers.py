@@ -3,6 +3,7 @@ supervising process owns. Real processes, real sockets, TLS as shipped."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import httpx
+import msgspec
 import pytest
 
 from tests.servers import ServerProcess, alive, children, wait_until
@@ -162,3 +164,18 @@ def test_every_worker_offers_the_nats_transfers_one_publishes(tmp_path: Path) ->
         assert {("connected" in d["nats"]) for d in docs} == {True, False}, docs
     finally:
         srv.stop()
+
+
+def test_every_server_option_reaches_the_workers_as_given() -> None:
+    from setpoint.server.app import ServerOptions
+    from setpoint.server.settings import Settings
+    from setpoint.server.workers import options_from_plain, options_to_plain
+
+    given = ServerOptions(token_file=Path("/t/tokens.csv"), policy_file=Path("/t/policy.jsonl"),
+                          history_revisions=7, history_seconds=8.5, nats_url="nats://h:4222", nats_publish=False,
+                          settings=Settings(max_body_bytes=1234, watch_max_seconds=60.0), server_address="h:1",
+                          on_ready=lambda: None)
+    plain = options_to_plain(given)
+    assert "on_ready" not in plain
+    back = options_from_plain(msgspec.json.decode(msgspec.json.encode(plain)))
+    assert back == dataclasses.replace(given, on_ready=None)

@@ -83,7 +83,6 @@ async def test_a_lost_connection_fails_calls_and_watches_and_says_so(tmp_path: P
             await client.create("/a/1", b"y")
         stream = client.watch("/a/", await client.current_revision())
         pending = asyncio.ensure_future(anext(stream))
-        await asyncio.sleep(0)
         await service.close()  # the supervisor went away
         async with asyncio.timeout(DEADLINE):
             with pytest.raises(Unavailable):
@@ -150,10 +149,14 @@ async def test_long_listings_come_in_pages_at_one_revision(tmp_path: Path) -> No
 
 async def test_a_cancelled_caller_waiting_for_a_slot_leaves_the_others_waiting(tmp_path: Path) -> None:
     async with _Store(tmp_path) as client:
-        first = asyncio.ensure_future(client.create("/c/1", b"x"))  # takes the only slot
+        # Loop turns, not time: each ``sleep(0)`` lets the tasks just made run up to their first
+        # wait, before any reply can arrive (replies need the socket, a later turn).
+        first = asyncio.ensure_future(client.create("/c/1", b"x"))
         await asyncio.sleep(0)
+        assert client.in_flight == 1  # it took the only slot
         waiting = [asyncio.ensure_future(client.create(f"/c/{i}", b"x")) for i in (2, 3)]
         await asyncio.sleep(0)
+        assert client.in_flight == 1 and client._room is not None  # both wait for the slot
         waiting[0].cancel()
         async with asyncio.timeout(DEADLINE):
             assert (await first).key == "/c/1"
@@ -164,7 +167,8 @@ async def test_a_cancelled_caller_waiting_for_a_slot_leaves_the_others_waiting(t
 async def test_close_answers_the_calls_in_flight_and_is_not_a_lost_connection(tmp_path: Path) -> None:
     async with _Store(tmp_path) as client:
         pending = asyncio.ensure_future(client.create("/f/1", b"x"))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop turn (not time): the create is queued, its reply not back
+        assert client.in_flight == 1
         await client.close()
         assert (await pending).key == "/f/1"
         assert client.lost is not None and not client.lost.done()
@@ -191,3 +195,30 @@ async def test_a_reply_too_big_for_a_frame_is_an_error_for_that_call_only(
         with pytest.raises(ValueError, match="over the limit"):
             await client.get("/b/big")
         assert (await client.get("/b/small")).value == b"x"  # type: ignore[union-attr]  # the connection carries on
+
+
+async def test_bad_requests_get_an_error_and_bad_frames_lose_only_their_connection(tmp_path: Path) -> None:
+    from setpoint.store import _wire
+
+    owner = _Store(tmp_path)
+    async with owner as client:
+        reader, writer = await asyncio.open_unix_connection(str(owner.service.path))
+        try:
+            # A create without its value, and an operation that does not exist.
+            writer.write(_wire.frame([[1, "create", "/k"], [2, "frobnicate"]]))
+            frames = _wire.Reader()
+            replies: dict[int, list[object]] = {}
+            async with asyncio.timeout(DEADLINE):
+                while len(replies) < 2:
+                    for messages in frames.feed(await reader.read(65536)):
+                        replies.update((m[0], m) for m in messages)
+            assert replies[1][1] == _wire.ERROR and replies[1][2] == "ValueError" and "create" in str(replies[1][3])
+            assert replies[2][1] == _wire.ERROR and "frobnicate" in str(replies[2][3])
+            # A length no client sends: that connection is dropped, the store serves the others.
+            writer.write(b"\xff\xff\xff\xff")
+            async with asyncio.timeout(DEADLINE):
+                assert await reader.read() == b""
+        finally:
+            writer.close()
+        assert await client.get("/k") is None
+        assert (await client.create("/k", b"v")).key == "/k"

@@ -248,23 +248,16 @@ def _supervise(backend: Backend, data_dir: Path, sockets: list[socket.socket], o
 
     import uvloop
 
-    from setpoint.server.workers import Supervisor, WorkerConfig
+    from setpoint.server.workers import Supervisor, WorkerConfig, options_to_plain
+
+    plain = options_to_plain(options)
 
     def config(store_socket: str, index: int) -> WorkerConfig:
+        # One publisher is enough: every worker sees every event (the others say where it publishes).
         return WorkerConfig(
             store_socket=store_socket, listen_fd=-1, ready_fd=-1, index=index, supervisor_pid=os.getpid(),
             tls_cert=str(tls_cert) if tls_cert else None, tls_key=str(tls_key) if tls_key else None,
-            log_level=log_level,
-            token_file=str(options.token_file) if options.token_file else None,
-            policy_file=str(options.policy_file) if options.policy_file else None,
-            history_revisions=options.history_revisions, history_seconds=options.history_seconds,
-            compact_interval=options.compact_interval, watch_cache_window=options.watch_cache_window,
-            watcher_queue=options.watcher_queue, watch_fast_forward_keys=options.watch_fast_forward_keys,
-            # One publisher is enough: every worker sees every event (the others say where it publishes).
-            nats_url=options.nats_url, nats_publish=index == 0, nats_prefix=options.nats_prefix,
-            header_timeout=options.header_timeout, max_connections_per_client=options.max_connections_per_client,
-            idempotency_ttl=options.idempotency_ttl, settings=options.settings,
-            server_address=options.server_address,
+            log_level=log_level, options={**plain, "nats_publish": index == 0},
         )
 
     supervisor = Supervisor(backend, data_dir, sockets, config, ready)
@@ -292,8 +285,8 @@ def serve_worker() -> None:
 
     import msgspec
 
-    from setpoint.server.app import Server, ServerOptions
-    from setpoint.server.workers import WorkerConfig
+    from setpoint.server.app import Server
+    from setpoint.server.workers import WorkerConfig, options_from_plain
     from setpoint.store.remote import RemoteBackend
 
     cfg = msgspec.json.decode(sys.stdin.buffer.read(), type=WorkerConfig)
@@ -318,17 +311,7 @@ def serve_worker() -> None:
 
         lost.add_done_callback(stop)
 
-    options = ServerOptions(
-        token_file=Path(cfg.token_file) if cfg.token_file else None,
-        policy_file=Path(cfg.policy_file) if cfg.policy_file else None,
-        history_revisions=cfg.history_revisions, history_seconds=cfg.history_seconds,
-        compact_interval=cfg.compact_interval, watch_cache_window=cfg.watch_cache_window,
-        watcher_queue=cfg.watcher_queue, watch_fast_forward_keys=cfg.watch_fast_forward_keys,
-        nats_url=cfg.nats_url, nats_publish=cfg.nats_publish, nats_prefix=cfg.nats_prefix,
-        header_timeout=cfg.header_timeout,
-        max_connections_per_client=cfg.max_connections_per_client, idempotency_ttl=cfg.idempotency_ttl,
-        settings=cfg.settings, server_address=cfg.server_address, on_ready=ready,
-    )
+    options = options_from_plain(cfg.options, on_ready=ready)
     gc.set_threshold(20_000, 50, 100)
     _serve_http(Server(backend, options), [sock], Path(cfg.tls_cert) if cfg.tls_cert else None,
                 Path(cfg.tls_key) if cfg.tls_key else None, cfg.log_level, on_serving=userver.append)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -27,26 +28,30 @@ import signal
 import socket
 import sys
 import time
+import typing
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 
-from setpoint.server.settings import Settings
+from setpoint.backoff import Backoff
+from setpoint.server.app import ServerOptions
 from setpoint.store.backend import Backend, StoreError
 from setpoint.store.service import StoreService
 
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 120.0  # seconds a worker may take to load its watch cache and say it is ready
+HEALTHY_AFTER = 60.0  # seconds a worker must have lived for its next restart to wait the shortest pause
 STOP_TIMEOUT = 10.0  # seconds workers have to finish (their own graceful limit is 3 s) before SIGKILL
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes; keep a margin
 
 
 class WorkerConfig(msgspec.Struct):
     """What a worker needs to build the same server the supervisor would have run; sent on the
-    worker's stdin as JSON."""
+    worker's stdin as JSON. ``options`` is the server's :class:`ServerOptions` as plain data (see
+    :func:`options_to_plain`), so that a new option reaches the workers without being listed here."""
 
     store_socket: str
     listen_fd: int
@@ -56,22 +61,18 @@ class WorkerConfig(msgspec.Struct):
     tls_cert: str | None
     tls_key: str | None
     log_level: str
-    token_file: str | None
-    policy_file: str | None
-    history_revisions: int
-    history_seconds: float
-    compact_interval: float
-    watch_cache_window: int
-    watcher_queue: int
-    watch_fast_forward_keys: int
-    nats_url: str | None
-    nats_publish: bool
-    nats_prefix: str
-    header_timeout: float
-    max_connections_per_client: int
-    idempotency_ttl: float
-    settings: Settings
-    server_address: str
+    options: dict[str, Any]
+
+
+def options_to_plain(options: ServerOptions) -> dict[str, Any]:
+    fields = {f.name: getattr(options, f.name) for f in dataclasses.fields(options) if f.name != "on_ready"}
+    return cast(dict[str, Any], msgspec.to_builtins(fields, enc_hook=str))  # paths as text
+
+
+def options_from_plain(plain: dict[str, Any], **changes: Any) -> ServerOptions:
+    hints = typing.get_type_hints(ServerOptions)
+    fields = {k: msgspec.convert(v, hints[k], dec_hook=lambda t, v: t(v)) for k, v in plain.items()}
+    return ServerOptions(**{**fields, **changes})
 
 
 def bind_group(host: str, port: int | None, count: int) -> list[socket.socket]:
@@ -132,7 +133,8 @@ class _Worker:
         self.sock = sock
         self.proc: asyncio.subprocess.Process | None = None
         self.ready: asyncio.Future[None] | None = None
-        self.failures = 0
+        # Restarts: 0.5 s, doubling while it keeps failing, at most 30 s; reset once it lived a while.
+        self.backoff = Backoff(0.5, 30.0, jitter=0.0)
         self.started_at = 0.0
 
 
@@ -148,7 +150,6 @@ class Supervisor:
         self.workers = [_Worker(i, s) for i, s in enumerate(sockets)]
         self.config = config
         self.on_ready = on_ready
-        self._stopping = False
         self._stop = asyncio.Event()
 
     async def run(self) -> int:
@@ -194,7 +195,6 @@ class Supervisor:
             await self._supervise(str(path))
             return 0
         finally:
-            self._stopping = True
             await self._stop_workers()
             await service.close()
             await self.backend.close()
@@ -251,35 +251,32 @@ class Supervisor:
                     return
                 for f in done:
                     w = waits[f]
-                    code = f.result()
                     lived = time.monotonic() - w.started_at
-                    w.failures = 0 if lived > 60 else w.failures + 1
-                    pause = min(30.0, 0.5 * 2 ** max(0, w.failures - 1))
+                    if lived > HEALTHY_AFTER:
+                        w.backoff.reset()
+                    pause = w.backoff.next()
                     log.warning("API worker %d exited with %s after %.1f s; starting it again in %.1f s",
-                                w.index, _describe(code), lived, pause)
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(pause):
-                            await self._stop.wait()
-                    if self._stop.is_set():
-                        return
-                    await self._respawn(w, store_socket)
+                                w.index, _describe(f.result()), lived, pause)
+                    await self._respawn(w, store_socket, pause)
         finally:
             stopped.cancel()
 
-    async def _respawn(self, w: _Worker, store_socket: str) -> None:
-        """Start ``w`` again; a start that fails (no memory, no process slots) is tried again with
-        the same growing pause instead of taking the whole server down."""
-        while not self._stop.is_set():
+    async def _respawn(self, w: _Worker, store_socket: str, pause: float) -> None:
+        """Start ``w`` again after ``pause``; a start that fails (no memory, no process slots) is
+        tried again with the worker's growing pause instead of taking the whole server down."""
+        while not await self._stopped_within(pause):
             try:
                 await self._spawn(w, store_socket)
                 return
             except OSError as e:
-                w.failures += 1
-                pause = min(30.0, 0.5 * 2 ** max(0, w.failures - 1))
+                pause = w.backoff.next()
                 log.warning("API worker %d could not be started (%s); trying again in %.1f s", w.index, e, pause)
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(pause):
-                        await self._stop.wait()
+
+    async def _stopped_within(self, seconds: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
+        return self._stop.is_set()
 
     async def _stop_workers(self) -> None:
         procs = [w.proc for w in self.workers if w.proc is not None and w.proc.returncode is None]

@@ -5,7 +5,9 @@ A frame is a 4-byte big-endian length and a MessagePack array of messages; each 
 messages of one event-loop turn into one frame, so a burst of requests costs one write(2) and one
 decode, not one per request. Every message is an array whose first item is the request id:
 
-- request: ``[id, op, *args]`` (op names in :data:`OPS`);
+- request: ``[id, op, *args]``: op ``get``, ``list``, ``create``, ``update``, ``delete``,
+  ``rev`` (the current revision), ``compacted``, ``compact`` or ``watch``, with the arguments of
+  the :class:`Backend` method of that name, in order;
 - reply:   ``[id, OK, result]`` or ``[id, ERROR, class name, args]`` (a create's or an update's
   result is only ``[create_revision, mod_revision]``: the caller has the key and the value);
 - a watch's batch of events: ``[id, EVENTS, [[type, key, value, create_rev, mod_rev], ...]]``;
@@ -36,7 +38,6 @@ from setpoint.store.backend import (
 )
 
 OK, ERROR, EVENTS = 0, 1, 2
-OPS = ("get", "list", "create", "update", "delete", "rev", "compacted", "compact", "watch", "unwatch")
 HEADER = struct.Struct(">I")
 MAX_FRAME = 1 << 30  # the client lists in pages of LIST_PAGE keys: 256 of the largest objects fit
 LIST_PAGE = 256

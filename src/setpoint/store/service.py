@@ -167,46 +167,54 @@ class _Connection(asyncio.Protocol):
         if op == "watch":
             self.watches[rid] = self.loop.create_task(self._pump(rid, *args))
             return
-        if self.nowait is not None and op in _WRITES:
-            try:
-                fut = self._write_nowait(op, args)
-            except (TypeError, ValueError, StoreError) as e:
-                self.send(wire.error_message(rid, e))
-                return
-            if fut is not None:
-                fut.add_done_callback(functools.partial(self._reply, rid, op != "delete"))
-                return
+        if op in _WRITES:
+            self._write(rid, op, args)
+            return
         try:
-            coro = self._call(op, args)
+            coro = self._other(op, args)
         except (TypeError, ValueError) as e:
             self.send(wire.error_message(rid, ValueError(f"bad request {op!r}: {e}")))
             return
-        task = self.loop.create_task(coro)
-        self.tasks[rid] = task
-        task.add_done_callback(functools.partial(self._reply, rid, op in ("create", "update")))
+        self._track(rid, self.loop.create_task(coro), revisions_only=False)
 
-    def _write_nowait(self, op: str, args: list[Any]) -> asyncio.Future[Any] | None:
-        assert self.nowait is not None
-        if op == "create":
-            key, value = args
-            return self.nowait(Op.CREATE, key, value, 0)
-        if op == "update":
-            key, value, expected = args
-            return self.nowait(Op.UPDATE, key, value, expected)
-        key, expected = args
-        return self.nowait(Op.DELETE, key, b"", expected)
+    def _track(self, rid: int, task: asyncio.Future[Any], *, revisions_only: bool) -> None:
+        if isinstance(task, asyncio.Task):
+            self.tasks[rid] = task
+        task.add_done_callback(functools.partial(self._reply, rid, revisions_only))
 
-    def _call(self, op: str, args: list[Any]) -> Any:
+    def _write(self, rid: int, op: str, args: list[Any]) -> None:
+        try:
+            if op == "create":
+                kind, (key, value), expected = Op.CREATE, args, 0
+            elif op == "update":
+                kind, (key, value, expected) = Op.UPDATE, args
+            else:
+                kind, (key, expected), value = Op.DELETE, args, b""
+        except (TypeError, ValueError) as e:
+            self.send(wire.error_message(rid, ValueError(f"bad request {op!r}: {e}")))
+            return
+        # The SQLite backend's path takes no task per write; without a free slot (or on another
+        # backend) the ordinary call, which waits for one.
+        fut: asyncio.Future[Any] | None = None
+        if self.nowait is not None:
+            try:
+                fut = self.nowait(kind, key, value, expected)
+            except (ValueError, StoreError) as e:
+                self.send(wire.error_message(rid, e))
+                return
+        if fut is None:
+            b = self.backend
+            if kind == Op.CREATE:
+                fut = self.loop.create_task(b.create(key, value))
+            elif kind == Op.UPDATE:
+                fut = self.loop.create_task(b.update(key, value, expected))
+            else:
+                fut = self.loop.create_task(b.delete(key, expected))
+        # A create's or an update's reply is its revisions: the caller has the key and the value.
+        self._track(rid, fut, revisions_only=kind != Op.DELETE)
+
+    def _other(self, op: str, args: list[Any]) -> Any:
         b = self.backend
-        if op == "create":
-            key, value = args
-            return b.create(key, value)
-        if op == "update":
-            key, value, expected = args
-            return b.update(key, value, expected)
-        if op == "delete":
-            key, expected = args
-            return b.delete(key, expected)
         if op == "get":
             key, revision = args
             return b.get(key, revision)
@@ -235,7 +243,7 @@ class _Connection(asyncio.Protocol):
             self.send([rid, wire.OK, result])
         elif isinstance(result, ListResult):
             self.send([rid, wire.OK, [[wire.kv_out(kv) for kv in result.items], result.revision, result.more]])
-        elif revisions_only:  # a create or an update: the caller has the key and the value
+        elif revisions_only:
             self.send([rid, wire.OK, (result.create_revision, result.mod_revision)])
         else:
             self.send([rid, wire.OK, wire.kv_out(result)])

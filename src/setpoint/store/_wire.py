@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -116,25 +117,45 @@ def events_in(items: list[list[Any]]) -> list[Event]:
 
 class Outbox:
     """The messages of one event-loop turn, sent as one frame when the turn ends (see the module
-    docstring); ``refuse(message, error)`` is told of a message that cannot be sent."""
+    docstring); ``refuse(message, error)`` is told of a message that cannot be sent.
 
-    __slots__ = ("_loop", "_out", "_refuse", "_scheduled", "transport")
+    ``max_delay`` (seconds) also sends what has gathered once the first of it has waited that
+    long, even in mid-turn. Why: an API server that is handed 32 requests in one turn spends
+    milliseconds on them before the turn ends; sent only then, they reach the store together,
+    the store's writer sits idle meanwhile and the server sits idle during the commit. Sent in
+    pieces, the store commits the first while the server prepares the next.
+    """
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, refuse: Callable[[Any, Exception], None]) -> None:
+    __slots__ = ("_first", "_loop", "_max_delay", "_out", "_refuse", "_scheduled", "transport")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, refuse: Callable[[Any, Exception], None],
+                 max_delay: float | None = None) -> None:
         self._loop = loop
         self._refuse = refuse
+        self._max_delay = max_delay
+        self._first = 0.0
         self._out: list[Any] = []
         self._scheduled = False
         self.transport: asyncio.Transport | None = None  # set by the protocol while connected
 
     def send(self, message: list[Any]) -> None:
-        self._out.append(message)
+        out = self._out
+        out.append(message)
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._flush)
+            if self._max_delay is not None:
+                self._first = time.perf_counter()
+        elif self._max_delay is not None and len(out) == 1:
+            self._first = time.perf_counter()
+        elif self._max_delay is not None and time.perf_counter() - self._first >= self._max_delay:
+            self._write()
 
     def _flush(self) -> None:
         self._scheduled = False
+        self._write()
+
+    def _write(self) -> None:
         out, self._out = self._out, []
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(frames(out, self._refuse))

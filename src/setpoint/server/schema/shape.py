@@ -26,6 +26,9 @@ from setpoint.server.schema.node import META_FIELDS, Node
 __all__ = ["OBJECT_META_FIELDS", "shape", "unknown_fields"]
 
 
+_CONTAINERS: Final = (dict, list)  # what shaping may change inside; a scalar comes out as it went in
+
+
 def _strip(value: Any) -> Any:
     """What pruning leaves of a value no schema describes: objects lose every field."""
     if isinstance(value, dict):
@@ -63,15 +66,18 @@ def shape(node: Node | None, value: Any, dup: list[bool]) -> Any:
                 if not node.preserve:
                     drop.append(key)
                 continue
-            if v is None and not child.nullable:
+            if v is None:
+                if child.nullable:
+                    continue
                 if child.has_default:
                     value[key] = shape(child, copy_json(child.default), dup)
                 else:
                     drop.append(key)
                 continue
-            shaped = shape(child, v, dup)
-            if shaped is not v:
-                value[key] = shaped  # an existing key: the dict does not change size
+            if isinstance(v, _CONTAINERS):
+                shaped = shape(child, v, dup)
+                if shaped is not v:
+                    value[key] = shaped  # an existing key: the dict does not change size
         for key in drop:
             del value[key]
         for key, child in node.defaulted:
@@ -83,9 +89,10 @@ def shape(node: Node | None, value: Any, dup: list[bool]) -> Any:
         if items is None and node.preserve:
             return value
         for i, v in enumerate(value):
-            if v is None and items is not None and not items.nullable and items.has_default:
-                value[i] = shape(items, copy_json(items.default), dup)
-            else:
+            if v is None:
+                if items is not None and not items.nullable and items.has_default:
+                    value[i] = shape(items, copy_json(items.default), dup)
+            elif isinstance(v, _CONTAINERS):
                 shaped = shape(items, v, dup)
                 if shaped is not v:
                     value[i] = shaped

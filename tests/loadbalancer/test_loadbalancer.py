@@ -87,7 +87,7 @@ class Load:
             try:
                 get(self.port)
                 self.ok += 1
-            except OSError as e:
+            except (OSError, http.client.HTTPException) as e:  # a cut answer is a failure too
                 self.failed.append(f"{time.monotonic() - self.started:.3f}s: {e!r}")
 
     def __enter__(self) -> Load:

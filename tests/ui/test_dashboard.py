@@ -141,8 +141,11 @@ async def test_a_failed_object_shows_why(cluster: tuple[ServerProcess, Agent, Ag
     await admin.create(PROCESSSETS, processset("crashing", 1, "n1", [sys.executable, "-c", "raise SystemExit(3)"]),
                        namespace="default")
     await page.goto(f"{srv.url}/ui/#/obj/setpoint.dev%2Fv1alpha1/processsets/default/crashing")
-    await page.wait_for_selector("#desired tr.diff[data-path=replicas]")
-    assert await page.locator("#desired tr.diff").count() == 1, "only replicas differs"
+    # The page follows the object as it changes (the replica starts and crashes again): wait for
+    # a rendering where replicas differs, and it alone.
+    await page.wait_for_function(
+        "() => { const d = [...document.querySelectorAll('#desired tr.diff')];"
+        " return d.length === 1 && d[0].dataset.path === 'replicas'; }", timeout=20_000)
     await page.goto(f"{srv.url}/ui/#/")
     await page.wait_for_selector("#kinds [data-kind=ProcessSet]:has-text('1 failed')")
     await page.wait_for_selector("#warnings td:has-text('CommandNotFound')")

@@ -168,6 +168,28 @@ async def test_idempotent_create(client: Client, ns: str) -> None:
     assert len((await client.list(WIDGETS, namespace=ns)).items) == 1
 
 
+async def test_requests_in_flight_are_spread_over_the_request_pools(server: ServerProcess) -> None:
+    """httpcore's cost per request grows with the connections of its pool, so a client spreads
+    its requests over several pools: with 32 in flight each carries its share, and all answer."""
+    from setpoint.client.client import REQUEST_POOLS
+    from setpoint.testing.faultproxy import FaultProxy
+
+    proxy = await FaultProxy.for_url(server.url).start()
+    try:
+        async with Client(server.client_config(proxy.url, timeout=30)) as c:
+            proxy.stall()  # every request stays in flight until resume
+            n = 4 * REQUEST_POOLS
+            gets = [asyncio.create_task(c.get(NAMESPACES, "default")) for _ in range(n)]
+            await eventually(lambda: sum(p.in_flight for p in c._pools) == n, what=f"{n} requests sent")
+            assert [p.in_flight for p in c._pools] == [4] * REQUEST_POOLS
+            proxy.resume()
+            answers = await asyncio.wait_for(asyncio.gather(*gets), 30)
+            assert [a["metadata"]["name"] for a in answers] == ["default"] * n
+            assert [p.in_flight for p in c._pools] == [0] * REQUEST_POOLS
+    finally:
+        await proxy.close()
+
+
 async def test_paging(client: Client, ns: str) -> None:
     for i in range(7):
         await client.create(WIDGETS, widget(f"p{i}"), namespace=ns)

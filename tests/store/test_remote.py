@@ -204,21 +204,25 @@ async def test_bad_requests_get_an_error_and_bad_frames_lose_only_their_connecti
     async with owner as client:
         reader, writer = await asyncio.open_unix_connection(str(owner.service.path))
         try:
-            # A create without its value, and an operation that does not exist.
-            writer.write(_wire.frame([[1, "create", "/k"], [2, "frobnicate"]]))
+            # A create without its value, an operation that does not exist, and writes whose
+            # arguments have the wrong types (an integer would have become that many zero bytes).
+            writer.write(_wire.frame([[1, "create", "/k"], [2, "frobnicate"], [3, "create", "/n", 5],
+                                      [4, "create", "/s", "text"], [5, "update", "/k", b"v", "1"]]))
             frames = _wire.Reader()
             replies: dict[int, list[object]] = {}
             async with asyncio.timeout(DEADLINE):
-                while len(replies) < 2:
+                while len(replies) < 5:
                     for messages in frames.feed(await reader.read(65536)):
                         replies.update((m[0], m) for m in messages)
             assert replies[1][1] == _wire.ERROR and replies[1][2] == "ValueError" and "create" in str(replies[1][3])
             assert replies[2][1] == _wire.ERROR and "frobnicate" in str(replies[2][3])
+            for rid in (3, 4, 5):
+                assert replies[rid][1] == _wire.ERROR and "bad request" in str(replies[rid][3]), replies[rid]
             # A length no client sends: that connection is dropped, the store serves the others.
             writer.write(b"\xff\xff\xff\xff")
             async with asyncio.timeout(DEADLINE):
                 assert await reader.read() == b""
         finally:
             writer.close()
-        assert await client.get("/k") is None
+        assert [await client.get(k) for k in ("/k", "/n", "/s")] == [None, None, None]
         assert (await client.create("/k", b"v")).key == "/k"

@@ -22,6 +22,8 @@ import logging
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from http.cookiejar import CookieJar
+from operator import attrgetter
 from types import TracebackType
 from typing import Any, Literal, TypeVar, overload
 from urllib.parse import quote
@@ -231,9 +233,9 @@ def _namespace_of(resource: Resource, obj: Mapping[str, Any], namespace: str | N
 # poll of each socket, and more): the cost of a request grows with the connections the pool
 # holds. With 32 requests in flight that was about a third of a client's CPU, and a client did
 # ~600 creates/s against a server that takes 8,000. Ordinary requests are therefore spread over
-# several smaller pools, each sent on the pool with the fewest in flight: 8 pools did ~1,150-1,250
-# creates or patches a second (upstream: encode/httpcore pull request 928). Watches, which hold
-# their connection, have a pool of their own.
+# several smaller pools, each sent on the pool with the fewest in flight: with 8 pools a client
+# did ~1,300 creates or patches a second (upstream: encode/httpcore pull request 928). Watches,
+# which hold their connection, have a pool of their own.
 REQUEST_POOLS = 8
 
 
@@ -243,10 +245,6 @@ class _Pool:
     def __init__(self, http: httpx.AsyncClient) -> None:
         self.http = http
         self.in_flight = 0
-
-
-def _in_flight(pool: _Pool) -> int:
-    return pool.in_flight
 
 
 class Client:
@@ -273,6 +271,7 @@ class Client:
         if config.token:
             headers["Authorization"] = f"Bearer {config.token}"
         verify = config.ssl_context()
+        cookies = CookieJar()  # one jar for every pool, as one client would have (sticky sessions)
 
         def pool(connections: int, keepalive: int) -> httpx.AsyncClient:
             return httpx.AsyncClient(
@@ -284,14 +283,18 @@ class Client:
                 limits=httpx.Limits(max_connections=connections, max_keepalive_connections=keepalive),
                 transport=transport,
                 follow_redirects=False,
+                cookies=cookies,
             )
 
         self._streams = pool(max_connections, 20)
         if transport is not None:
             self._pools = [_Pool(self._streams)]
         else:
-            per_pool = max(1, -(-max_connections // REQUEST_POOLS))
-            self._pools = [_Pool(pool(per_pool, per_pool)) for _ in range(REQUEST_POOLS)]
+            # max_connections in all, shared out; every connection may stay open while idle
+            # (httpx closes it after 5 s), so that a steady load does not reconnect all the time.
+            n = max(1, min(REQUEST_POOLS, max_connections))
+            sizes = [max_connections // n + (i < max_connections % n) for i in range(n)]
+            self._pools = [_Pool(pool(size, size)) for size in sizes]
         self._server_index = 0
         self._discovery: dict[str, list[dict[str, Any]]] = {}
 
@@ -304,10 +307,11 @@ class Client:
         await self.aclose()
 
     async def aclose(self) -> None:
-        for p in {id(p.http): p.http for p in self._pools}.values():
-            if p is not self._streams:
-                await p.aclose()
-        await self._streams.aclose()
+        async with contextlib.AsyncExitStack() as stack:  # every pool is closed, whatever fails
+            stack.push_async_callback(self._streams.aclose)
+            for pool in self._pools:
+                if pool.http is not self._streams:
+                    stack.push_async_callback(pool.http.aclose)
 
     @property
     def server(self) -> str:
@@ -320,22 +324,23 @@ class Client:
         n = len(self.config.servers)
         return [(self._server_index + i) % n for i in range(n)]
 
-    async def _send_again_if_stale(self, request: httpx.Request, stream: bool) -> httpx.Response:
-        """A read whose kept-alive connection the server closed just as the request went out on
-        it (the server's idle timeout and the client's reuse crossing) got no answer at all, and is
-        sent once more, on a new connection. Only reads: a write that got no answer may have been
-        carried out, and saying so is the caller's business."""
+    async def _dispatch(self, request: httpx.Request, stream: bool) -> httpx.Response:
+        """A watch on the streams' pool; any other request on the pool with the fewest in flight."""
         if stream:
-            return await self._send_on(self._streams, request, True)
-        pool = min(self._pools, key=_in_flight)
+            return await self._send_again_if_stale(self._streams, request, True)
+        pool = min(self._pools, key=attrgetter("in_flight"))
         pool.in_flight += 1
         try:
-            return await self._send_on(pool.http, request, False)
+            return await self._send_again_if_stale(pool.http, request, False)
         finally:
             pool.in_flight -= 1
 
     @staticmethod
-    async def _send_on(http: httpx.AsyncClient, request: httpx.Request, stream: bool) -> httpx.Response:
+    async def _send_again_if_stale(http: httpx.AsyncClient, request: httpx.Request, stream: bool) -> httpx.Response:
+        """A read whose kept-alive connection the server closed just as the request went out on
+        it (the server's idle timeout and the client's reuse crossing) got no answer at all, and is
+        sent once more, on a new connection. Only reads: a write that got no answer may have been
+        carried out, and saying so is the caller's business."""
         try:
             return await http.send(request, stream=stream)
         except httpx.RemoteProtocolError:
@@ -375,7 +380,7 @@ class Client:
                 timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
             )
             try:
-                response = await self._send_again_if_stale(request, stream)
+                response = await self._dispatch(request, stream)
             except (httpx.ConnectError, httpx.ConnectTimeout) as e:
                 last = e
                 log.debug("cannot connect to %s: %s", self.config.servers[index], e)

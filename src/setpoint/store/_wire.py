@@ -144,11 +144,11 @@ class Outbox:
         if not self._scheduled:
             self._scheduled = True
             self._loop.call_soon(self._flush)
-            if self._max_delay is not None:
-                self._first = time.perf_counter()
-        elif self._max_delay is not None and len(out) == 1:
+        if self._max_delay is None:
+            return
+        if len(out) == 1:
             self._first = time.perf_counter()
-        elif self._max_delay is not None and time.perf_counter() - self._first >= self._max_delay:
+        elif time.perf_counter() - self._first >= self._max_delay:
             self._write()
 
     def _flush(self) -> None:

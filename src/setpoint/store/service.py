@@ -139,6 +139,9 @@ class _Connection(asyncio.Protocol):
         log.warning("store service: reply %d cannot be sent: %s", message[0], error)
         refused = ValueError(f"the store's reply cannot be sent: {error}")
         self.transport.write(wire.frame([wire.error_message(message[0], refused)]))  # type: ignore[union-attr]
+        pump = self.watches.pop(message[0], None)
+        if pump is not None:
+            pump.cancel()  # the client ended that watch on the error: its events would go nowhere
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -192,6 +195,10 @@ class _Connection(asyncio.Protocol):
                 kind, (key, expected), value = Op.DELETE, args, b""
         except (TypeError, ValueError) as e:
             self.send(wire.error_message(rid, ValueError(f"bad request {op!r}: {e}")))
+            return
+        if not (isinstance(key, str) and isinstance(value, bytes) and type(expected) is int):
+            self.send(wire.error_message(rid, ValueError(
+                f"bad request {op!r}: key must be text, value bytes and the revision an integer")))
             return
         # The SQLite backend's path takes no task per write; without a free slot (or on another
         # backend) the ordinary call, which waits for one.

@@ -250,10 +250,11 @@ class SQLiteBackend(Backend):
         self._ensure_open()
         check_key(key)
         assert self._write_slots is not None and self._writer is not None and self._loop is not None
+        value = bytes(value)  # before a slot is taken: a value that is not bytes fails here alone
         if not _try_acquire(self._write_slots):
             return None
         fut: asyncio.Future[KeyValue] = self._loop.create_future()
-        self._writer.submit(WriteOp(kind, key, bytes(value), expected, fut))
+        self._writer.submit(WriteOp(kind, key, value, expected, fut))
         return fut
 
     async def create(self, key: str, value: bytes) -> KeyValue:

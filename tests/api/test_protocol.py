@@ -4,15 +4,22 @@ are written whole (``setpoint.server.protocol``)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
 
+from setpoint.server.protocol import APIProtocol
 from tests.api.conftest_helpers import wpath
 from tests.conftest import widget
 from tests.servers import ServerProcess
@@ -188,3 +195,45 @@ def test_field_names_with_control_characters_cannot_split_the_response(conn: Con
     # The connection is still good.
     conn.sock.sendall(conn.request("GET", wpath(namespace, "warned")))
     assert conn.read().status == 200
+
+
+async def test_keep_alive_closes_an_idle_connection_and_spares_a_busy_one() -> None:
+    # One timer per idle spell, not one per request (protocol.py): a connection answered
+    # request after request for several timeouts in a row stays open, and so does one waiting
+    # for a slow answer; once it falls idle it is closed a timeout later, not sooner.
+    async def app(scope: dict, receive: object, send: Any) -> None:
+        if scope["path"] == "/slow":  # a request that takes longer than the keep-alive timeout
+            await asyncio.sleep(2 * timeout)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    timeout = 0.3
+    config = uvicorn.Config(app, lifespan="off", timeout_keep_alive=timeout, log_level="warning")
+    config.load()
+    options = SimpleNamespace(max_connections_per_client=8, header_timeout=10.0)
+    proto = type("P", (APIProtocol,), {"api": SimpleNamespace(options=options)})
+    loop = asyncio.get_running_loop()
+    state = ServerState()
+    server = await loop.create_server(
+        lambda: proto(config=config, server_state=state, app_state={}, _loop=loop), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        started = time.monotonic()
+        answered = 0
+        while time.monotonic() - started < 6 * timeout:
+            writer.write(b"GET /%s HTTP/1.1\r\nHost: t\r\n\r\n" % (b"slow" if answered == 1 else b"healthz"))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            assert await asyncio.wait_for(reader.readexactly(2), 5) == b"ok"
+            answered += 1
+            last_answer = time.monotonic()
+            await asyncio.sleep(timeout / 3)  # the client's think time: busy, never idle that long
+        assert await asyncio.wait_for(reader.read(1), 5) == b""  # closed by the server
+        idle = time.monotonic() - last_answer
+        assert answered >= 8
+        assert timeout * 0.9 <= idle < timeout + 2, idle
+    finally:
+        writer.close()
+        server.close()
+        await server.wait_closed()

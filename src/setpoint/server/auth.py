@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 from setpoint.server.errors import Forbidden, Unauthorized
 
@@ -214,12 +214,14 @@ class TokenAuthenticator:
 # Authorization
 
 
-@dataclass(frozen=True, slots=True)
-class Attributes:
+class Attributes(NamedTuple):
     """What a request wants to do, in the terms authorizers decide on.
 
     ``verb`` is the Kubernetes verb for resource requests (get, list, watch, create, update,
     patch, delete, deletecollection) and the lower-case HTTP method otherwise.
+
+    A named tuple, not a frozen dataclass: every request makes one, and a frozen dataclass sets
+    each field through ``object.__setattr__`` (1.2 µs against 0.3).
     """
 
     user: User

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from setpoint.server.watchcache import WatchCache
@@ -15,12 +18,62 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
+class LoopHistogram:
+    """A labelled histogram observed only from the event loop's thread: prometheus-client's
+    takes a lock per bucket and per sum and walks the buckets one by one (0.7 µs an
+    observation); every API request makes one, so here it is a bisect and two additions
+    (0.2 µs). Scrapes read it at /metrics, on the same loop, so nothing is read half-written.
+    The exposition is prometheus-client's, the same as its Histogram's (without ``_created``)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str], buckets: Sequence[float],
+                 registry: CollectorRegistry) -> None:
+        self.name, self.documentation = name, documentation
+        self.labelnames = list(labelnames)
+        self.bounds = [float(b) for b in buckets]
+        self._les = [floatToGoString(b) for b in self.bounds] + ["+Inf"]  # type: ignore[no-untyped-call]
+        self._children: dict[tuple[str, ...], LoopHistogram.Child] = {}
+        registry.register(self)
+
+    class Child:
+        __slots__ = ("bounds", "counts", "sum")
+
+        def __init__(self, bounds: list[float]) -> None:
+            self.bounds = bounds
+            self.counts = [0] * (len(bounds) + 1)  # per bucket, not cumulative; the last is +Inf
+            self.sum = 0.0
+
+        def observe(self, amount: float) -> None:
+            self.counts[bisect_left(self.bounds, amount)] += 1
+            self.sum += amount
+
+    def labels(self, *values: str) -> LoopHistogram.Child:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames):
+                raise ValueError(f"{self.name}: {len(self.labelnames)} label values expected")
+            child = self._children[values] = LoopHistogram.Child(self.bounds)
+        return child
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for values, child in list(self._children.items()):
+            total, buckets = 0, []
+            for le, count in zip(self._les, child.counts, strict=True):
+                total += count
+                buckets.append((le, float(total)))
+            family.add_metric(list(values), buckets, sum_value=child.sum)
+        yield family
+
+    def describe(self) -> list[HistogramMetricFamily]:
+        return [HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+
 class Metrics:
     content_type = CONTENT_TYPE_LATEST
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.request_latency = Histogram(
+        self.request_latency = LoopHistogram(
             "setpoint_request_duration_seconds",
             "API request latency by verb, resource and response code (watch: time to first byte).",
             ["verb", "group", "resource", "code"],

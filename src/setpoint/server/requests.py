@@ -30,8 +30,10 @@ class RequestHeaders(Headers):
     as with ``Headers``."""
 
     def __init__(self, scope: Scope) -> None:
-        super().__init__(scope=scope)
-        self._first = {k: v for k, v in reversed(self._list)}
+        # What Headers(scope=scope) does, without copying the list uvicorn made for this request.
+        raw = scope["headers"]
+        self._list = raw if isinstance(raw, list) else list(raw)
+        self._first = dict(reversed(self._list))
 
     def get(self, key: str, default: Any = None) -> Any:
         value = self._first.get(_wire_name(key))

@@ -68,9 +68,21 @@ _VALID_KEY: Final = re.compile(
     f"^(?:(?=[^/]{{1,{_MAX_SUBDOMAIN}}}/){_DNS1123_SUBDOMAIN_FMT}/)?(?=[^/]{{1,{_MAX_NAME}}}$){_QNAME_FMT}$")
 
 
+# Keys and values already found valid: objects repeat the same few labels, and every write
+# checks each of them (a set lookup instead of a regex match). Bounded: past the bound, new ones
+# are only not remembered.
+_valid_keys: set[str] = set()
+_valid_values: set[str] = set()
+_REMEMBER = 4096
+
+
 def label_key_errors(key: str) -> list[str]:
     """Why ``key`` is not a valid label key (empty when it is): ``[prefix/]name``."""
+    if key in _valid_keys:
+        return []
     if _VALID_KEY.match(key):
+        if len(_valid_keys) < _REMEMBER:
+            _valid_keys.add(key)
         return []
     errs: list[str] = []
     parts = key.split("/")
@@ -105,7 +117,11 @@ def label_key_errors(key: str) -> list[str]:
 
 def label_value_errors(value: str) -> list[str]:
     """Why ``value`` is not a valid label value (empty when it is)."""
+    if value in _valid_values:
+        return []
     if len(value) <= _MAX_NAME and _LABEL_VALUE_RE.match(value):
+        if len(_valid_values) < _REMEMBER:
+            _valid_values.add(value)
         return []
     errs: list[str] = []
     if len(value) > _MAX_NAME:

@@ -27,6 +27,9 @@ __all__ = ["OBJECT_META_FIELDS", "shape", "unknown_fields"]
 
 
 _CONTAINERS: Final = (dict, list)  # what shaping may change inside; a scalar comes out as it went in
+# Items of these exact types (what a JSON decoder makes of strings and numbers; not None, which
+# may be defaulted) are left as they are: a list of only these is skipped in one pass in C.
+_SCALARS: Final = frozenset({str, int, float, bool})
 
 
 def _strip(value: Any) -> Any:
@@ -86,8 +89,8 @@ def shape(node: Node | None, value: Any, dup: list[bool]) -> Any:
         return value
     if isinstance(value, list):
         items = node.items
-        if items is None and node.preserve:
-            return value
+        if (items is None and node.preserve) or _SCALARS.issuperset(map(type, value)):
+            return value  # nothing in it to prune, clean or default (a list of strings, say)
         for i, v in enumerate(value):
             if v is None:
                 if items is not None and not items.nullable and items.has_default:

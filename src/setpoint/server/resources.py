@@ -7,6 +7,7 @@ kind is servable without a restart.
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -67,8 +68,8 @@ class ResourceType:
         """``plural.group`` as Kubernetes writes it in messages ("widgets.example.com")."""
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
-    @property
-    def key_prefix(self) -> str:
+    @functools.cached_property
+    def key_prefix(self) -> str:  # every request builds a key from it
         return f"/registry/{self.group or 'core'}/{self.plural}/"
 
     def key(self, namespace: str, name: str) -> str:

@@ -493,6 +493,13 @@ class WatchCache:
         entry = bucket.get(key)
         return None if entry is None else CachedObject(key, entry, bucket)
 
+    def revision_of(self, key: str) -> int | None:
+        """The revision of ``key`` in the cache, or None: what a caller that already knows the
+        object needs to tell whether it changed, without a CachedObject."""
+        bucket = self._objects.get(resource_prefix(key))
+        entry = bucket.get(key) if bucket is not None else None
+        return None if entry is None else entry[1]
+
     def count(self, prefix: str) -> int:
         return len(self._objects.get(prefix, {}))
 

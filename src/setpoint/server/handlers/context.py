@@ -162,15 +162,16 @@ class Context:
 
     async def require_namespace(self, namespace: str) -> None:
         """A create needs its namespace to exist and not be terminating."""
-        cached = self.cache.get(NAMESPACE_KEY_PREFIX + namespace)
+        key = NAMESPACE_KEY_PREFIX + namespace
         seen = self._namespace_state.get(namespace)
-        if cached is not None and seen is not None and seen[0] == cached.revision:
+        if seen is not None and seen[0] == self.cache.revision_of(key):
             terminating = seen[1]  # every create checks its namespace: don't decode it each time
         else:
+            cached = self.cache.get(key)
             if cached is not None:
                 ns: dict[str, Any] | None = cached.obj
             else:
-                kv = await self.backend.get(NAMESPACE_KEY_PREFIX + namespace)
+                kv = await self.backend.get(key)
                 ns = decode_stored(kv) if kv is not None else None
             if ns is None:
                 raise NotFound(f'namespaces "{namespace}" not found', details_name=namespace,

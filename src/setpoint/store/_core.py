@@ -1,5 +1,5 @@
 """What every backend does the same way, written once: write ops and their outcomes, the life
-cycle, and settling callers' futures.
+cycle, settling callers' futures, and bounding what is pending.
 
 Each backend keeps only its I/O (SQL through a writer thread, SQL over asyncpg, etcd's gateway);
 the rules callers can observe (which states refuse calls and with what error, how a batch's
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 from setpoint.store.backend import KeyExists, KeyNotFound, KeyValue, RevisionMismatch, StoreError, Unavailable
@@ -115,3 +116,53 @@ class Lifecycle:
             await finish()
         finally:
             self.state = "closed"
+
+
+class Slots:
+    """A bound on pending work, taken and given back on the event loop's thread.
+
+    An ``asyncio.Semaphore`` whose take can also be tried with a plain call (:meth:`try_take`):
+    the store service relays every write it receives without a coroutine of its own, and trying
+    an asyncio semaphore without awaiting it relied on how its ``acquire`` happens to be written.
+    Waiters are served in order, and a free slot is not taken past one that is waited for.
+    """
+
+    __slots__ = ("_free", "_waiters")
+
+    def __init__(self, count: int) -> None:
+        if count < 1:
+            raise ValueError("at least one slot is needed")
+        self._free = count
+        self._waiters: deque[asyncio.Future[None]] = deque()
+
+    @property
+    def free(self) -> int:
+        return self._free
+
+    def try_take(self) -> bool:
+        if self._free and not self._waiters:
+            self._free -= 1
+            return True
+        return False
+
+    async def take(self) -> None:
+        if self.try_take():
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if not fut.cancelled():
+                self.give()  # handed the slot just as it was cancelled: pass it on
+            raise  # (a cancelled waiter is skipped by give)
+
+    def give(self) -> None:
+        """Give one slot back: to the first waiter, or to the free ones."""
+        waiters = self._waiters
+        while waiters:
+            fut = waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)  # the slot passes to it directly
+                return
+        self._free += 1

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from setpoint.store import _sqlite_reader as reads
-from setpoint.store._core import Lifecycle, Op, WriteOp, settle
+from setpoint.store._core import Lifecycle, Op, Slots, WriteOp, settle
 from setpoint.store._sqlite_reader import ReaderPool
 from setpoint.store._sqlite_schema import check_pragmas
 from setpoint.store._sqlite_writer import Batch, CompactJob, Writer
@@ -111,7 +111,7 @@ class SQLiteBackend(Backend):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer: Writer | None = None
         self._readers: ReaderPool | None = None
-        self._write_slots: asyncio.Semaphore | None = None
+        self._write_slots: Slots | None = None
         self._read_slots: asyncio.Semaphore | None = None
         self._writer_ready: asyncio.Future[None] | None = None
         self._writer_stopped: asyncio.Future[None] | None = None
@@ -127,7 +127,7 @@ class SQLiteBackend(Backend):
         except OSError as exc:
             raise Unavailable(f"sqlite store {self.path}: cannot create its directory: {exc}") from exc
         await asyncio.to_thread(private_files, self.path)
-        self._write_slots = asyncio.Semaphore(self._max_pending_writes)
+        self._write_slots = Slots(self._max_pending_writes)
         self._read_slots = asyncio.Semaphore(self._max_pending_reads)
         self._writer_ready = loop.create_future()
         self._writer_stopped = loop.create_future()
@@ -189,7 +189,7 @@ class SQLiteBackend(Backend):
         settle(batch.ops, batch.outcomes)
         if self._write_slots is not None:
             for _ in batch.ops:
-                self._write_slots.release()
+                self._write_slots.give()
         self._hub.publish(batch.events)
         if not batch.ops:  # events recovered after a reconnect, not a batch of callers
             return
@@ -232,15 +232,14 @@ class SQLiteBackend(Backend):
     # -- writes -----------------------------------------------------------------------------------
 
     async def _write(self, kind: Op, key: str, value: bytes, expected: int) -> KeyValue:
-        self._ensure_open()
-        check_key(key)
-        assert self._write_slots is not None and self._writer is not None and self._loop is not None
-        await self._write_slots.acquire()  # released by batch_done, also if this caller is cancelled
-        if not self._life.is_open:
-            self._write_slots.release()
-            self._ensure_open()
-        fut: asyncio.Future[KeyValue] = self._loop.create_future()
-        self._writer.submit(WriteOp(kind, key, value, expected, fut))
+        fut = self.write_nowait(kind, key, value, expected)
+        if fut is None:  # the pending-write limit: wait for a slot
+            assert self._write_slots is not None
+            await self._write_slots.take()  # given back by batch_done, also if this caller is cancelled
+            if not self._life.is_open:
+                self._write_slots.give()
+                self._ensure_open()
+            fut = self._submit(kind, key, value, expected)
         return await fut
 
     def write_nowait(self, kind: Op, key: str, value: bytes, expected: int) -> asyncio.Future[KeyValue] | None:
@@ -249,10 +248,14 @@ class SQLiteBackend(Backend):
         limit is reached: the caller then awaits the ordinary call, which waits for a slot."""
         self._ensure_open()
         check_key(key)
-        assert self._write_slots is not None and self._writer is not None and self._loop is not None
+        assert self._write_slots is not None
         value = bytes(value)  # before a slot is taken: a value that is not bytes fails here alone
-        if not _try_acquire(self._write_slots):
+        if not self._write_slots.try_take():
             return None
+        return self._submit(kind, key, value, expected)
+
+    def _submit(self, kind: Op, key: str, value: bytes, expected: int) -> asyncio.Future[KeyValue]:
+        assert self._writer is not None and self._loop is not None
         fut: asyncio.Future[KeyValue] = self._loop.create_future()
         self._writer.submit(WriteOp(kind, key, value, expected, fut))
         return fut
@@ -339,20 +342,6 @@ class SQLiteBackend(Backend):
     def watchers(self) -> int:
         """Live watch subscriptions (for /metrics)."""
         return len(self._hub)
-
-
-def _try_acquire(slots: asyncio.Semaphore) -> bool:
-    """Take a slot if one is free now, without waiting (asyncio's acquire completes without
-    suspending when the semaphore is not locked)."""
-    if slots.locked():
-        return False
-    step = slots.acquire()
-    try:
-        step.send(None)
-    except StopIteration:
-        return True
-    step.close()  # pragma: no cover - it would have had to wait, which locked() ruled out
-    return False
 
 
 def private_files(path: Path) -> None:

@@ -66,8 +66,11 @@ def test_foreground_waits_for_blocking_dependents(c: httpx.Client, k: Kubectl) -
     make(c, k, "fg-held", [owner], finalizers=["example.com/hold"])
     k("delete", "widget", "fg-owner", "--cascade=foreground", "--wait=false")
     wait_until(lambda: gone(c, k, "fg-a"), timeout=15, what="fg-a collected")
-    held = wait_until(lambda: (o := c.get(path(k, "fg-held")).json())["metadata"].get("deletionTimestamp") and o,
-                      timeout=15, what="fg-held being deleted")
+    # Deleted in the foreground too, it gets the foregroundDeletion finalizer, which the
+    # collector then removes (it has no dependents): patch it once only its own is left.
+    held = wait_until(lambda: (o := c.get(path(k, "fg-held")).json())["metadata"].get("deletionTimestamp")
+                      and o["metadata"].get("finalizers") == ["example.com/hold"] and o,
+                      timeout=15, what="fg-held being deleted, held by its own finalizer only")
     # The owner stays, marked, while a blocking dependent remains.
     meta = c.get(path(k, "fg-owner")).json()["metadata"]
     assert meta["deletionTimestamp"] and "foregroundDeletion" in meta["finalizers"]

@@ -54,7 +54,12 @@ class NodeHealth:
 
 class Scheduler(Controller):
     """Assigns ProcessSets without ``spec.nodeName`` to a live, schedulable node, spreading by
-    replicas (the node with the fewest replicas assigned wins; ties by name)."""
+    replicas (the node with the fewest replicas assigned wins; ties by name).
+
+    A placement counts as soon as it is written, before the informer shows it ("assumed", as
+    Kubernetes' scheduler does with the pods it binds): otherwise two ProcessSets scheduled in
+    quick succession would both see the same empty node and land on it together.
+    """
 
     resource = PROCESSSETS
     name = "scheduler"
@@ -64,6 +69,7 @@ class Scheduler(Controller):
         self.nodes = Informer(client, NODES)
         self.leases = Informer(client, LEASES, namespace=NODE_LEASE_NAMESPACE)
         super().__init__(client, **kw)
+        self._assumed: dict[str, str] = {}  # uid -> node: placed here, not yet seen by the informer
         self.health = NodeHealth(self.leases)
         for inf in (self.nodes, self.leases):
             inf.add_handler(on_add=self._node_changed, on_update=lambda o, n: self._node_changed(n))
@@ -80,24 +86,38 @@ class Scheduler(Controller):
             if not (n.get("spec") or {}).get("unschedulable") and self.health.alive(n["metadata"]["name"])
         )
 
+    def load(self, candidates: list[str]) -> dict[str, int]:
+        """Replicas assigned to each candidate node: as the informer shows them, and the
+        placements made here that it does not show yet (an object it no longer has was
+        deleted meanwhile: its placement is dropped)."""
+        load = {n: 0 for n in candidates}
+        assumed, pending = self._assumed, {}
+        for ps in self.informer.list():
+            spec = ps.get("spec") or {}
+            node = spec.get("nodeName")
+            uid = ps["metadata"].get("uid", "")
+            if not node and uid in assumed:
+                node = pending[uid] = assumed[uid]
+            if node in load:
+                load[node] += int(spec.get("replicas") or 0)
+        self._assumed = pending
+        return load
+
     async def reconcile(self, obj: Object) -> Result | None:
         spec = obj.get("spec") or {}
-        if spec.get("nodeName") or obj["metadata"].get("deletionTimestamp"):
-            return None
+        meta = obj["metadata"]
+        if spec.get("nodeName") or meta.get("deletionTimestamp") or meta.get("uid") in self._assumed:
+            return None  # (an assumed one was placed here already: this copy of it is behind)
         candidates = self.ready_nodes()
         if not candidates:
             raise NotReady("no ready node to run it on", retry_after=5.0, reason="NoReadyNode")
-        load = {n: 0 for n in candidates}
-        for ps in self.informer.list():
-            node = (ps.get("spec") or {}).get("nodeName")
-            if node in load:
-                load[node] += int((ps.get("spec") or {}).get("replicas") or 0)
+        load = self.load(candidates)
         node = min(candidates, key=lambda n: (load[n], n))
-        meta = obj["metadata"]
         await self.client.patch(PROCESSSETS, meta["name"],
                                 {"metadata": {"resourceVersion": meta["resourceVersion"]},
                                  "spec": {"nodeName": node}},
                                 namespace=meta.get("namespace"))
+        self._assumed[meta.get("uid", "")] = node
         self.events.normal(obj, "Scheduled", f"assigned to node {node}")
         log.info("scheduled %s/%s on %s", meta.get("namespace"), meta["name"], node)
         return None

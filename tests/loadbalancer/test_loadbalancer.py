@@ -148,7 +148,7 @@ async def serves_exactly(client: Client, port: int, replicas: int) -> bool:
         return False
     try:
         return served_ports(port, replicas * 3) == ports
-    except OSError:
+    except (OSError, http.client.HTTPException):  # refused, or cut mid-answer by a reload
         return False
 
 
@@ -668,7 +668,7 @@ async def test_endpoints_of_another_server_are_followed_through_a_cut_event_stre
             async def serving(want: set[int]) -> bool:
                 try:
                     return served_ports(port, len(want) * 3) == want
-                except OSError:
+                except (OSError, http.client.HTTPException):  # refused, or cut mid-answer by a reload
                     return False
 
             await eventually(lambda: serving(set(backends[:3])), timeout=30, what="the external backends")

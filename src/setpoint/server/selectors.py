@@ -32,20 +32,20 @@ __all__ = [
 # The texts are Kubernetes' own so that a user who pastes one into a search engine finds help.
 
 _QNAME_FMT: Final = "([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]"
-_QNAME_RE: Final = re.compile(f"^{_QNAME_FMT}$")
+_QNAME_RE: Final = re.compile(f"^{_QNAME_FMT}\\Z")
 _QNAME_MSG: Final = (
     "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
     "alphanumeric character"
 )
 _LABEL_VALUE_FMT: Final = f"({_QNAME_FMT})?"
-_LABEL_VALUE_RE: Final = re.compile(f"^{_LABEL_VALUE_FMT}$")
+_LABEL_VALUE_RE: Final = re.compile(f"^{_LABEL_VALUE_FMT}\\Z")
 _LABEL_VALUE_MSG: Final = (
     "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', "
     "and must start and end with an alphanumeric character"
 )
 _DNS1123_LABEL_FMT: Final = "[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS1123_SUBDOMAIN_FMT: Final = f"{_DNS1123_LABEL_FMT}(\\.{_DNS1123_LABEL_FMT})*"
-_DNS1123_SUBDOMAIN_RE: Final = re.compile(f"^{_DNS1123_SUBDOMAIN_FMT}$")
+_DNS1123_SUBDOMAIN_RE: Final = re.compile(f"^{_DNS1123_SUBDOMAIN_FMT}\\Z")
 _DNS1123_SUBDOMAIN_MSG: Final = (
     "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', "
     "and must start and end with an alphanumeric character"
@@ -65,7 +65,7 @@ def _max_len_error(length: int) -> str:
 
 # The usual key, checked in one step before the detailed reasons are worked out for a bad one.
 _VALID_KEY: Final = re.compile(
-    f"^(?:(?=[^/]{{1,{_MAX_SUBDOMAIN}}}/){_DNS1123_SUBDOMAIN_FMT}/)?(?=[^/]{{1,{_MAX_NAME}}}$){_QNAME_FMT}$")
+    f"^(?:(?=[^/]{{1,{_MAX_SUBDOMAIN}}}/){_DNS1123_SUBDOMAIN_FMT}/)?(?=[^/]{{1,{_MAX_NAME}}}\\Z){_QNAME_FMT}\\Z")
 
 
 # Keys and values already found valid: objects repeat the same few labels, and every write

@@ -28,7 +28,7 @@ TYPE_HEADER = "Setpoint-Type"
 REVISION_HEADER = "Setpoint-Revision"
 
 _ESCAPES = {"%": "%25", ".": "%2E", "*": "%2A", ">": "%3E", " ": "%20", "\t": "%09", "\r": "%0D", "\n": "%0A"}
-_PREFIX = re.compile(r"^[A-Za-z0-9_-]+$")
+_PREFIX = re.compile(r"^[A-Za-z0-9_-]+\Z")
 
 
 def token(text: str) -> str:

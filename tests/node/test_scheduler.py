@@ -31,8 +31,19 @@ async def _back_to_back(admin: Client, namespace: str) -> None:
     await scheduler.reconcile(big)
     await scheduler.reconcile(small)
     assert (await admin.get(PROCESSSETS, "big", namespace=namespace))["spec"]["nodeName"] == "n1"
-    assert (await admin.get(PROCESSSETS, "small", namespace=namespace))["spec"]["nodeName"] == "n2"
+    assert (await admin.get(PROCESSSETS, "small", namespace=namespace))["spec"].get("nodeName") == "n2"
     await scheduler.reconcile(big)  # its stale copy again: placed already, not written again
     # small (1 replica) on n2 against big's 3 on n1: the next goes to n2 again.
     await scheduler.reconcile(other)
     assert (await admin.get(PROCESSSETS, "other", namespace=namespace))["spec"]["nodeName"] == "n2"
+    await scheduler.reconcile(small)  # its stale copy: skipped as well
+
+    # The informer catches up, then someone takes small off its node: it is placed again, on
+    # the emptier node as the informer now shows it, not skipped as one placed already.
+    for name in ("big", "small", "other"):
+        scheduler.informer.cache.put(await admin.get(PROCESSSETS, name, namespace=namespace))
+    cleared = await admin.patch(PROCESSSETS, "small", {"spec": {"nodeName": None}}, namespace=namespace)
+    assert not cleared["spec"].get("nodeName")
+    scheduler.informer.cache.put(cleared)
+    await scheduler.reconcile(cleared)
+    assert (await admin.get(PROCESSSETS, "small", namespace=namespace))["spec"].get("nodeName") == "n2"

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from setpoint.agent import Controller, Informer, NotReady, Result
@@ -25,6 +25,14 @@ from setpoint.types import Object
 
 log = logging.getLogger(__name__)
 
+
+
+def _revision(meta: Mapping[str, Any]) -> int:
+    """An object's resourceVersion as a number (setpoint's are store revisions)."""
+    try:
+        return int(meta.get("resourceVersion") or 0)
+    except ValueError:
+        return 0
 
 
 class NodeHealth:
@@ -69,7 +77,8 @@ class Scheduler(Controller):
         self.nodes = Informer(client, NODES)
         self.leases = Informer(client, LEASES, namespace=NODE_LEASE_NAMESPACE)
         super().__init__(client, **kw)
-        self._assumed: dict[str, str] = {}  # uid -> node: placed here, not yet seen by the informer
+        # uid -> (node, revision of the write that placed it): placed here, not yet seen
+        self._assumed: dict[str, tuple[str, int]] = {}
         self.health = NodeHealth(self.leases)
         for inf in (self.nodes, self.leases):
             inf.add_handler(on_add=self._node_changed, on_update=lambda o, n: self._node_changed(n))
@@ -86,18 +95,29 @@ class Scheduler(Controller):
             if not (n.get("spec") or {}).get("unschedulable") and self.health.alive(n["metadata"]["name"])
         )
 
+    def _assumed_node(self, obj: Object) -> str | None:
+        """The node this scheduler put ``obj`` on, while ``obj`` is a copy older than that write."""
+        meta = obj["metadata"]
+        placed = self._assumed.get(meta.get("uid", ""))
+        if placed is None or _revision(meta) >= placed[1]:
+            return None
+        return placed[0]
+
     def load(self, candidates: list[str]) -> dict[str, int]:
         """Replicas assigned to each candidate node: as the informer shows them, and the
-        placements made here that it does not show yet (an object it no longer has was
-        deleted meanwhile: its placement is dropped)."""
+        placements made here that it does not show yet. A placement is forgotten once the
+        informer holds a copy as new as its write (whatever that copy says since), or no longer
+        holds the object (deleted meanwhile)."""
         load = {n: 0 for n in candidates}
-        assumed, pending = self._assumed, {}
+        pending: dict[str, tuple[str, int]] = {}
         for ps in self.informer.list():
             spec = ps.get("spec") or {}
             node = spec.get("nodeName")
-            uid = ps["metadata"].get("uid", "")
-            if not node and uid in assumed:
-                node = pending[uid] = assumed[uid]
+            assumed = self._assumed_node(ps)
+            if assumed is not None:
+                uid = ps["metadata"]["uid"]
+                node = assumed
+                pending[uid] = self._assumed[uid]
             if node in load:
                 load[node] += int(spec.get("replicas") or 0)
         self._assumed = pending
@@ -106,18 +126,18 @@ class Scheduler(Controller):
     async def reconcile(self, obj: Object) -> Result | None:
         spec = obj.get("spec") or {}
         meta = obj["metadata"]
-        if spec.get("nodeName") or meta.get("deletionTimestamp") or meta.get("uid") in self._assumed:
-            return None  # (an assumed one was placed here already: this copy of it is behind)
+        if spec.get("nodeName") or meta.get("deletionTimestamp") or self._assumed_node(obj) is not None:
+            return None  # (a copy older than this scheduler's placement of it: placed already)
         candidates = self.ready_nodes()
         if not candidates:
             raise NotReady("no ready node to run it on", retry_after=5.0, reason="NoReadyNode")
         load = self.load(candidates)
         node = min(candidates, key=lambda n: (load[n], n))
-        await self.client.patch(PROCESSSETS, meta["name"],
-                                {"metadata": {"resourceVersion": meta["resourceVersion"]},
-                                 "spec": {"nodeName": node}},
-                                namespace=meta.get("namespace"))
-        self._assumed[meta.get("uid", "")] = node
+        placed = await self.client.patch(PROCESSSETS, meta["name"],
+                                         {"metadata": {"resourceVersion": meta["resourceVersion"]},
+                                          "spec": {"nodeName": node}},
+                                         namespace=meta.get("namespace"))
+        self._assumed[meta.get("uid", "")] = (node, _revision(placed["metadata"]))
         self.events.normal(obj, "Scheduled", f"assigned to node {node}")
         log.info("scheduled %s/%s on %s", meta.get("namespace"), meta["name"], node)
         return None

@@ -119,7 +119,8 @@ class Lifecycle:
 
 
 class Slots:
-    """A bound on pending work, taken and given back on the event loop's thread.
+    """A bound on pending work (a backend's queued writes, its reads in flight), taken and given
+    back on the event loop's thread.
 
     An ``asyncio.Semaphore`` whose take can also be tried with a plain call (:meth:`try_take`):
     the store service relays every write it receives without a coroutine of its own, and trying

@@ -57,7 +57,7 @@ from typing import Any
 
 import asyncpg
 
-from setpoint.store._core import Lifecycle, Op, Outcome, WriteOp, refusal, settle
+from setpoint.store._core import Lifecycle, Op, Outcome, Slots, WriteOp, refusal, settle
 from setpoint.store._pg_sql import Statements
 from setpoint.store.backend import (
     Backend,
@@ -150,7 +150,7 @@ class PostgresBackend(Backend):
         self._pool: Any = None
         self._writer_conn: Any = None
         self._queue: asyncio.Queue[WriteOp | None] = asyncio.Queue()
-        self._write_slots = asyncio.Semaphore(max_pending_writes)
+        self._write_slots = Slots(max_pending_writes)
         self._writer_task: asyncio.Task[None] | None = None
         self._tailer_task: asyncio.Task[None] | None = None
         self._resume_task: asyncio.Task[None] | None = None
@@ -249,9 +249,9 @@ class PostgresBackend(Backend):
     async def _write(self, kind: Op, key: str, value: bytes, expected: int) -> KeyValue:
         self._ensure_open()
         check_key(key)
-        await self._write_slots.acquire()  # released by the writer, also if this caller is cancelled
+        await self._write_slots.take()  # given back by the writer, also if this caller is cancelled
         if not self._life.is_open:
-            self._write_slots.release()
+            self._write_slots.give()
             self._ensure_open()
         fut: asyncio.Future[KeyValue] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(WriteOp(kind, key, value, expected, fut))
@@ -299,7 +299,7 @@ class PostgresBackend(Backend):
 
     def _settle(self, ops: list[WriteOp], outcomes: list[KeyValue | StoreError]) -> None:
         for _ in ops:
-            self._write_slots.release()
+            self._write_slots.give()
         settle(ops, outcomes)
 
     async def _writer_connection(self) -> Any:

@@ -112,7 +112,7 @@ class SQLiteBackend(Backend):
         self._writer: Writer | None = None
         self._readers: ReaderPool | None = None
         self._write_slots: Slots | None = None
-        self._read_slots: asyncio.Semaphore | None = None
+        self._read_slots: Slots | None = None
         self._writer_ready: asyncio.Future[None] | None = None
         self._writer_stopped: asyncio.Future[None] | None = None
         self._readers_stopped: asyncio.Future[None] | None = None
@@ -128,7 +128,7 @@ class SQLiteBackend(Backend):
             raise Unavailable(f"sqlite store {self.path}: cannot create its directory: {exc}") from exc
         await asyncio.to_thread(private_files, self.path)
         self._write_slots = Slots(self._max_pending_writes)
-        self._read_slots = asyncio.Semaphore(self._max_pending_reads)
+        self._read_slots = Slots(self._max_pending_reads)
         self._writer_ready = loop.create_future()
         self._writer_stopped = loop.create_future()
         self._readers_stopped = loop.create_future()
@@ -293,14 +293,14 @@ class SQLiteBackend(Backend):
         self._ensure_open()
         assert self._read_slots is not None and self._readers is not None and self._loop is not None
         slots = self._read_slots
-        await slots.acquire()
+        await slots.take()
         if not self._life.is_open:
-            slots.release()
+            slots.give()
             self._ensure_open()
         fut: asyncio.Future[T] = self._loop.create_future()
 
         def settle(result: T, error: BaseException | None) -> None:
-            slots.release()
+            slots.give()
             if not fut.done():
                 if error is None:
                     fut.set_result(result)

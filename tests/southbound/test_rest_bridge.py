@@ -73,7 +73,7 @@ async def scripted() -> AsyncIterator[Scripted]:
 
 
 @contextlib.asynccontextmanager
-async def bridge(url: str, timeout: float = 0.3) -> AsyncIterator[RestBridge]:
+async def bridge(url: str, timeout: float = 5.0) -> AsyncIterator[RestBridge]:  # short where a test is about it
     b = RestBridge(url, timeout=timeout)
     try:
         yield b
